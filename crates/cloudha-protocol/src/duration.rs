@@ -1,0 +1,148 @@
+//! Human-readable durations: `"500ms"`, `"90s"`, `"8m30s"`, `"1h"`.
+//!
+//! Used wherever a duration is written by a person (config files, scenarios). Units are `ms`, `s`,
+//! `m` and `h`; parts may be combined, largest first or not, and add up.
+
+use std::time::Duration;
+
+/// A duration string that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration `{input}`: {reason} (use e.g. \"500ms\", \"90s\", \"8m30s\", \"1h\")")]
+pub struct DurationError {
+    /// The text given.
+    pub input: String,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// Parses a human-readable duration.
+///
+/// # Errors
+/// [`DurationError`] naming the input and what is wrong with it.
+pub fn parse(input: &str) -> Result<Duration, DurationError> {
+    let err = |reason| DurationError {
+        input: input.to_owned(),
+        reason,
+    };
+    let s = input.trim();
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total_ms: u128 = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Err(err("expected a number"));
+        }
+        let n: u128 = s[start..i].parse().map_err(|_| err("number too large"))?;
+        let unit_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let factor = match &s[unit_start..i] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "" => return Err(err("missing unit")),
+            _ => return Err(err("unknown unit")),
+        };
+        total_ms = n
+            .checked_mul(factor)
+            .and_then(|v| total_ms.checked_add(v))
+            .ok_or_else(|| err("too large"))?;
+    }
+    let ms = u64::try_from(total_ms).map_err(|_| err("too large"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Formats a duration in the same notation, shortest form (`"2m30s"`, `"0s"`).
+pub fn format(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, size) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
+}
+
+/// Serde support for `Duration` fields written as human-readable strings.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct C { #[serde(with = "cloudha_protocol::duration::serde_str")] every: std::time::Duration }
+/// let c: C = serde_json::from_str(r#"{"every":"1m30s"}"#).unwrap();
+/// assert_eq!(c.every.as_secs(), 90);
+/// ```
+pub mod serde_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes as a string such as `"90s"`.
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format(*d))
+    }
+
+    /// Deserializes from a string such as `"90s"`.
+    ///
+    /// # Errors
+    /// A custom error naming the bad input.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        super::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_formats() {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("90s", 90_000),
+            ("8m30s", 510_000),
+            ("1h", 3_600_000),
+            ("1h1m1s1ms", 3_661_001),
+            ("30s2m", 150_000),
+        ] {
+            assert_eq!(parse(text), Ok(Duration::from_millis(ms)), "{text}");
+        }
+        assert_eq!(format(Duration::from_millis(510_000)), "8m30s");
+        assert_eq!(format(Duration::ZERO), "0s");
+        assert_eq!(format(Duration::from_millis(1500)), "1s500ms");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_reason() {
+        for (text, reason) in [
+            ("", "empty"),
+            ("90", "missing unit"),
+            ("9x", "unknown unit"),
+            ("s", "expected a number"),
+            ("-1s", "expected a number"),
+            (
+                "99999999999999999999999999999999999999999h",
+                "number too large",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().reason, reason, "{text}");
+        }
+    }
+}

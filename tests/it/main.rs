@@ -1,0 +1,1 @@
+//! Cross-crate tests: one test binary, one module per area.
