@@ -37,6 +37,18 @@ fn summarize(text: &str) -> Vec<(String, String, String)> {
     let mut group = String::new();
     let lines: Vec<&str> = text.lines().collect();
     for (i, line) in lines.iter().enumerate() {
+        // Custom benches print `metric: <name> <value> <unit> [notes]`.
+        if let Some(rest) = line.strip_prefix("metric: ") {
+            let mut parts = rest.splitn(4, ' ');
+            let name = parts.next().unwrap_or_default().to_owned();
+            let value = format!(
+                "{} {}",
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default()
+            );
+            rows.push((name, value, parts.next().unwrap_or_default().to_owned()));
+            continue;
+        }
         let cols: Vec<&str> = line.split('│').map(str::trim).collect();
         if cols.len() < 4 {
             continue;
@@ -75,7 +87,8 @@ mod tests {
         let text = "codec                                 fastest       │ slowest       │ median        │ mean          │ samples │ iters\n\
 ├─ decode_x                            7.8 µs        │ 56.5 µs       │ 8.1 µs        │ 8.2 µs        │ 2000    │ 2000\n\
 │                                     127.3 Kitem/s │ 17.68 Kitem/s │ 122.8 Kitem/s │ 121.1 Kitem/s │         │\n\
-╰─ payload_only                       1.4 µs        │ 4.8 µs        │ 1.5 µs        │ 1.5 µs        │ 2000    │ 2000\n";
+╰─ payload_only                       1.4 µs        │ 4.8 µs        │ 1.5 µs        │ 1.5 µs        │ 2000    │ 2000\n\
+metric: attache::idle 900 bytes (n=10)\n";
         let rows = super::summarize(text);
         assert_eq!(
             rows,
@@ -86,6 +99,7 @@ mod tests {
                     "122.8 Kitem/s".into()
                 ),
                 ("codec::payload_only".into(), "1.5 µs".into(), String::new()),
+                ("attache::idle".into(), "900 bytes".into(), "(n=10)".into()),
             ]
         );
     }
