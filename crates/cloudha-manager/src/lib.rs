@@ -1,0 +1,42 @@
+//! # cloudha-manager
+//!
+//! The agent manager: the heart of liveness. Pings from attaches (PingTask, connected agents)
+//! reach the manager's [`cloudha_attache::CommandSink`], go through the listener registry to every
+//! command monitor, among them the behind-on-ping [`PingMonitor`]; a host not heard from for
+//! `ping.interval × ping.timeout` is disconnected with investigation (CheckHealth, then the
+//! [`Investigator`] chain, then the verdict table of spec §4.4), and only a host proven **Down**
+//! is handed to VM-HA through the [`HaScheduler`] port.
+//!
+//! It composes `cloudha-attache` and `cloudha-registry` behind their traits (`Attache`,
+//! `ListenerRegistry`) and defines its own ports: [`HostStore`], [`AlertSink`], [`Investigator`],
+//! [`HostCommander`], [`HaScheduler`] (mocks with the `mock` feature).
+//!
+//! Status changes go through one place ([`AgentManager::apply`]), which uses the §4.2 table,
+//! records every change in a per-host history and sends it to subscribers.
+
+pub mod alert;
+pub mod config;
+pub mod error;
+pub mod host;
+pub mod investigate;
+mod manager;
+pub mod monitor;
+pub mod ports;
+
+pub use alert::{Alert, AlertKind, AlertSink, LogAlerts};
+pub use config::Config;
+pub use error::{CommandError, ConfigError, ManagerError, StoreError};
+pub use host::{HostRecord, HostStore, InMemoryHostStore};
+pub use investigate::{HostCommander, HostVerdict, Investigator, VmVerdict};
+pub use manager::{AgentManager, Attaches, Ports, StatusChange};
+pub use monitor::PingMonitor;
+pub use ports::{HaScheduler, NoHa};
+
+#[cfg(any(test, feature = "mock"))]
+pub use alert::MockAlertSink;
+#[cfg(any(test, feature = "mock"))]
+pub use host::MockHostStore;
+#[cfg(any(test, feature = "mock"))]
+pub use investigate::{MockHostCommander, MockInvestigator};
+#[cfg(any(test, feature = "mock"))]
+pub use ports::MockHaScheduler;
