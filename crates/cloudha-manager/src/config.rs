@@ -27,7 +27,11 @@ pub struct Config {
     pub alert_wait: Duration,
     /// `alert.reinvestigate.interval`: how often hosts in Alert are investigated again
     /// (unset: `ping.interval`).
-    #[serde(rename = "alert.reinvestigate.interval", with = "opt_secs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "alert.reinvestigate.interval",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub alert_reinvestigate_interval: Option<Duration>,
     /// `wait`: default wait for a command's answer.
     #[serde(rename = "wait", with = "secs")]
@@ -106,7 +110,12 @@ pub struct Config {
 }
 
 /// The investigators this crate implements, by their CloudStack names.
-pub const INVESTIGATORS: &[&str] = &["SimpleInvestigator", "XenServerInvestigator", "KVMInvestigator", "PingInvestigator"];
+pub const INVESTIGATORS: &[&str] = &[
+    "SimpleInvestigator",
+    "XenServerInvestigator",
+    "KVMInvestigator",
+    "PingInvestigator",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -157,35 +166,151 @@ pub struct KeyDoc {
 
 /// Every key with its default and meaning (what `cloudha config --defaults` prints).
 pub const KEYS: &[KeyDoc] = &[
-    KeyDoc { key: "ping.interval", default: "60s", meaning: "agent ping period; period of a direct agent's PingTask" },
-    KeyDoc { key: "ping.timeout", default: "2.5", meaning: "multiplier: a host is behind on ping after ping.interval x ping.timeout" },
-    KeyDoc { key: "ping.monitor.resolution", default: "1s", meaning: "a host behind on ping is flagged within this of its deadline" },
-    KeyDoc { key: "alert.wait", default: "30m", meaning: "an undeterminable or Disconnected host goes to Alert this long after its last successful ping" },
-    KeyDoc { key: "alert.reinvestigate.interval", default: "(ping.interval)", meaning: "hosts in Alert are investigated again this often; only a Down verdict acts" },
-    KeyDoc { key: "wait", default: "30m", meaning: "default wait for a command's answer" },
-    KeyDoc { key: "ready.command.wait", default: "60s", meaning: "wait for the Ready command after a host connects" },
-    KeyDoc { key: "host.ping.retry.count", default: "0", meaning: "extra get_current_status calls of a direct agent's PingTask" },
-    KeyDoc { key: "host.ping.retry.timer", default: "5s", meaning: "pause between those retries" },
-    KeyDoc { key: "direct.agent.scan.interval", default: "90s", meaning: "unconnected direct-agent hosts are tried again this often" },
-    KeyDoc { key: "ha.investigators.order", default: "[SimpleInvestigator, XenServerInvestigator, KVMInvestigator, PingInvestigator]", meaning: "the investigator chain, first to last" },
-    KeyDoc { key: "ha.investigators.agreement", default: "1", meaning: "neighbour answers that must agree (1: the first definite answer wins)" },
-    KeyDoc { key: "ha.workers", default: "5", meaning: "concurrent HA work slots" },
-    KeyDoc { key: "time.to.sleep", default: "60s", meaning: "HA worker idle wait" },
-    KeyDoc { key: "max.retries", default: "5", meaning: "tries of every HA work type (alias vm.ha.migration.max.retries)" },
-    KeyDoc { key: "time.between.failures", default: "1h", meaning: "window for counting repeat failures; age of purged HA work" },
-    KeyDoc { key: "time.between.cleanup", default: "24h", meaning: "period of the HA work cleanup" },
-    KeyDoc { key: "restart.retry.interval", default: "10m", meaning: "retry of a VM restart" },
-    KeyDoc { key: "stop.retry.interval", default: "10m", meaning: "retry of stop, check-stop, force-stop and destroy" },
-    KeyDoc { key: "investigate.retry.interval", default: "60s", meaning: "retry when a VM is alive but its host is not Up" },
-    KeyDoc { key: "migrate.retry.interval", default: "2m", meaning: "retry of a migration away" },
-    KeyDoc { key: "force.ha", default: "false", meaning: "restart VMs even without the HA flag" },
-    KeyDoc { key: "vm.ha.enabled", default: "true", meaning: "master switch of VM-HA" },
-    KeyDoc { key: "vm.ha.alerts.enabled", default: "true", meaning: "VM-HA alerts" },
-    KeyDoc { key: "ha.tag", default: "(unset)", meaning: "host tag for HA restarts" },
-    KeyDoc { key: "ha.vm.restart.hostup", default: "true", meaning: "restart an HA VM reported off on an Up host" },
-    KeyDoc { key: "ha.brake.fraction", default: "0.5", meaning: "no fencing or restart in a cluster while more than this fraction of its hosts are suspect" },
-    KeyDoc { key: "ha.startup.grace", default: "5m", meaning: "the brake holds everywhere this long after the manager starts" },
-    KeyDoc { key: "kvm.ha.fence.on.storage.heartbeat.failure", default: "false", meaning: "a KVM host is dead when any heartbeat pool fails" },
+    KeyDoc {
+        key: "ping.interval",
+        default: "60s",
+        meaning: "agent ping period; period of a direct agent's PingTask",
+    },
+    KeyDoc {
+        key: "ping.timeout",
+        default: "2.5",
+        meaning: "multiplier: a host is behind on ping after ping.interval x ping.timeout",
+    },
+    KeyDoc {
+        key: "ping.monitor.resolution",
+        default: "1s",
+        meaning: "a host behind on ping is flagged within this of its deadline",
+    },
+    KeyDoc {
+        key: "alert.wait",
+        default: "30m",
+        meaning: "an undeterminable or Disconnected host goes to Alert this long after its last successful ping",
+    },
+    KeyDoc {
+        key: "alert.reinvestigate.interval",
+        default: "(ping.interval)",
+        meaning: "hosts in Alert are investigated again this often; only a Down verdict acts",
+    },
+    KeyDoc {
+        key: "wait",
+        default: "30m",
+        meaning: "default wait for a command's answer",
+    },
+    KeyDoc {
+        key: "ready.command.wait",
+        default: "60s",
+        meaning: "wait for the Ready command after a host connects",
+    },
+    KeyDoc {
+        key: "host.ping.retry.count",
+        default: "0",
+        meaning: "extra get_current_status calls of a direct agent's PingTask",
+    },
+    KeyDoc {
+        key: "host.ping.retry.timer",
+        default: "5s",
+        meaning: "pause between those retries",
+    },
+    KeyDoc {
+        key: "direct.agent.scan.interval",
+        default: "90s",
+        meaning: "unconnected direct-agent hosts are tried again this often",
+    },
+    KeyDoc {
+        key: "ha.investigators.order",
+        default: "[SimpleInvestigator, XenServerInvestigator, KVMInvestigator, PingInvestigator]",
+        meaning: "the investigator chain, first to last",
+    },
+    KeyDoc {
+        key: "ha.investigators.agreement",
+        default: "1",
+        meaning: "neighbour answers that must agree (1: the first definite answer wins)",
+    },
+    KeyDoc {
+        key: "ha.workers",
+        default: "5",
+        meaning: "concurrent HA work slots",
+    },
+    KeyDoc {
+        key: "time.to.sleep",
+        default: "60s",
+        meaning: "HA worker idle wait",
+    },
+    KeyDoc {
+        key: "max.retries",
+        default: "5",
+        meaning: "tries of every HA work type (alias vm.ha.migration.max.retries)",
+    },
+    KeyDoc {
+        key: "time.between.failures",
+        default: "1h",
+        meaning: "window for counting repeat failures; age of purged HA work",
+    },
+    KeyDoc {
+        key: "time.between.cleanup",
+        default: "24h",
+        meaning: "period of the HA work cleanup",
+    },
+    KeyDoc {
+        key: "restart.retry.interval",
+        default: "10m",
+        meaning: "retry of a VM restart",
+    },
+    KeyDoc {
+        key: "stop.retry.interval",
+        default: "10m",
+        meaning: "retry of stop, check-stop, force-stop and destroy",
+    },
+    KeyDoc {
+        key: "investigate.retry.interval",
+        default: "60s",
+        meaning: "retry when a VM is alive but its host is not Up",
+    },
+    KeyDoc {
+        key: "migrate.retry.interval",
+        default: "2m",
+        meaning: "retry of a migration away",
+    },
+    KeyDoc {
+        key: "force.ha",
+        default: "false",
+        meaning: "restart VMs even without the HA flag",
+    },
+    KeyDoc {
+        key: "vm.ha.enabled",
+        default: "true",
+        meaning: "master switch of VM-HA",
+    },
+    KeyDoc {
+        key: "vm.ha.alerts.enabled",
+        default: "true",
+        meaning: "VM-HA alerts",
+    },
+    KeyDoc {
+        key: "ha.tag",
+        default: "(unset)",
+        meaning: "host tag for HA restarts",
+    },
+    KeyDoc {
+        key: "ha.vm.restart.hostup",
+        default: "true",
+        meaning: "restart an HA VM reported off on an Up host",
+    },
+    KeyDoc {
+        key: "ha.brake.fraction",
+        default: "0.5",
+        meaning: "no fencing or restart in a cluster while more than this fraction of its hosts are suspect",
+    },
+    KeyDoc {
+        key: "ha.startup.grace",
+        default: "5m",
+        meaning: "the brake holds everywhere this long after the manager starts",
+    },
+    KeyDoc {
+        key: "kvm.ha.fence.on.storage.heartbeat.failure",
+        default: "false",
+        meaning: "a KVM host is dead when any heartbeat pool fails",
+    },
 ];
 
 impl Config {
@@ -196,7 +321,8 @@ impl Config {
 
     /// The Alert re-investigation interval.
     pub fn alert_reinvestigate(&self) -> Duration {
-        self.alert_reinvestigate_interval.unwrap_or(self.ping_interval)
+        self.alert_reinvestigate_interval
+            .unwrap_or(self.ping_interval)
     }
 
     /// Parses and validates TOML text. `origin` names the text in errors (a file path).
@@ -223,11 +349,17 @@ impl Config {
             ("ping.monitor.resolution", self.ping_monitor_resolution),
             ("wait", self.wait),
             ("ready.command.wait", self.ready_command_wait),
-            ("direct.agent.scan.interval", self.direct_agent_scan_interval),
+            (
+                "direct.agent.scan.interval",
+                self.direct_agent_scan_interval,
+            ),
             ("time.to.sleep", self.time_to_sleep),
             ("restart.retry.interval", self.restart_retry_interval),
             ("stop.retry.interval", self.stop_retry_interval),
-            ("investigate.retry.interval", self.investigate_retry_interval),
+            (
+                "investigate.retry.interval",
+                self.investigate_retry_interval,
+            ),
             ("migrate.retry.interval", self.migrate_retry_interval),
             ("time.between.cleanup", self.time_between_cleanup),
         ];
@@ -237,13 +369,25 @@ impl Config {
             }
         }
         if !(self.ping_timeout.is_finite() && self.ping_timeout > 0.0) {
-            return bad("ping.timeout", format!("must be a positive number, got {}", self.ping_timeout));
+            return bad(
+                "ping.timeout",
+                format!("must be a positive number, got {}", self.ping_timeout),
+            );
         }
         if self.ping_monitor_resolution > self.ping_deadline() {
-            return bad("ping.monitor.resolution", "must not exceed ping.interval x ping.timeout".into());
+            return bad(
+                "ping.monitor.resolution",
+                "must not exceed ping.interval x ping.timeout".into(),
+            );
         }
-        if self.alert_reinvestigate_interval.is_some_and(|d| d.is_zero()) {
-            return bad("alert.reinvestigate.interval", "must be greater than zero".into());
+        if self
+            .alert_reinvestigate_interval
+            .is_some_and(|d| d.is_zero())
+        {
+            return bad(
+                "alert.reinvestigate.interval",
+                "must be greater than zero".into(),
+            );
         }
         if self.ha_workers == 0 {
             return bad("ha.workers", "must be at least 1".into());
@@ -252,10 +396,23 @@ impl Config {
             return bad("ha.investigators.agreement", "must be at least 1".into());
         }
         if !(self.ha_brake_fraction > 0.0 && self.ha_brake_fraction <= 1.0) {
-            return bad("ha.brake.fraction", format!("must be in (0, 1], got {}", self.ha_brake_fraction));
+            return bad(
+                "ha.brake.fraction",
+                format!("must be in (0, 1], got {}", self.ha_brake_fraction),
+            );
         }
-        if let Some(unknown) = self.ha_investigators_order.iter().find(|n| !INVESTIGATORS.contains(&n.as_str())) {
-            return bad("ha.investigators.order", format!("unknown investigator `{unknown}` (known: {})", INVESTIGATORS.join(", ")));
+        if let Some(unknown) = self
+            .ha_investigators_order
+            .iter()
+            .find(|n| !INVESTIGATORS.contains(&n.as_str()))
+        {
+            return bad(
+                "ha.investigators.order",
+                format!(
+                    "unknown investigator `{unknown}` (known: {})",
+                    INVESTIGATORS.join(", ")
+                ),
+            );
         }
         Ok(())
     }
@@ -292,13 +449,19 @@ pub mod secs {
             cloudha_protocol::duration::parse(v).map_err(E::custom)
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom(format!("a duration must not be negative, got {v}")))
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("a duration must not be negative, got {v}")))
         }
         fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
             Ok(Duration::from_secs(v))
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
-            Duration::try_from_secs_f64(v).map_err(|_| E::custom(format!("a duration must be a non-negative number of seconds, got {v}")))
+            Duration::try_from_secs_f64(v).map_err(|_| {
+                E::custom(format!(
+                    "a duration must be a non-negative number of seconds, got {v}"
+                ))
+            })
         }
     }
 }

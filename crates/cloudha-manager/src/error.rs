@@ -32,7 +32,9 @@ pub enum StoreError {
     #[error("host {0} is not known")]
     UnknownHost(HostId),
     /// The record changed since it was read (optimistic update lost).
-    #[error("host {host}: status changed concurrently (expected {expected:?} at update {update_count})")]
+    #[error(
+        "host {host}: status changed concurrently (expected {expected:?} at update {update_count})"
+    )]
     Conflict {
         /// The host.
         host: HostId,

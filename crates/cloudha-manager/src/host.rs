@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use cloudha_protocol::{ClusterId, Event, HostId, HostType, HypervisorType, PodId, ResourceState, Status, ZoneId};
+use cloudha_protocol::{
+    ClusterId, Event, HostId, HostType, HypervisorType, PodId, ResourceState, Status, ZoneId,
+};
 use tokio::time::Instant;
 
 use crate::error::StoreError;
@@ -141,13 +143,23 @@ impl HostStore for InMemoryHostStore {
     }
 
     fn in_cluster(&self, cluster: ClusterId) -> Vec<HostRecord> {
-        let mut v: Vec<_> = self.map().values().filter(|h| h.cluster == Some(cluster)).cloned().collect();
+        let mut v: Vec<_> = self
+            .map()
+            .values()
+            .filter(|h| h.cluster == Some(cluster))
+            .cloned()
+            .collect();
         v.sort_by_key(|h| h.id);
         v
     }
 
     fn in_pod(&self, pod: PodId) -> Vec<HostRecord> {
-        let mut v: Vec<_> = self.map().values().filter(|h| h.pod == Some(pod)).cloned().collect();
+        let mut v: Vec<_> = self
+            .map()
+            .values()
+            .filter(|h| h.pod == Some(pod))
+            .cloned()
+            .collect();
         v.sort_by_key(|h| h.id);
         v
     }
@@ -168,7 +180,11 @@ impl HostStore for InMemoryHostStore {
         let mut map = self.map();
         let h = map.get_mut(&id).ok_or(StoreError::UnknownHost(id))?;
         if h.status != expected || h.update_count != update_count {
-            return Err(StoreError::Conflict { host: id, expected, update_count });
+            return Err(StoreError::Conflict {
+                host: id,
+                expected,
+                update_count,
+            });
         }
         h.status = Some(to);
         h.update_count += 1;
@@ -182,12 +198,18 @@ impl HostStore for InMemoryHostStore {
     }
 
     fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {
-        self.map().get_mut(&id).ok_or(StoreError::UnknownHost(id))?.resource_state = state;
+        self.map()
+            .get_mut(&id)
+            .ok_or(StoreError::UnknownHost(id))?
+            .resource_state = state;
         Ok(())
     }
 
     fn set_last_ping(&self, id: HostId, at: Instant) -> Result<(), StoreError> {
-        self.map().get_mut(&id).ok_or(StoreError::UnknownHost(id))?.last_ping = Some(at);
+        self.map()
+            .get_mut(&id)
+            .ok_or(StoreError::UnknownHost(id))?
+            .last_ping = Some(at);
         Ok(())
     }
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudha_protocol::{
-    Answer, CheckOnHostAnswer, CheckOnHostCommand, CheckVirtualMachineCommand, Command, HostId, HostType,
-    HypervisorType, PingTestCommand, Status, VmId, VmPowerState,
+    Answer, CheckOnHostAnswer, CheckOnHostCommand, CheckVirtualMachineCommand, Command, HostId,
+    HostType, HypervisorType, PingTestCommand, Status, VmId, VmPowerState,
 };
 
 use crate::error::CommandError;
@@ -60,7 +60,12 @@ pub trait HostCommander: Send + Sync {
     ///
     /// # Errors
     /// [`CommandError`]: no attache (at once), timeout, disconnect.
-    async fn send(&self, host: HostId, command: Command, wait: Duration) -> Result<Answer, CommandError>;
+    async fn send(
+        &self,
+        host: HostId,
+        command: Command,
+        wait: Duration,
+    ) -> Result<Answer, CommandError>;
 }
 
 /// One link of the investigation chain (CloudStack's `Investigator`).
@@ -100,8 +105,19 @@ fn consensus(answers: &[bool], m: usize) -> Option<bool> {
 }
 
 async fn check_on_host(commander: &dyn HostCommander, via: HostId, target: HostId) -> Option<bool> {
-    match commander.send(via, Command::CheckOnHost(CheckOnHostCommand { target }), PROBE_WAIT).await {
-        Ok(Answer::CheckOnHost(CheckOnHostAnswer { success: true, alive, .. })) => Some(alive),
+    match commander
+        .send(
+            via,
+            Command::CheckOnHost(CheckOnHostCommand { target }),
+            PROBE_WAIT,
+        )
+        .await
+    {
+        Ok(Answer::CheckOnHost(CheckOnHostAnswer {
+            success: true,
+            alive,
+            ..
+        })) => Some(alive),
         _ => None,
     }
 }
@@ -157,7 +173,15 @@ impl Investigator for SimpleInvestigator {
     }
 
     async fn vm_alive(&self, vm: VmId, host: &HostRecord) -> VmVerdict {
-        match self.commander.send(host.id, Command::CheckVirtualMachine(CheckVirtualMachineCommand { vm }), PROBE_WAIT).await {
+        match self
+            .commander
+            .send(
+                host.id,
+                Command::CheckVirtualMachine(CheckVirtualMachineCommand { vm }),
+                PROBE_WAIT,
+            )
+            .await
+        {
             Ok(Answer::CheckVirtualMachine(a)) if a.success => match a.power {
                 VmPowerState::PowerOn => VmVerdict::Alive,
                 VmPowerState::PowerOff => VmVerdict::Dead,
@@ -179,8 +203,16 @@ pub struct KvmInvestigator {
 
 impl KvmInvestigator {
     /// Probes through `commander`, neighbours from `store`; `agreement` = `ha.investigators.agreement`.
-    pub fn new(commander: Arc<dyn HostCommander>, store: Arc<dyn HostStore>, agreement: usize) -> Self {
-        Self { commander, store, agreement }
+    pub fn new(
+        commander: Arc<dyn HostCommander>,
+        store: Arc<dyn HostStore>,
+        agreement: usize,
+    ) -> Self {
+        Self {
+            commander,
+            store,
+            agreement,
+        }
     }
 }
 
@@ -199,7 +231,15 @@ impl Investigator for KvmInvestigator {
         if check_on_host(&*self.commander, host.id, host.id).await == Some(true) {
             return Some(HostVerdict::Up);
         }
-        match ask_neighbours(&*self.commander, &*self.store, host, HypervisorType::is_kvm_like, self.agreement).await {
+        match ask_neighbours(
+            &*self.commander,
+            &*self.store,
+            host,
+            HypervisorType::is_kvm_like,
+            self.agreement,
+        )
+        .await
+        {
             Some(true) => Some(HostVerdict::Disconnected),
             Some(false) => Some(HostVerdict::Down),
             // No neighbour could tell: don't know (newer CloudStack), never Down.
@@ -228,8 +268,16 @@ pub struct XenServerInvestigator {
 
 impl XenServerInvestigator {
     /// Probes through `commander`, neighbours from `store`.
-    pub fn new(commander: Arc<dyn HostCommander>, store: Arc<dyn HostStore>, agreement: usize) -> Self {
-        Self { commander, store, agreement }
+    pub fn new(
+        commander: Arc<dyn HostCommander>,
+        store: Arc<dyn HostStore>,
+        agreement: usize,
+    ) -> Self {
+        Self {
+            commander,
+            store,
+            agreement,
+        }
     }
 }
 
@@ -315,9 +363,20 @@ pub fn chain(
         .filter_map(|name| -> Option<Arc<dyn Investigator>> {
             Some(match name.as_str() {
                 "SimpleInvestigator" => Arc::new(SimpleInvestigator::new(Arc::clone(commander))),
-                "XenServerInvestigator" => Arc::new(XenServerInvestigator::new(Arc::clone(commander), Arc::clone(store), m)),
-                "KVMInvestigator" => Arc::new(KvmInvestigator::new(Arc::clone(commander), Arc::clone(store), m)),
-                "PingInvestigator" => Arc::new(PingInvestigator::new(Arc::clone(commander), Arc::clone(store))),
+                "XenServerInvestigator" => Arc::new(XenServerInvestigator::new(
+                    Arc::clone(commander),
+                    Arc::clone(store),
+                    m,
+                )),
+                "KVMInvestigator" => Arc::new(KvmInvestigator::new(
+                    Arc::clone(commander),
+                    Arc::clone(store),
+                    m,
+                )),
+                "PingInvestigator" => Arc::new(PingInvestigator::new(
+                    Arc::clone(commander),
+                    Arc::clone(store),
+                )),
                 _ => return None,
             })
         })
@@ -325,7 +384,10 @@ pub fn chain(
 }
 
 /// Runs the chain: the first investigator with a host verdict wins; returns it with its name.
-pub async fn investigate_host(chain: &[Arc<dyn Investigator>], host: &HostRecord) -> Option<(HostVerdict, &'static str)> {
+pub async fn investigate_host(
+    chain: &[Arc<dyn Investigator>],
+    host: &HostRecord,
+) -> Option<(HostVerdict, &'static str)> {
     for inv in chain {
         if let Some(v) = inv.host_status(host).await {
             return Some((v, inv.name()));
@@ -335,7 +397,11 @@ pub async fn investigate_host(chain: &[Arc<dyn Investigator>], host: &HostRecord
 }
 
 /// Runs the chain for a VM: the first definite answer wins; all unknown ⇒ `Unknown`.
-pub async fn investigate_vm(chain: &[Arc<dyn Investigator>], vm: VmId, host: &HostRecord) -> (VmVerdict, Option<&'static str>) {
+pub async fn investigate_vm(
+    chain: &[Arc<dyn Investigator>],
+    vm: VmId,
+    host: &HostRecord,
+) -> (VmVerdict, Option<&'static str>) {
     for inv in chain {
         match inv.vm_alive(vm, host).await {
             VmVerdict::Unknown => {}

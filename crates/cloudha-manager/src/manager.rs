@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use cloudha_attache::{
-    Attache, AttacheHandle, CommandSink, DirectAttache, DirectConfig, LinkError, ServerResource, Tasks, accept_startup,
-    send_one,
+    Attache, AttacheHandle, CommandSink, DirectAttache, DirectConfig, LinkError, ServerResource,
+    Tasks, accept_startup, send_one,
 };
 use cloudha_protocol::{
-    Answer, Command, Event, HostId, HostType, PingAnswer, ReadyCommand, ResourceState, Sequence, StartupAnswer,
-    StartupCommand, Status, WorkReason,
+    Answer, Command, Event, HostId, HostType, PingAnswer, ReadyCommand, ResourceState, Sequence,
+    StartupAnswer, StartupCommand, Status, WorkReason,
 };
 use cloudha_registry::{Interest, ListenerRegistry, Refusal};
 use tokio::sync::broadcast;
@@ -67,7 +67,9 @@ pub struct Attaches {
 
 impl std::fmt::Debug for Attaches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Attaches").field("hosts", &self.lock().len()).finish()
+        f.debug_struct("Attaches")
+            .field("hosts", &self.lock().len())
+            .finish()
     }
 }
 
@@ -104,7 +106,12 @@ impl Attaches {
 
 #[async_trait::async_trait]
 impl HostCommander for Attaches {
-    async fn send(&self, host: HostId, command: Command, wait: Duration) -> Result<Answer, CommandError> {
+    async fn send(
+        &self,
+        host: HostId,
+        command: Command,
+        wait: Duration,
+    ) -> Result<Answer, CommandError> {
         let attache = self.get(host).ok_or(CommandError::NoAttache(host))?;
         Ok(send_one(&*attache, command, Some(wait)).await?)
     }
@@ -161,15 +168,29 @@ impl AgentManager {
     ///
     /// # Errors
     /// The config's validation error.
-    pub fn new(config: Config, ports: Ports, tasks: Tasks) -> Result<Self, crate::error::ConfigError> {
+    pub fn new(
+        config: Config,
+        ports: Ports,
+        tasks: Tasks,
+    ) -> Result<Self, crate::error::ConfigError> {
         config.validate()?;
         let attaches = Arc::new(Attaches::default());
         let commander: Arc<dyn HostCommander> = attaches.clone();
         let investigators = ports.investigators.unwrap_or_else(|| {
-            investigate::chain(&config.ha_investigators_order, &commander, &ports.store, config.ha_investigators_agreement)
+            investigate::chain(
+                &config.ha_investigators_order,
+                &commander,
+                &ports.store,
+                config.ha_investigators_agreement,
+            )
         });
-        let monitor = Arc::new(PingMonitor::new(config.ping_monitor_resolution, config.ping_deadline()));
-        ports.registry.register(monitor.clone(), Interest::ALL, false);
+        let monitor = Arc::new(PingMonitor::new(
+            config.ping_monitor_resolution,
+            config.ping_deadline(),
+        ));
+        ports
+            .registry
+            .register(monitor.clone(), Interest::ALL, false);
         let (changes, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
             config,
@@ -191,7 +212,9 @@ impl AgentManager {
             sink: OnceLock::new(),
             started_at: OnceLock::new(),
         });
-        let _ = inner.sink.set(Arc::new(ManagerSink(Arc::downgrade(&inner))));
+        let _ = inner
+            .sink
+            .set(Arc::new(ManagerSink(Arc::downgrade(&inner))));
         Ok(Self { inner })
     }
 
@@ -255,7 +278,10 @@ impl AgentManager {
 
     /// Every status change of `host`, oldest first.
     pub fn history(&self, host: HostId) -> Vec<StatusChange> {
-        lock(&self.inner.history).get(&host).cloned().unwrap_or_default()
+        lock(&self.inner.history)
+            .get(&host)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Manager start (§8, spec README): every host not Down gets `ManagementServerDown` and a
@@ -271,17 +297,30 @@ impl AgentManager {
                 continue;
             }
             if Status::transition(Some(status), Event::ManagementServerDown).is_ok() {
-                let _ = inner.apply(rec.id, Event::ManagementServerDown, "management server started".into());
+                let _ = inner.apply(
+                    rec.id,
+                    Event::ManagementServerDown,
+                    "management server started".into(),
+                );
             }
             if inner.store.status(rec.id) == Some(Status::Alert) {
-                inner.monitor.schedule_alert(rec.id, now + inner.config.alert_reinvestigate());
+                inner
+                    .monitor
+                    .schedule_alert(rec.id, now + inner.config.alert_reinvestigate());
             }
             inner.monitor.arm(rec.id, now);
         }
         let me = Arc::clone(inner);
-        inner.tasks.spawn(inner.tasks.token().child_token(), async move { me.monitor_loop().await }.instrument(tracing::info_span!("ping_monitor")));
+        inner.tasks.spawn(
+            inner.tasks.token().child_token(),
+            async move { me.monitor_loop().await }.instrument(tracing::info_span!("ping_monitor")),
+        );
         let me = Arc::clone(inner);
-        inner.tasks.spawn(inner.tasks.token().child_token(), async move { me.direct_scan_loop().await }.instrument(tracing::info_span!("direct_scan")));
+        inner.tasks.spawn(
+            inner.tasks.token().child_token(),
+            async move { me.direct_scan_loop().await }
+                .instrument(tracing::info_span!("direct_scan")),
+        );
     }
 
     /// Manager stop: attached hosts get `ManagementServerDown`, attaches are disconnected and every
@@ -289,7 +328,11 @@ impl AgentManager {
     pub async fn stop(&self) {
         for (host, attache) in self.inner.attaches.drain() {
             attache.disconnect();
-            let _ = self.inner.apply(host, Event::ManagementServerDown, "management server stopping".into());
+            let _ = self.inner.apply(
+                host,
+                Event::ManagementServerDown,
+                "management server stopping".into(),
+            );
         }
         self.inner.tasks.shutdown().await;
     }
@@ -304,18 +347,34 @@ impl AgentManager {
     ///
     /// # Errors
     /// A refused transition or store error.
-    pub async fn disconnect_with_investigation(&self, host: HostId, event: Event) -> Result<(), ManagerError> {
+    pub async fn disconnect_with_investigation(
+        &self,
+        host: HostId,
+        event: Event,
+    ) -> Result<(), ManagerError> {
         let _guard = self.inner.lock_host(host).await;
-        self.inner.disconnect_with_investigation_locked(host, event, None).await
+        self.inner
+            .disconnect_with_investigation_locked(host, event, None)
+            .await
     }
 
     /// Disconnect without investigation (§4.3).
     ///
     /// # Errors
     /// A refused transition or store error.
-    pub async fn disconnect_without_investigation(&self, host: HostId, event: Event) -> Result<(), ManagerError> {
+    pub async fn disconnect_without_investigation(
+        &self,
+        host: HostId,
+        event: Event,
+    ) -> Result<(), ManagerError> {
         let _guard = self.inner.lock_host(host).await;
-        self.inner.disconnect_without_investigation_locked(host, event, true, true, "disconnect requested")
+        self.inner.disconnect_without_investigation_locked(
+            host,
+            event,
+            true,
+            true,
+            "disconnect requested",
+        )
     }
 
     /// Investigates a host: CheckHealth on the host (while Up or Connecting), then the chain.
@@ -328,7 +387,12 @@ impl AgentManager {
     ///
     /// # Errors
     /// [`ManagerError::Transition`] naming the status and event when the table has no such cell.
-    pub fn apply(&self, host: HostId, event: Event, reason: impl Into<String>) -> Result<StatusChange, ManagerError> {
+    pub fn apply(
+        &self,
+        host: HostId,
+        event: Event,
+        reason: impl Into<String>,
+    ) -> Result<StatusChange, ManagerError> {
         self.inner.apply(host, event, reason.into())
     }
 }
@@ -339,20 +403,42 @@ impl Inner {
         m.lock_owned().await
     }
 
-    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, host: HostId, what: &'static str, fut: F) {
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(
+        &self,
+        host: HostId,
+        what: &'static str,
+        fut: F,
+    ) {
         let span = tracing::info_span!("host_flow", host.id = %host, flow = what);
-        self.tasks.spawn(self.tasks.token().child_token(), fut.instrument(span));
+        self.tasks
+            .spawn(self.tasks.token().child_token(), fut.instrument(span));
     }
 
-    fn apply(&self, host: HostId, event: Event, reason: String) -> Result<StatusChange, ManagerError> {
+    fn apply(
+        &self,
+        host: HostId,
+        event: Event,
+        reason: String,
+    ) -> Result<StatusChange, ManagerError> {
         let mut attempt = 0;
         loop {
             let rec = self.store.get(host).ok_or(StoreError::UnknownHost(host))?;
-            let to = Status::transition(rec.status, event).map_err(|source| ManagerError::Transition { host, source })?;
+            let to = Status::transition(rec.status, event)
+                .map_err(|source| ManagerError::Transition { host, source })?;
             let now = Instant::now();
-            match self.store.update_status(host, rec.status, rec.update_count, to, event, now) {
+            match self
+                .store
+                .update_status(host, rec.status, rec.update_count, to, event, now)
+            {
                 Ok(_) => {
-                    let change = StatusChange { at: now, host, from: rec.status, event, to, reason };
+                    let change = StatusChange {
+                        at: now,
+                        host,
+                        from: rec.status,
+                        event,
+                        to,
+                        reason,
+                    };
                     self.record(&change);
                     return Ok(change);
                 }
@@ -364,12 +450,16 @@ impl Inner {
 
     fn record(&self, change: &StatusChange) {
         tracing::info!(host.id = %change.host, from = ?change.from, event = %change.event, to = %change.to, reason = %change.reason, "host status");
-        lock(&self.history).entry(change.host).or_default().push(change.clone());
+        lock(&self.history)
+            .entry(change.host)
+            .or_default()
+            .push(change.clone());
         let _ = self.changes.send(change.clone());
         if change.from != Some(change.to) {
             *lock(&self.epochs).entry(change.host).or_default() += 1;
             if change.to == Status::Alert {
-                self.monitor.schedule_alert(change.host, change.at + self.config.alert_reinvestigate());
+                self.monitor
+                    .schedule_alert(change.host, change.at + self.config.alert_reinvestigate());
             } else if change.from == Some(Status::Alert) {
                 self.monitor.cancel_alert(change.host);
             }
@@ -383,7 +473,13 @@ impl Inner {
             tracing::debug!(host.id = %rec.id, %kind, "alert already raised for this status");
             return;
         }
-        self.alerts.raise(Alert { kind, host: Some(rec.id), vm: None, cluster: rec.cluster, message });
+        self.alerts.raise(Alert {
+            kind,
+            host: Some(rec.id),
+            vm: None,
+            cluster: rec.cluster,
+            message,
+        });
     }
 
     fn last_ping(&self, rec: &HostRecord) -> Option<Instant> {
@@ -394,7 +490,8 @@ impl Inner {
     fn rearm(&self, rec: &HostRecord) {
         let now = Instant::now();
         let last = self.last_ping(rec).unwrap_or(now);
-        self.monitor.arm_until(rec.id, last, now + self.config.ping_interval);
+        self.monitor
+            .arm_until(rec.id, last, now + self.config.ping_interval);
     }
 
     async fn investigate(&self, rec: &HostRecord) -> Option<(HostVerdict, &'static str)> {
@@ -414,7 +511,12 @@ impl Inner {
         investigate::investigate_host(&self.investigators, rec).await
     }
 
-    async fn disconnect_with_investigation_locked(&self, host: HostId, event: Event, generation: Option<u64>) -> Result<(), ManagerError> {
+    async fn disconnect_with_investigation_locked(
+        &self,
+        host: HostId,
+        event: Event,
+        generation: Option<u64>,
+    ) -> Result<(), ManagerError> {
         if let Some(g) = generation
             && self.attaches.get(host).is_some_and(|a| a.generation() != g)
         {
@@ -427,10 +529,15 @@ impl Inner {
         if Status::transition(rec.status, event).ok() == Some(Status::Alert) {
             let found = self.investigate(&rec).await;
             let now = Instant::now();
-            let waited = self.last_ping(&rec).map_or(Duration::MAX, |l| now.saturating_duration_since(l));
+            let waited = self
+                .last_ping(&rec)
+                .map_or(Duration::MAX, |l| now.saturating_duration_since(l));
             let too_long = waited > self.config.alert_wait;
             let by = found.map_or("no investigator", |(_, by)| by);
-            reason = format!("{event}; investigation: {} by {by}", found.map_or("unknown".into(), |(v, _)| format!("{v:?}")));
+            reason = format!(
+                "{event}; investigation: {} by {by}",
+                found.map_or("unknown".into(), |(v, _)| format!("{v:?}"))
+            );
             match found.map(|(v, _)| v) {
                 None if !too_long => {
                     tracing::info!(host.id = %host, "state cannot be determined; checking again later");
@@ -439,22 +546,46 @@ impl Inner {
                 }
                 None => {
                     reason = format!("{event}; state undeterminable for longer than alert.wait");
-                    self.raise(AlertKind::HostAlert, &rec, format!("Host {} ({}) is in ALERT state: its state cannot be determined", rec.name, host));
+                    self.raise(
+                        AlertKind::HostAlert,
+                        &rec,
+                        format!(
+                            "Host {} ({}) is in ALERT state: its state cannot be determined",
+                            rec.name, host
+                        ),
+                    );
                 }
                 Some(HostVerdict::Down) => {
-                    if rec.status != Some(Status::Down) && !matches!(rec.host_type, HostType::SecondaryStorage | HostType::ConsoleProxy) {
-                        self.raise(AlertKind::HostDown, &rec, format!("Host {} ({}) is down; starting HA on its VMs", rec.name, host));
+                    if rec.status != Some(Status::Down)
+                        && !matches!(
+                            rec.host_type,
+                            HostType::SecondaryStorage | HostType::ConsoleProxy
+                        )
+                    {
+                        self.raise(
+                            AlertKind::HostDown,
+                            &rec,
+                            format!(
+                                "Host {} ({}) is down; starting HA on its VMs",
+                                rec.name, host
+                            ),
+                        );
                     }
                     event = Event::HostDown;
                 }
                 Some(HostVerdict::Up) => {
-                    self.apply(host, Event::Ping, format!("{event}; investigation: Up by {by}"))?;
+                    self.apply(
+                        host,
+                        Event::Ping,
+                        format!("{event}; investigation: Up by {by}"),
+                    )?;
                     self.rearm(&rec);
                     return Ok(());
                 }
                 Some(HostVerdict::Disconnected)
                     if rec.status == Some(Status::Disconnected)
-                        || (rec.status == Some(Status::Up) && rec.resource_state == ResourceState::PrepareForMaintenance) =>
+                        || (rec.status == Some(Status::Up)
+                            && rec.resource_state == ResourceState::PrepareForMaintenance) =>
                 {
                     if !too_long {
                         self.rearm(&rec);
@@ -471,27 +602,48 @@ impl Inner {
                     event = Event::AgentDisconnected;
                 }
                 Some(_) => {
-                    self.raise(AlertKind::HostAlert, &rec, format!("Host {} ({}) is in ALERT state", rec.name, host));
+                    self.raise(
+                        AlertKind::HostAlert,
+                        &rec,
+                        format!("Host {} ({}) is in ALERT state", rec.name, host),
+                    );
                 }
             }
         }
-        if let Err(e) = self.disconnect_without_investigation_locked(host, event, true, true, &reason) {
+        if let Err(e) =
+            self.disconnect_without_investigation_locked(host, event, true, true, &reason)
+        {
             // No such transition (e.g. Up + WaitedTooLong, which CloudStack throws on): the host
             // keeps its status and is checked again at the next monitor run, never forgotten.
             self.rearm(&rec);
             return Err(e);
         }
-        if let Some(rec) = self.store.get(host)
-            && rec.status == Some(Status::Down)
+        // Down is the only path from a disconnect to VM-HA; a host that was Down already had
+        // its VMs scheduled when it went Down.
+        if let Some(now) = self.store.get(host)
+            && now.status == Some(Status::Down)
+            && rec.status != Some(Status::Down)
         {
-            self.ha.schedule_restarts_for_host(&rec, WorkReason::HostDown, true).await;
+            self.ha
+                .schedule_restarts_for_host(&now, WorkReason::HostDown, true)
+                .await;
         }
         Ok(())
     }
 
-    fn disconnect_without_investigation_locked(&self, host: HostId, event: Event, transit: bool, remove: bool, reason: &str) -> Result<(), ManagerError> {
+    fn disconnect_without_investigation_locked(
+        &self,
+        host: HostId,
+        event: Event,
+        transit: bool,
+        remove: bool,
+        reason: &str,
+    ) -> Result<(), ManagerError> {
         let rec = self.store.get(host).ok_or(StoreError::UnknownHost(host))?;
-        let stays = matches!(rec.status, Some(Status::Down | Status::Alert | Status::Removed));
+        let stays = matches!(
+            rec.status,
+            Some(Status::Down | Status::Alert | Status::Removed)
+        );
         let table = Status::transition(rec.status, event);
         let next = match (stays, table) {
             (true, _) => rec.status.unwrap_or(Status::Unknown),
@@ -522,32 +674,58 @@ impl Inner {
 
     async fn reinvestigate_alert(&self, host: HostId) {
         let _guard = self.lock_host(host).await;
-        let Some(rec) = self.store.get(host) else { return };
+        let Some(rec) = self.store.get(host) else {
+            return;
+        };
         if rec.status != Some(Status::Alert) {
             return;
         }
         match self.investigate(&rec).await {
             Some((HostVerdict::Down, by)) => {
-                self.raise(AlertKind::HostDown, &rec, format!("Host {} ({}) is down; starting HA on its VMs", rec.name, host));
-                if let Err(e) = self.apply(host, Event::HostDown, format!("Alert re-investigation: Down by {by}")) {
+                self.raise(
+                    AlertKind::HostDown,
+                    &rec,
+                    format!(
+                        "Host {} ({}) is down; starting HA on its VMs",
+                        rec.name, host
+                    ),
+                );
+                if let Err(e) = self.apply(
+                    host,
+                    Event::HostDown,
+                    format!("Alert re-investigation: Down by {by}"),
+                ) {
                     tracing::warn!(host.id = %host, error = %e, "cannot mark host down");
                     return;
                 }
                 if let Some(rec) = self.store.get(host) {
-                    self.ha.schedule_restarts_for_host(&rec, WorkReason::HostDown, true).await;
+                    self.ha
+                        .schedule_restarts_for_host(&rec, WorkReason::HostDown, true)
+                        .await;
                 }
             }
-            _ => self.monitor.schedule_alert(host, Instant::now() + self.config.alert_reinvestigate()),
+            _ => self
+                .monitor
+                .schedule_alert(host, Instant::now() + self.config.alert_reinvestigate()),
         }
     }
 
     async fn on_behind(&self, host: HostId) {
         let _guard = self.lock_host(host).await;
-        let Some(rec) = self.store.get(host) else { return };
+        let Some(rec) = self.store.get(host) else {
+            return;
+        };
         let result = if rec.resource_state.is_out_of_service() || rec.host_type.is_system_vm() {
-            self.disconnect_without_investigation_locked(host, Event::ShutdownRequested, true, true, "behind on ping (out of service or system VM agent)")
+            self.disconnect_without_investigation_locked(
+                host,
+                Event::ShutdownRequested,
+                true,
+                true,
+                "behind on ping (out of service or system VM agent)",
+            )
         } else {
-            self.disconnect_with_investigation_locked(host, Event::PingTimeout, None).await
+            self.disconnect_with_investigation_locked(host, Event::PingTimeout, None)
+                .await
         };
         if let Err(e) = result {
             tracing::warn!(host.id = %host, error = %e, "behind-on-ping handling failed");
@@ -564,11 +742,17 @@ impl Inner {
                 tracing::info!(host.id = %host, since = ?now.saturating_duration_since(last), "host behind on ping");
                 let _ = self.store.set_last_ping(host, last);
                 let me = Arc::clone(&self);
-                self.spawn(host, "behind_on_ping", async move { me.on_behind(host).await });
+                self.spawn(
+                    host,
+                    "behind_on_ping",
+                    async move { me.on_behind(host).await },
+                );
             }
             for host in self.monitor.alerts_due(now) {
                 let me = Arc::clone(&self);
-                self.spawn(host, "alert_reinvestigation", async move { me.reinvestigate_alert(host).await });
+                self.spawn(host, "alert_reinvestigation", async move {
+                    me.reinvestigate_alert(host).await
+                });
             }
         }
     }
@@ -582,7 +766,12 @@ impl Inner {
             for host in hosts {
                 let connected = self.attaches.get(host).is_some_and(|a| !a.is_closed());
                 let status = self.store.status(host);
-                if connected || matches!(status, Some(Status::Up | Status::Connecting | Status::Removed)) {
+                if connected
+                    || matches!(
+                        status,
+                        Some(Status::Up | Status::Connecting | Status::Removed)
+                    )
+                {
                     continue;
                 }
                 let me = Arc::clone(&self);
@@ -594,13 +783,18 @@ impl Inner {
     }
 
     async fn connect_direct(self: &Arc<Self>, host: HostId) -> bool {
-        let Some(resource) = lock(&self.direct).get(&host).cloned() else { return false };
-        let startup = tokio::time::timeout(self.config.wait, resource.initialize()).await.ok().and_then(|cmds| {
-            cmds.into_iter().find_map(|c| match c {
-                Command::Startup(s) => Some(s),
-                _ => None,
-            })
-        });
+        let Some(resource) = lock(&self.direct).get(&host).cloned() else {
+            return false;
+        };
+        let startup = tokio::time::timeout(self.config.wait, resource.initialize())
+            .await
+            .ok()
+            .and_then(|cmds| {
+                cmds.into_iter().find_map(|c| match c {
+                    Command::Startup(s) => Some(s),
+                    _ => None,
+                })
+            });
         let Some(startup) = startup else {
             tracing::debug!(host.id = %host, "direct host gave no startup: not reachable");
             return false;
@@ -613,7 +807,13 @@ impl Inner {
             default_wait: self.config.wait,
         };
         let sink = Arc::clone(self.sink.get().expect("set in new"));
-        let attache: Arc<dyn Attache> = Arc::new(DirectAttache::spawn(host, resource, sink, config, &self.tasks));
+        let attache: Arc<dyn Attache> = Arc::new(DirectAttache::spawn(
+            host,
+            resource,
+            sink,
+            config,
+            &self.tasks,
+        ));
         let generation = attache.generation();
         if let Some(old) = self.attaches.insert(host, Arc::clone(&attache)) {
             old.disconnect();
@@ -623,8 +823,17 @@ impl Inner {
     }
 
     /// The connect flow (§2): AgentConnected, the listeners' connect, Ready, then Ready → Up.
-    async fn connect_flow_locked(&self, host: HostId, startup: &StartupCommand, generation: u64) -> bool {
-        let Some(attache) = self.attaches.get(host).filter(|a| a.generation() == generation) else {
+    async fn connect_flow_locked(
+        &self,
+        host: HostId,
+        startup: &StartupCommand,
+        generation: u64,
+    ) -> bool {
+        let Some(attache) = self
+            .attaches
+            .get(host)
+            .filter(|a| a.generation() == generation)
+        else {
             tracing::debug!(host.id = %host, "connect superseded by a newer attache");
             return false;
         };
@@ -642,15 +851,28 @@ impl Inner {
             };
             tracing::warn!(host.id = %host, error = %refused, "connect refused by a listener");
             let reason = format!("connect refused: {}", refused.error.reason);
-            if let Err(e) = self.disconnect_without_investigation_locked(host, event, true, true, &reason) {
+            if let Err(e) =
+                self.disconnect_without_investigation_locked(host, event, true, true, &reason)
+            {
                 tracing::warn!(host.id = %host, error = %e, "disconnect after refusal failed");
             }
             return false;
         }
-        let ready = send_one(&*attache, Command::Ready(ReadyCommand { host_id: host }), Some(self.config.ready_command_wait)).await;
+        let ready = send_one(
+            &*attache,
+            Command::Ready(ReadyCommand { host_id: host }),
+            Some(self.config.ready_command_wait),
+        )
+        .await;
         if !ready.as_ref().is_ok_and(Answer::success) {
             tracing::warn!(host.id = %host, ?ready, "Ready failed");
-            let _ = self.disconnect_without_investigation_locked(host, Event::AgentDisconnected, true, true, "Ready command failed");
+            let _ = self.disconnect_without_investigation_locked(
+                host,
+                Event::AgentDisconnected,
+                true,
+                true,
+                "Ready command failed",
+            );
             return false;
         }
         if let Err(e) = self.apply(host, Event::Ready, "connect complete".into()) {
@@ -668,20 +890,32 @@ impl Inner {
     fn ping_answer(&self, host: HostId, gateway_accessible: bool) -> Answer {
         // CloudStack: send-startup when the host is not Up; we also let a Connecting host finish.
         let status = self.store.status(host);
-        let send_startup = gateway_accessible && !matches!(status, Some(Status::Up | Status::Connecting));
-        Answer::Ping(PingAnswer { avoid_ms: Vec::new(), send_startup })
+        let send_startup =
+            gateway_accessible && !matches!(status, Some(Status::Up | Status::Connecting));
+        Answer::Ping(PingAnswer {
+            avoid_ms: Vec::new(),
+            send_startup,
+        })
     }
 
     fn gateway(&self, host: HostId, accessible: bool) {
         let changed = {
             let mut lost = lock(&self.lost_gateway);
-            if accessible { lost.remove(&host) } else { lost.insert(host) }
+            if accessible {
+                lost.remove(&host)
+            } else {
+                lost.insert(host)
+            }
         };
         if changed && let Some(rec) = self.store.get(host) {
             if accessible {
                 tracing::info!(host.id = %host, "gateway reachable again");
             } else {
-                self.raise(AlertKind::LostGateway, &rec, format!("Host {} ({}) lost its gateway", rec.name, host));
+                self.raise(
+                    AlertKind::LostGateway,
+                    &rec,
+                    format!("Host {} ({}) lost its gateway", rec.name, host),
+                );
             }
         }
     }
@@ -690,7 +924,9 @@ impl Inner {
 #[async_trait::async_trait]
 impl CommandSink for ManagerSink {
     fn on_commands(&self, host: HostId, seq: Sequence, commands: &[Command]) -> Vec<Answer> {
-        let Some(inner) = self.0.upgrade() else { return Vec::new() };
+        let Some(inner) = self.0.upgrade() else {
+            return Vec::new();
+        };
         inner.registry.dispatch_commands(host, seq, commands);
         commands
             .iter()
@@ -715,16 +951,28 @@ impl CommandSink for ManagerSink {
                     Answer::Startup(inner.startup_answer(s))
                 }
                 Command::Shutdown(s) => {
-                    let (me, reason) = (Arc::clone(&inner), format!("agent shut down: {:?} {}", s.reason, s.details));
+                    let (me, reason) = (
+                        Arc::clone(&inner),
+                        format!("agent shut down: {:?} {}", s.reason, s.details),
+                    );
                     inner.spawn(host, "shutdown", async move {
                         let _guard = me.lock_host(host).await;
-                        if let Err(e) = me.disconnect_without_investigation_locked(host, Event::ShutdownRequested, true, true, &reason) {
+                        if let Err(e) = me.disconnect_without_investigation_locked(
+                            host,
+                            Event::ShutdownRequested,
+                            true,
+                            true,
+                            &reason,
+                        ) {
                             tracing::warn!(host.id = %host, error = %e, "shutdown handling failed");
                         }
                     });
                     Answer::ok()
                 }
-                Command::AgentControl(c) => inner.registry.dispatch_control(host, c).unwrap_or_else(Answer::ok),
+                Command::AgentControl(c) => inner
+                    .registry
+                    .dispatch_control(host, c)
+                    .unwrap_or_else(Answer::ok),
                 _ => Answer::ok(),
             })
             .collect()
@@ -732,10 +980,19 @@ impl CommandSink for ManagerSink {
 
     async fn on_connect(&self, attache: AttacheHandle, startup: StartupCommand) -> StartupAnswer {
         let host = startup.host_id;
-        let refuse = |details: String| StartupAnswer { success: false, host_id: host, ping_interval_ms: 0, details };
-        let Some(inner) = self.0.upgrade() else { return refuse("manager stopped".into()) };
+        let refuse = |details: String| StartupAnswer {
+            success: false,
+            host_id: host,
+            ping_interval_ms: 0,
+            details,
+        };
+        let Some(inner) = self.0.upgrade() else {
+            return refuse("manager stopped".into());
+        };
         match inner.store.status(host) {
-            _ if inner.store.get(host).is_none() => return refuse(format!("host {host} is not known")),
+            _ if inner.store.get(host).is_none() => {
+                return refuse(format!("host {host} is not known"));
+            }
             Some(Status::Removed) => return refuse(format!("host {host} was removed")),
             _ => {}
         }
@@ -755,15 +1012,28 @@ impl CommandSink for ManagerSink {
     }
 
     fn on_link_lost(&self, host: HostId, generation: u64, error: &LinkError) {
-        let Some(inner) = self.0.upgrade() else { return };
-        if inner.attaches.get(host).is_none_or(|a| a.generation() != generation) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        if inner
+            .attaches
+            .get(host)
+            .is_none_or(|a| a.generation() != generation)
+        {
             return;
         }
         tracing::info!(host.id = %host, %error, "agent link lost: disconnect with investigation");
         let me = Arc::clone(&inner);
         inner.spawn(host, "link_lost", async move {
             let _guard = me.lock_host(host).await;
-            if let Err(e) = me.disconnect_with_investigation_locked(host, Event::AgentDisconnected, Some(generation)).await {
+            if let Err(e) = me
+                .disconnect_with_investigation_locked(
+                    host,
+                    Event::AgentDisconnected,
+                    Some(generation),
+                )
+                .await
+            {
                 tracing::warn!(host.id = %host, error = %e, "link-loss handling failed");
             }
         });

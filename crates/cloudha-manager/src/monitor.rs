@@ -119,7 +119,14 @@ impl Wheel {
             self.link(i, due);
             return;
         }
-        let node = Node { host, due, last_ping: at, prev: NIL, next: NIL, slot: 0 };
+        let node = Node {
+            host,
+            due,
+            last_ping: at,
+            prev: NIL,
+            next: NIL,
+            slot: 0,
+        };
         let i = match self.free.pop() {
             Some(i) => {
                 self.nodes[i as usize] = node;
@@ -136,7 +143,9 @@ impl Wheel {
 
     /// A ping: refreshes only a host already tracked. Returns whether it was.
     pub(crate) fn touch(&mut self, host: HostId, at: Instant) -> bool {
-        let Some(&i) = self.index.get(&host) else { return false };
+        let Some(&i) = self.index.get(&host) else {
+            return false;
+        };
         let due = self.due_tick(at);
         self.nodes[i as usize].last_ping = at;
         if self.nodes[i as usize].due != due {
@@ -155,7 +164,9 @@ impl Wheel {
     }
 
     pub(crate) fn last_ping(&self, host: HostId) -> Option<Instant> {
-        self.index.get(&host).map(|&i| self.nodes[i as usize].last_ping)
+        self.index
+            .get(&host)
+            .map(|&i| self.nodes[i as usize].last_ping)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -252,7 +263,10 @@ impl PingMonitor {
 
     /// Schedules an Alert re-investigation of `host` at `at` (replacing an earlier one).
     pub fn schedule_alert(&self, host: HostId, at: Instant) {
-        let mut idx = self.alert_index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idx = self
+            .alert_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut set = self.alerts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = idx.insert(host, at) {
             set.remove(&(old, host));
@@ -262,15 +276,24 @@ impl PingMonitor {
 
     /// Cancels a scheduled Alert re-investigation.
     pub fn cancel_alert(&self, host: HostId) {
-        let mut idx = self.alert_index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idx = self
+            .alert_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = idx.remove(&host) {
-            self.alerts.lock().unwrap_or_else(PoisonError::into_inner).remove(&(old, host));
+            self.alerts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&(old, host));
         }
     }
 
     /// Alert re-investigations due by `now` (they are removed; re-schedule to repeat).
     pub fn alerts_due(&self, now: Instant) -> Vec<HostId> {
-        let mut idx = self.alert_index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idx = self
+            .alert_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut set = self.alerts.lock().unwrap_or_else(PoisonError::into_inner);
         let mut due = Vec::new();
         while let Some(&(at, host)) = set.first() {
@@ -294,7 +317,12 @@ impl Listener for PingMonitor {
         false
     }
 
-    async fn process_connect(&self, host: HostId, startup: &StartupCommand, _rebalance: bool) -> Result<(), ConnectError> {
+    async fn process_connect(
+        &self,
+        host: HostId,
+        startup: &StartupCommand,
+        _rebalance: bool,
+    ) -> Result<(), ConnectError> {
         if startup.host_type.is_some_and(|t| t.is_ping_untracked()) {
             return Ok(());
         }
@@ -349,7 +377,10 @@ mod tests {
             }
             w.expire(now, &mut out);
         }
-        assert_eq!(out.iter().map(|(h, _)| *h).collect::<Vec<_>>(), vec![HostId(7)]);
+        assert_eq!(
+            out.iter().map(|(h, _)| *h).collect::<Vec<_>>(),
+            vec![HostId(7)]
+        );
         assert_eq!(w.remove(HostId(3)), Some(t0 + Duration::from_secs(600)));
         assert_eq!(w.remove(HostId(3)), None);
         assert_eq!(w.len(), 98);

@@ -8,7 +8,12 @@ use cloudha_protocol::{HostId, VmStateReport, WorkReason};
 #[async_trait::async_trait]
 pub trait HaScheduler: Send + Sync {
     /// Schedules restarts for the VMs of `host` (CloudStack's `scheduleRestartForVmsOnHost`).
-    async fn schedule_restarts_for_host(&self, host: &HostRecord, reason: WorkReason, investigate: bool);
+    async fn schedule_restarts_for_host(
+        &self,
+        host: &HostRecord,
+        reason: WorkReason,
+        investigate: bool,
+    );
 
     /// VM power states reported by an Up routing host's ping (the second HA trigger). Plain call:
     /// it runs on the ping path.
@@ -21,7 +26,12 @@ pub struct NoHa;
 
 #[async_trait::async_trait]
 impl HaScheduler for NoHa {
-    async fn schedule_restarts_for_host(&self, host: &HostRecord, reason: WorkReason, _investigate: bool) {
+    async fn schedule_restarts_for_host(
+        &self,
+        host: &HostRecord,
+        reason: WorkReason,
+        _investigate: bool,
+    ) {
         tracing::info!(host.id = %host.id, ?reason, "host down; VM-HA not configured");
     }
 
