@@ -1,0 +1,252 @@
+//! End to end: real direct attaches (fake resources over a shared little world), the real
+//! registry and the real manager with its real investigator chain. A host whose resource stops
+//! answering ends Down or Alert exactly as the neighbours' verdicts dictate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudha_attache::{ServerResource, Tasks};
+use cloudha_manager::*;
+use cloudha_protocol::*;
+use cloudha_registry::Registry;
+use tokio::time::sleep;
+
+/// Ground truth: per host, whether its power is on, its agent answers, and its storage
+/// heartbeat beats.
+#[derive(Default)]
+struct World {
+    hosts: Mutex<HashMap<HostId, (bool, bool, bool)>>,
+}
+
+impl World {
+    fn set(&self, host: HostId, powered: bool, agent: bool, heartbeat: bool) {
+        self.hosts
+            .lock()
+            .unwrap()
+            .insert(host, (powered, agent, heartbeat));
+    }
+    fn get(&self, host: HostId) -> (bool, bool, bool) {
+        self.hosts
+            .lock()
+            .unwrap()
+            .get(&host)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+struct Resource {
+    id: HostId,
+    hypervisor: HypervisorType,
+    world: Arc<World>,
+}
+
+#[async_trait::async_trait]
+impl ServerResource for Resource {
+    async fn initialize(&self) -> Vec<Command> {
+        let (powered, agent, _) = self.world.get(self.id);
+        if !(powered && agent) {
+            return Vec::new();
+        }
+        vec![
+            StartupCommand {
+                host_id: self.id,
+                hypervisor: Some(self.hypervisor),
+                host_type: Some(HostType::Routing),
+                ..Default::default()
+            }
+            .into(),
+        ]
+    }
+
+    async fn get_current_status(&self, host: HostId) -> Option<Command> {
+        let (powered, agent, _) = self.world.get(self.id);
+        (powered && agent).then(|| {
+            PingRoutingCommand {
+                host_id: host,
+                vm_states: vec![],
+                gateway_accessible: true,
+            }
+            .into()
+        })
+    }
+
+    async fn execute(&self, command: Command) -> Answer {
+        let (powered, agent, _) = self.world.get(self.id);
+        if !(powered && agent) {
+            return Answer::failure("no answer");
+        }
+        match command {
+            Command::CheckHealth(_) => Answer::ok(),
+            Command::CheckOnHost(c) => {
+                let (_, _, heartbeat) = self.world.get(c.target);
+                Answer::CheckOnHost(CheckOnHostAnswer {
+                    success: true,
+                    alive: heartbeat,
+                    details: String::new(),
+                })
+            }
+            Command::PingTest(c) => {
+                let (powered, _, _) = self.world.get(c.target);
+                Answer::Generic(GenericAnswer {
+                    success: powered,
+                    details: String::new(),
+                })
+            }
+            _ => Answer::ok(),
+        }
+    }
+
+    fn disconnected(&self) {}
+}
+
+struct Fleet {
+    manager: AgentManager,
+    world: Arc<World>,
+    registry: Arc<Registry>,
+    ha: Arc<Ha>,
+}
+
+#[derive(Default)]
+struct Ha(Mutex<Vec<HostId>>);
+
+#[async_trait::async_trait]
+impl HaScheduler for Ha {
+    async fn schedule_restarts_for_host(&self, host: &HostRecord, _: WorkReason, _: bool) {
+        self.0.lock().unwrap().push(host.id);
+    }
+    fn vm_power_report(&self, _: HostId, _: &[VmStateReport]) {}
+}
+
+async fn fleet(hypervisor: HypervisorType, n: u64, config: Config) -> Fleet {
+    let world = Arc::new(World::default());
+    let registry = Arc::new(Registry::default());
+    let ha = Arc::new(Ha::default());
+    let store = Arc::new(InMemoryHostStore::new());
+    let manager = AgentManager::new(
+        config,
+        Ports {
+            store,
+            registry: registry.clone(),
+            alerts: Arc::new(LogAlerts),
+            ha: ha.clone(),
+            investigators: None,
+        },
+        Tasks::new(),
+    )
+    .unwrap();
+    for i in 1..=n {
+        let id = HostId(i);
+        world.set(id, true, true, true);
+        let mut record = HostRecord::new(id, format!("h{i}"), hypervisor);
+        record.cluster = Some(ClusterId(1));
+        record.pod = Some(PodId(1));
+        manager.add_direct_host(
+            record,
+            Arc::new(Resource {
+                id,
+                hypervisor,
+                world: world.clone(),
+            }),
+        );
+    }
+    manager.start().await;
+    sleep(Duration::from_secs(1)).await;
+    for i in 1..=n {
+        assert_eq!(manager.store().status(HostId(i)), Some(Status::Up));
+    }
+    Fleet {
+        manager,
+        world,
+        registry,
+        ha,
+    }
+}
+
+impl Fleet {
+    fn status(&self, i: u64) -> Option<Status> {
+        self.manager.store().status(HostId(i))
+    }
+    async fn stop(self) {
+        self.manager.stop().await;
+        self.registry.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_xen_host_that_loses_power_is_proven_down_by_its_neighbours() {
+    let f = fleet(HypervisorType::XenServer, 3, Config::default()).await;
+    f.world.set(HostId(2), false, false, false);
+    sleep(Duration::from_secs(150 + 60 + 2)).await;
+    assert_eq!(f.status(2), Some(Status::Down));
+    assert_eq!(f.status(1), Some(Status::Up));
+    assert_eq!(*f.ha.0.lock().unwrap(), vec![HostId(2)]);
+    let down = f.manager.history(HostId(2)).pop().unwrap();
+    assert_eq!(down.event, Event::HostDown);
+    assert!(
+        down.reason.contains("XenServerInvestigator"),
+        "{}",
+        down.reason
+    );
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kvm_host_whose_agent_dies_with_its_heartbeat_alive_is_never_down() {
+    let config = Config {
+        alert_wait: Duration::from_secs(600),
+        ..Config::default()
+    };
+    let f = fleet(HypervisorType::Kvm, 3, config).await;
+    // The host runs on (heartbeat beats, pingable) but its agent stopped answering.
+    f.world.set(HostId(2), true, false, true);
+    sleep(Duration::from_secs(150 + 60 + 2)).await;
+    // KVM neighbours see the heartbeat: Disconnected; the host was Up ⇒ AgentDisconnected ⇒ Alert.
+    assert_eq!(f.status(2), Some(Status::Alert));
+    let alert = f.manager.history(HostId(2)).pop().unwrap();
+    assert_eq!(alert.event, Event::AgentDisconnected);
+    assert!(
+        alert.reason.contains("Disconnected by KVMInvestigator"),
+        "{}",
+        alert.reason
+    );
+    // Re-investigated every interval while in Alert, and never Down while the heartbeat beats.
+    sleep(Duration::from_secs(3600)).await;
+    assert_eq!(f.status(2), Some(Status::Alert));
+    assert!(
+        f.ha.0.lock().unwrap().is_empty(),
+        "no VM-HA for a live host"
+    );
+    // Then the host really dies: the Alert re-investigation proves it Down.
+    f.world.set(HostId(2), false, false, false);
+    sleep(Duration::from_secs(61)).await;
+    assert_eq!(f.status(2), Some(Status::Down));
+    assert_eq!(*f.ha.0.lock().unwrap(), vec![HostId(2)]);
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_host_nobody_can_vouch_for_goes_to_alert_after_alert_wait() {
+    // One host: no neighbour can tell; unknown never becomes Down.
+    let config = Config {
+        alert_wait: Duration::from_secs(900),
+        ..Config::default()
+    };
+    let f = fleet(HypervisorType::XenServer, 1, config).await;
+    f.world.set(HostId(1), false, false, false);
+    sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        f.status(1),
+        Some(Status::Up),
+        "undeterminable: nothing done before alert.wait"
+    );
+    sleep(Duration::from_secs(400)).await;
+    assert_eq!(f.status(1), Some(Status::Alert));
+    assert!(f.ha.0.lock().unwrap().is_empty());
+    // It powers back on: the direct scan reconnects it.
+    f.world.set(HostId(1), true, true, true);
+    sleep(Duration::from_secs(91)).await;
+    assert_eq!(f.status(1), Some(Status::Up));
+    f.stop().await;
+}
