@@ -130,7 +130,7 @@ async fn fleet(hypervisor: HypervisorType, n: u64, config: Config) -> Fleet {
             store,
             registry: registry.clone(),
             alerts: Arc::new(LogAlerts),
-            ha: ha.clone(),
+            ha: Some(ha.clone()),
             investigators: None,
         },
         Tasks::new(),

@@ -48,7 +48,7 @@ fn ingestion(hosts: u64, rounds: u64) {
             store: store.clone(),
             registry,
             alerts: Arc::new(LogAlerts),
-            ha: Arc::new(NoHa),
+            ha: None,
             investigators: Some(Vec::new()),
         },
         Tasks::new(),

@@ -37,6 +37,13 @@ pub struct HostRecord {
     pub disconnected_on: Option<Instant>,
     /// Optimistic-lock counter, incremented by every status update.
     pub update_count: u64,
+    /// Host tags (for `ha.tag`).
+    pub tags: Vec<String>,
+    /// The host fences itself when its storage heartbeat fails, independently of its agent (a
+    /// watchdog, sanlock). Only then does a neighbour's "heartbeat dead" prove a fence; with
+    /// CloudStack's agent-run heartbeat writer it does not (an agent crash stops the heartbeat
+    /// while the VMs run on).
+    pub self_fence_independent: bool,
 }
 
 impl HostRecord {
@@ -55,6 +62,8 @@ impl HostRecord {
             last_ping: None,
             disconnected_on: None,
             update_count: 0,
+            tags: Vec::new(),
+            self_fence_independent: false,
         }
     }
 }

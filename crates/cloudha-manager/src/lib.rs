@@ -11,12 +11,18 @@
 //! `ListenerRegistry`) and defines its own ports: [`HostStore`], [`AlertSink`], [`Investigator`],
 //! [`HostCommander`], [`HaScheduler`] (mocks with the `mock` feature).
 //!
+//! The HA side ([`HaManager`], module [`ha`]) implements [`HaScheduler`]: a durable work queue
+//! ([`ha::HaWorkStore`]) served by `ha.workers` workers; per VM it investigates again, fences
+//! through an ordered [`ha::Fencer`] chain when the VM may still run, marks it stopped and starts
+//! it elsewhere through the [`ha::VmOrchestrator`] port, under the correlated-failure brake.
+//!
 //! Status changes go through one place ([`AgentManager::apply`]), which uses the §4.2 table,
 //! records every change in a per-host history and sends it to subscribers.
 
 pub mod alert;
 pub mod config;
 pub mod error;
+pub mod ha;
 pub mod host;
 pub mod investigate;
 mod manager;
@@ -28,7 +34,8 @@ pub use config::Config;
 pub use error::{CommandError, ConfigError, ManagerError, StoreError};
 pub use host::{HostRecord, HostStore, InMemoryHostStore};
 pub use investigate::{HostCommander, HostVerdict, Investigator, VmVerdict};
-pub use manager::{AgentManager, Attaches, Ports, StatusChange};
+pub use ha::{HaManager, HaPorts};
+pub use manager::{AgentManager, Attaches, Investigations, Ports, StatusChange};
 pub use monitor::PingMonitor;
 pub use ports::{HaScheduler, NoHa};
 

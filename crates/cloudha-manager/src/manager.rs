@@ -51,8 +51,9 @@ pub struct Ports {
     pub registry: Arc<dyn ListenerRegistry>,
     /// Where alerts go.
     pub alerts: Arc<dyn AlertSink>,
-    /// Where a host proven Down is handed to VM-HA.
-    pub ha: Arc<dyn HaScheduler>,
+    /// Where a host proven Down is handed to VM-HA; `None`: set later with
+    /// [`AgentManager::set_ha`] (the HA manager is built from the agent manager's investigators).
+    pub ha: Option<Arc<dyn HaScheduler>>,
     /// The investigator chain; `None`: built from `ha.investigators.order` over the manager's
     /// own attaches and store.
     pub investigators: Option<Vec<Arc<dyn Investigator>>>,
@@ -117,12 +118,39 @@ impl HostCommander for Attaches {
     }
 }
 
+/// The hosts being investigated right now (the brake counts them as suspect).
+#[derive(Debug, Default)]
+pub struct Investigations(Mutex<HashSet<HostId>>);
+
+impl Investigations {
+    /// Whether `host` is being investigated.
+    pub fn contains(&self, host: HostId) -> bool {
+        lock(&self.0).contains(&host)
+    }
+
+    fn begin(&self, host: HostId) -> InvestigationGuard<'_> {
+        lock(&self.0).insert(host);
+        InvestigationGuard(self, host)
+    }
+}
+
+struct InvestigationGuard<'a>(&'a Investigations, HostId);
+
+impl Drop for InvestigationGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.0).remove(&self.1);
+    }
+}
+
+static NO_HA: crate::ports::NoHa = crate::ports::NoHa;
+
 struct Inner {
     config: Config,
     store: Arc<dyn HostStore>,
     registry: Arc<dyn ListenerRegistry>,
     alerts: Arc<dyn AlertSink>,
-    ha: Arc<dyn HaScheduler>,
+    ha: OnceLock<Arc<dyn HaScheduler>>,
+    investigations: Arc<Investigations>,
     investigators: Vec<Arc<dyn Investigator>>,
     attaches: Arc<Attaches>,
     monitor: Arc<PingMonitor>,
@@ -197,7 +225,8 @@ impl AgentManager {
             store: ports.store,
             registry: ports.registry,
             alerts: ports.alerts,
-            ha: ports.ha,
+            ha: ports.ha.map(OnceLock::from).unwrap_or_default(),
+            investigations: Arc::default(),
             investigators,
             attaches,
             monitor,
@@ -231,6 +260,23 @@ impl AgentManager {
     /// Sends commands to hosts through their attaches (what investigators and fencers use).
     pub fn commander(&self) -> Arc<dyn HostCommander> {
         self.inner.attaches.clone()
+    }
+
+    /// Hands hosts proven Down to `ha` from now on (once; later calls are ignored).
+    pub fn set_ha(&self, ha: Arc<dyn HaScheduler>) {
+        if self.inner.ha.set(ha).is_err() {
+            tracing::warn!("HA scheduler already set");
+        }
+    }
+
+    /// The investigator chain (the HA side uses it for VM verdicts).
+    pub fn investigators(&self) -> Vec<Arc<dyn Investigator>> {
+        self.inner.investigators.clone()
+    }
+
+    /// The hosts under investigation right now.
+    pub fn investigations(&self) -> Arc<Investigations> {
+        Arc::clone(&self.inner.investigations)
     }
 
     /// The host store.
@@ -494,7 +540,12 @@ impl Inner {
             .arm_until(rec.id, last, now + self.config.ping_interval);
     }
 
+    fn ha(&self) -> &dyn HaScheduler {
+        self.ha.get().map_or(&NO_HA as &dyn HaScheduler, |h| h.as_ref())
+    }
+
     async fn investigate(&self, rec: &HostRecord) -> Option<(HostVerdict, &'static str)> {
+        let _busy = self.investigations.begin(rec.id);
         if rec.host_type.is_system_vm() {
             return Some((HostVerdict::Alert, "system VM agent"));
         }
@@ -624,7 +675,7 @@ impl Inner {
             && now.status == Some(Status::Down)
             && rec.status != Some(Status::Down)
         {
-            self.ha
+            self.ha()
                 .schedule_restarts_for_host(&now, WorkReason::HostDown, true)
                 .await;
         }
@@ -699,7 +750,7 @@ impl Inner {
                     return;
                 }
                 if let Some(rec) = self.store.get(host) {
-                    self.ha
+                    self.ha()
                         .schedule_restarts_for_host(&rec, WorkReason::HostDown, true)
                         .await;
                 }
@@ -935,7 +986,7 @@ impl CommandSink for ManagerSink {
                 Command::PingRouting(p) => {
                     inner.gateway(host, p.gateway_accessible);
                     if inner.store.status(host) == Some(Status::Up) {
-                        inner.ha.vm_power_report(host, &p.vm_states);
+                        inner.ha().vm_power_report(host, &p.vm_states);
                     }
                     inner.ping_answer(host, p.gateway_accessible)
                 }

@@ -174,7 +174,7 @@ pub(crate) fn harness(config: Config) -> Harness {
             store: store.clone(),
             registry: registry.clone(),
             alerts: alerts.clone(),
-            ha: ha.clone(),
+            ha: Some(ha.clone()),
             investigators: Some(vec![investigator.clone()]),
         },
         tasks.clone(),

@@ -1,0 +1,19 @@
+//! VM-HA: the durable work queue, its workers, fencing and restarts (spec §5, §6, §7.3 and the
+//! spec README's brake and fencing-proof rules). CloudStack's `HighAvailabilityManagerImpl`.
+
+pub mod fence;
+mod manager;
+pub mod vm;
+pub mod work;
+
+pub use fence::{FenceOutcome, Fencer, NeighbourFencer, OobError, OutOfBandManagement, PowerFencer, PowerState};
+pub use manager::{HaManager, HaPorts};
+pub use vm::{InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmKind, VmOrchestrator, VmRecord};
+pub use work::{HaWorkStore, InMemoryHaWorkStore, OwnerId, WorkEvent, WorkItem};
+
+#[cfg(any(test, feature = "mock"))]
+pub use fence::{MockFencer, MockOutOfBandManagement};
+#[cfg(any(test, feature = "mock"))]
+pub use vm::MockVmOrchestrator;
+#[cfg(any(test, feature = "mock"))]
+pub use work::MockHaWorkStore;
