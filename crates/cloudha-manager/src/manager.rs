@@ -541,7 +541,9 @@ impl Inner {
     }
 
     fn ha(&self) -> &dyn HaScheduler {
-        self.ha.get().map_or(&NO_HA as &dyn HaScheduler, |h| h.as_ref())
+        self.ha
+            .get()
+            .map_or(&NO_HA as &dyn HaScheduler, |h| h.as_ref())
     }
 
     async fn investigate(&self, rec: &HostRecord) -> Option<(HostVerdict, &'static str)> {

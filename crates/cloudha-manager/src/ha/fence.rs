@@ -111,10 +111,14 @@ impl Fencer for NeighbourFencer {
 
     async fn fence(&self, vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
         if !host.hypervisor.is_kvm_like() {
-            return FenceOutcome::NotApplicable { reason: "not a KVM host".into() };
+            return FenceOutcome::NotApplicable {
+                reason: "not a KVM host".into(),
+            };
         }
         let Some(cluster) = host.cluster else {
-            return FenceOutcome::NotApplicable { reason: "host has no cluster".into() };
+            return FenceOutcome::NotApplicable {
+                reason: "host has no cluster".into(),
+            };
         };
         let mut asked = 0;
         for n in self.store.in_cluster(cluster) {
@@ -122,17 +126,38 @@ impl Fencer for NeighbourFencer {
                 continue;
             }
             asked += 1;
-            let cmd = Command::Fence(FenceCommand { target: host.id, vm: Some(vm.id) });
-            if let Ok(Answer::Fence(FenceAnswer { success: true, alive: false, .. })) = self.commander.send(n.id, cmd, FENCE_WAIT).await {
+            let cmd = Command::Fence(FenceCommand {
+                target: host.id,
+                vm: Some(vm.id),
+            });
+            if let Ok(Answer::Fence(FenceAnswer {
+                success: true,
+                alive: false,
+                ..
+            })) = self.commander.send(n.id, cmd, FENCE_WAIT).await
+            {
                 let seen = format!("host {} sees the heartbeat of host {} dead", n.id, host.id);
                 return if host.self_fence_independent {
-                    FenceOutcome::Fenced { evidence: format!("{seen}; the host fences itself independently of its agent") }
+                    FenceOutcome::Fenced {
+                        evidence: format!(
+                            "{seen}; the host fences itself independently of its agent"
+                        ),
+                    }
                 } else {
-                    FenceOutcome::NotApplicable { reason: format!("{seen}, but its self-fence depends on its agent: no proof") }
+                    FenceOutcome::NotApplicable {
+                        reason: format!(
+                            "{seen}, but its self-fence depends on its agent: no proof"
+                        ),
+                    }
                 };
             }
         }
-        FenceOutcome::Failed { reason: format!("unable to fence off host {} after asking {asked} hosts", host.id) }
+        FenceOutcome::Failed {
+            reason: format!(
+                "unable to fence off host {} after asking {asked} hosts",
+                host.id
+            ),
+        }
     }
 }
 
@@ -157,17 +182,38 @@ impl Fencer for PowerFencer {
 
     async fn fence(&self, _vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
         match self.oob.power_status(host.id).await {
-            Ok(PowerState::Off) => return FenceOutcome::Fenced { evidence: format!("BMC reports host {} already off", host.id) },
-            Ok(PowerState::Unknown) => return FenceOutcome::Failed { reason: format!("BMC of host {} reports power unknown: not fenced", host.id) },
-            Err(e) => return FenceOutcome::Failed { reason: e.to_string() },
+            Ok(PowerState::Off) => {
+                return FenceOutcome::Fenced {
+                    evidence: format!("BMC reports host {} already off", host.id),
+                };
+            }
+            Ok(PowerState::Unknown) => {
+                return FenceOutcome::Failed {
+                    reason: format!("BMC of host {} reports power unknown: not fenced", host.id),
+                };
+            }
+            Err(e) => {
+                return FenceOutcome::Failed {
+                    reason: e.to_string(),
+                };
+            }
             Ok(PowerState::On) => {}
         }
         if let Err(e) = self.oob.power_off(host.id).await {
-            return FenceOutcome::Failed { reason: e.to_string() };
+            return FenceOutcome::Failed {
+                reason: e.to_string(),
+            };
         }
         match self.oob.power_status(host.id).await {
-            Ok(PowerState::Off) => FenceOutcome::Fenced { evidence: format!("host {} powered off through its BMC, confirmed off", host.id) },
-            other => FenceOutcome::Failed { reason: format!("power-off of host {} not confirmed: {other:?}", host.id) },
+            Ok(PowerState::Off) => FenceOutcome::Fenced {
+                evidence: format!(
+                    "host {} powered off through its BMC, confirmed off",
+                    host.id
+                ),
+            },
+            other => FenceOutcome::Failed {
+                reason: format!("power-off of host {} not confirmed: {other:?}", host.id),
+            },
         }
     }
 }

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use cloudha_attache::Tasks;
-use cloudha_protocol::{ClusterId, HostId, HostType, ResourceState, Status, VmId, VmPowerState, VmState, VmStateReport, WorkId, WorkReason, WorkStep, WorkType};
+use cloudha_protocol::{
+    ClusterId, HostId, HostType, ResourceState, Status, VmId, VmPowerState, VmState, VmStateReport,
+    WorkId, WorkReason, WorkStep, WorkType,
+};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -43,7 +46,11 @@ enum Outcome {
     Done(String),
     Cancelled(String),
     /// Try again at `at`; `count` says whether it spends a try.
-    Retry { at: Instant, count: bool, why: String },
+    Retry {
+        at: Instant,
+        count: bool,
+        why: String,
+    },
     Braked(ClusterId, String),
 }
 
@@ -68,7 +75,9 @@ pub struct HaManager {
 
 impl std::fmt::Debug for HaManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HaManager").field("owner", &self.inner.owner).finish_non_exhaustive()
+        f.debug_struct("HaManager")
+            .field("owner", &self.inner.owner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,38 +119,62 @@ impl HaManager {
         let now = Instant::now();
         let _ = inner.started_at.set(now);
         let released = inner.ports.work.release_owner(inner.owner);
-        let braked: Vec<VmId> = inner.ports.work.list().iter().filter(|i| i.braked).map(|i| i.vm).collect();
+        let braked: Vec<VmId> = inner
+            .ports
+            .work
+            .list()
+            .iter()
+            .filter(|i| i.braked)
+            .map(|i| i.vm)
+            .collect();
         inner.ports.work.unbrake(now, &braked);
         let pending = inner.ports.work.mark_pending_investigating(now);
         tracing::info!(released, pending, "HA manager started");
         let me = Arc::clone(inner);
-        inner.tasks.spawn(inner.tasks.token().child_token(), async move { me.dispatch_loop().await }.instrument(tracing::info_span!("ha_workers")));
+        inner.tasks.spawn(
+            inner.tasks.token().child_token(),
+            async move { me.dispatch_loop().await }.instrument(tracing::info_span!("ha_workers")),
+        );
         let me = Arc::clone(inner);
-        inner.tasks.spawn(inner.tasks.token().child_token(), async move { me.brake_loop().await }.instrument(tracing::info_span!("ha_brake")));
+        inner.tasks.spawn(
+            inner.tasks.token().child_token(),
+            async move { me.brake_loop().await }.instrument(tracing::info_span!("ha_brake")),
+        );
         let me = Arc::clone(inner);
-        inner.tasks.spawn(inner.tasks.token().child_token(), async move { me.cleanup_loop().await }.instrument(tracing::info_span!("ha_cleanup")));
+        inner.tasks.spawn(
+            inner.tasks.token().child_token(),
+            async move { me.cleanup_loop().await }.instrument(tracing::info_span!("ha_cleanup")),
+        );
     }
 
     /// Schedules a restart of one VM (CloudStack's `scheduleRestart`). Returns the item, if one
     /// was created.
-    pub async fn schedule_restart(&self, vm: VmId, investigate: bool, reason: WorkReason) -> Option<WorkId> {
+    pub async fn schedule_restart(
+        &self,
+        vm: VmId,
+        investigate: bool,
+        reason: WorkReason,
+    ) -> Option<WorkId> {
         self.inner.schedule_restart(vm, investigate, reason).await
     }
 
     /// Schedules a stop (`Stop`, `CheckStop` or `ForceStop`) of a VM on `host`.
     pub fn schedule_stop(&self, vm: VmId, host: HostId, work_type: WorkType) -> Option<WorkId> {
-        self.inner.schedule_simple(vm, Some(host), work_type, WorkReason::Unknown)
+        self.inner
+            .schedule_simple(vm, Some(host), work_type, WorkReason::Unknown)
     }
 
     /// Schedules a migration of a VM away from its host.
     pub fn schedule_migration(&self, vm: VmId, reason: WorkReason) -> Option<WorkId> {
         let host = self.inner.ports.vms.get(vm).and_then(|v| v.host);
-        self.inner.schedule_simple(vm, host, WorkType::Migration, reason)
+        self.inner
+            .schedule_simple(vm, host, WorkType::Migration, reason)
     }
 
     /// Schedules a destroy of a VM.
     pub fn schedule_destroy(&self, vm: VmId, host: Option<HostId>) -> Option<WorkId> {
-        self.inner.schedule_simple(vm, host, WorkType::Destroy, WorkReason::Unknown)
+        self.inner
+            .schedule_simple(vm, host, WorkType::Destroy, WorkReason::Unknown)
     }
 
     /// Why the brake holds for `cluster` now, if it does.
@@ -160,17 +193,33 @@ impl HaManager {
     /// without fencing, on the operator's word, recorded as such.
     pub async fn declare_host_dead(&self, host: HostId) -> Result<(), crate::error::StoreError> {
         let inner = &self.inner;
-        inner.ports.hosts.set_resource_state(host, ResourceState::Degraded)?;
-        let rec = inner.ports.hosts.get(host).ok_or(crate::error::StoreError::UnknownHost(host))?;
-        inner.schedule_for_host(&rec, WorkReason::HostDegraded, false).await;
+        inner
+            .ports
+            .hosts
+            .set_resource_state(host, ResourceState::Degraded)?;
+        let rec = inner
+            .ports
+            .hosts
+            .get(host)
+            .ok_or(crate::error::StoreError::UnknownHost(host))?;
+        inner
+            .schedule_for_host(&rec, WorkReason::HostDegraded, false)
+            .await;
         Ok(())
     }
 }
 
 #[async_trait::async_trait]
 impl HaScheduler for HaManager {
-    async fn schedule_restarts_for_host(&self, host: &HostRecord, reason: WorkReason, investigate: bool) {
-        self.inner.schedule_for_host(host, reason, investigate).await;
+    async fn schedule_restarts_for_host(
+        &self,
+        host: &HostRecord,
+        reason: WorkReason,
+        investigate: bool,
+    ) {
+        self.inner
+            .schedule_for_host(host, reason, investigate)
+            .await;
     }
 
     fn vm_power_report(&self, host: HostId, states: &[VmStateReport]) {
@@ -179,9 +228,22 @@ impl HaScheduler for HaManager {
 }
 
 impl HaInner {
-    fn alert(&self, kind: AlertKind, host: Option<HostId>, vm: Option<VmId>, cluster: Option<ClusterId>, message: String) {
+    fn alert(
+        &self,
+        kind: AlertKind,
+        host: Option<HostId>,
+        vm: Option<VmId>,
+        cluster: Option<ClusterId>,
+        message: String,
+    ) {
         if self.config.vm_ha_alerts_enabled || matches!(kind, AlertKind::BrakeHolds) {
-            self.ports.alerts.raise(Alert { kind, host, vm, cluster, message });
+            self.ports.alerts.raise(Alert {
+                kind,
+                host,
+                vm,
+                cluster,
+                message,
+            });
         }
     }
 
@@ -193,7 +255,12 @@ impl HaInner {
         }
     }
 
-    async fn schedule_for_host(self: &Arc<Self>, host: &HostRecord, reason: WorkReason, investigate: bool) {
+    async fn schedule_for_host(
+        self: &Arc<Self>,
+        host: &HostRecord,
+        reason: WorkReason,
+        investigate: bool,
+    ) {
         if host.host_type != HostType::Routing {
             return;
         }
@@ -204,12 +271,36 @@ impl HaInner {
         let mut vms = self.ports.vms.vms_on_host(host.id);
         vms.retain(|v| v.host == Some(host.id));
         vms.sort_by_key(|v| (!v.kind.is_system(), v.id));
-        let names: Vec<&str> = vms.iter().filter(|v| v.ha_enabled).map(|v| v.name.as_str()).collect();
+        let names: Vec<&str> = vms
+            .iter()
+            .filter(|v| v.ha_enabled)
+            .map(|v| v.name.as_str())
+            .collect();
         if !self.config.vm_ha_enabled {
-            self.alert(AlertKind::HostDown, Some(host.id), None, host.cluster, format!("Host {} is down; VM-HA is disabled: no restart of {}", host.name, names.join(", ")));
+            self.alert(
+                AlertKind::HostDown,
+                Some(host.id),
+                None,
+                host.cluster,
+                format!(
+                    "Host {} is down; VM-HA is disabled: no restart of {}",
+                    host.name,
+                    names.join(", ")
+                ),
+            );
             return;
         }
-        self.alert(AlertKind::HostDown, Some(host.id), None, host.cluster, format!("Host {} is down; HA VMs to restart: [{}]", host.name, names.join(", ")));
+        self.alert(
+            AlertKind::HostDown,
+            Some(host.id),
+            None,
+            host.cluster,
+            format!(
+                "Host {} is down; HA VMs to restart: [{}]",
+                host.name,
+                names.join(", ")
+            ),
+        );
         for vm in vms {
             if vm.local_root_disk {
                 tracing::info!(vm = %vm.id, "root disk on local storage: its fate is its host's");
@@ -219,7 +310,12 @@ impl HaInner {
         }
     }
 
-    async fn schedule_restart(self: &Arc<Self>, vm: VmId, investigate: bool, reason: WorkReason) -> Option<WorkId> {
+    async fn schedule_restart(
+        self: &Arc<Self>,
+        vm: VmId,
+        investigate: bool,
+        reason: WorkReason,
+    ) -> Option<WorkId> {
         let mut rec = self.ports.vms.get(vm)?;
         if rec.hypervisor.has_native_ha() {
             return None;
@@ -227,7 +323,13 @@ impl HaInner {
         let wants_ha = rec.ha_enabled || self.config.force_ha;
         if !investigate {
             if !wants_ha {
-                self.alert(AlertKind::VmStopped, rec.host, Some(vm), rec.cluster, format!("VM {} stopped unexpectedly", rec.name));
+                self.alert(
+                    AlertKind::VmStopped,
+                    rec.host,
+                    Some(vm),
+                    rec.cluster,
+                    format!("VM {} stopped unexpectedly", rec.name),
+                );
             }
             match self.ports.vms.force_stop(vm).await {
                 Ok(r) => rec = r,
@@ -244,15 +346,32 @@ impl HaInner {
             .work
             .for_vm(vm)
             .into_iter()
-            .filter(|i| i.work_type == WorkType::Ha && i.time_to_try + self.config.time_between_failures >= now)
+            .filter(|i| {
+                i.work_type == WorkType::Ha
+                    && i.time_to_try + self.config.time_between_failures >= now
+            })
             .map(|i| i.tries)
             .max()
             .unwrap_or(0);
-        let step = if investigate { WorkStep::Investigating } else { WorkStep::Scheduled };
-        let mut item = WorkItem::new(WorkType::Ha, step, reason, &rec, rec.host.or(rec.last_host), now);
+        let step = if investigate {
+            WorkStep::Investigating
+        } else {
+            WorkStep::Scheduled
+        };
+        let mut item = WorkItem::new(
+            WorkType::Ha,
+            step,
+            reason,
+            &rec,
+            rec.host.or(rec.last_host),
+            now,
+        );
         item.tries = tries;
         if !investigate {
-            item.fence_proof = Some("VM reported off by its Up host".into());
+            item.fence_proof = Some(match (reason, item.host) {
+                (WorkReason::HostDegraded, Some(h)) => format!("operator declared host {h} dead"),
+                _ => "VM reported off by its own Up host".into(),
+            });
         }
         let id = self.ports.work.insert(item);
         tracing::info!(vm = %vm, work = %id, ?reason, "scheduled HA restart");
@@ -260,16 +379,36 @@ impl HaInner {
         Some(id)
     }
 
-    fn schedule_simple(&self, vm: VmId, host: Option<HostId>, work_type: WorkType, reason: WorkReason) -> Option<WorkId> {
+    fn schedule_simple(
+        &self,
+        vm: VmId,
+        host: Option<HostId>,
+        work_type: WorkType,
+        reason: WorkReason,
+    ) -> Option<WorkId> {
         if !self.config.vm_ha_enabled {
             tracing::warn!(vm = %vm, ?work_type, "VM-HA disabled: not scheduled");
             return None;
         }
         let rec = self.ports.vms.get(vm)?;
-        if work_type == WorkType::Stop && self.ports.work.for_vm(vm).iter().any(|i| i.work_type == WorkType::Stop && !i.step.is_final()) {
+        if work_type == WorkType::Stop
+            && self
+                .ports
+                .work
+                .for_vm(vm)
+                .iter()
+                .any(|i| i.work_type == WorkType::Stop && !i.step.is_final())
+        {
             return None;
         }
-        let item = WorkItem::new(work_type, WorkStep::Scheduled, reason, &rec, host, Instant::now());
+        let item = WorkItem::new(
+            work_type,
+            WorkStep::Scheduled,
+            reason,
+            &rec,
+            host,
+            Instant::now(),
+        );
         let id = self.ports.work.insert(item);
         self.wake.notify_one();
         Some(id)
@@ -302,14 +441,22 @@ impl HaInner {
                 continue;
             }
             lock(&self.missing).remove(&vm.id);
-            if self.ports.work.for_vm(vm.id).iter().any(|i| !i.step.is_final()) {
+            if self
+                .ports
+                .work
+                .for_vm(vm.id)
+                .iter()
+                .any(|i| !i.step.is_final())
+            {
                 continue;
             }
             let me = Arc::clone(self);
             let id = vm.id;
-            self.tasks.spawn(self.tasks.token().child_token(), async move {
-                me.schedule_restart(id, false, WorkReason::VmStoppedOnUpHost).await;
-            });
+            self.tasks
+                .spawn(self.tasks.token().child_token(), async move {
+                    me.schedule_restart(id, false, WorkReason::VmStoppedOnUpHost)
+                        .await;
+                });
         }
     }
 
@@ -320,17 +467,32 @@ impl HaInner {
             && now < *start + self.config.ha_startup_grace
             && !released
         {
-            return Some(format!("startup grace: {:?} left", (*start + self.config.ha_startup_grace) - now));
+            return Some(format!(
+                "startup grace: {:?} left",
+                (*start + self.config.ha_startup_grace) - now
+            ));
         }
         let c = cluster?;
-        let hosts: Vec<HostRecord> = self.ports.hosts.in_cluster(c).into_iter().filter(|h| !h.resource_state.is_out_of_service()).collect();
+        let hosts: Vec<HostRecord> = self
+            .ports
+            .hosts
+            .in_cluster(c)
+            .into_iter()
+            .filter(|h| !h.resource_state.is_out_of_service())
+            .collect();
         let size = hosts.len();
-        let suspect = hosts.iter().filter(|h| h.status != Some(Status::Up) || self.ports.investigations.contains(h.id)).count();
+        let suspect = hosts
+            .iter()
+            .filter(|h| h.status != Some(Status::Up) || self.ports.investigations.contains(h.id))
+            .count();
         if size > 0 && suspect as f64 > self.config.ha_brake_fraction * size as f64 {
             if released {
                 return None;
             }
-            return Some(format!("{suspect} of {size} hosts of cluster {c} are suspect (more than ha.brake.fraction = {})", self.config.ha_brake_fraction));
+            return Some(format!(
+                "{suspect} of {size} hosts of cluster {c} are suspect (more than ha.brake.fraction = {})",
+                self.config.ha_brake_fraction
+            ));
         }
         // The fraction fell back: an operator's release has served its purpose.
         if released {
@@ -346,7 +508,11 @@ impl HaInner {
             if self.brake(Some(c), now).is_some() {
                 continue;
             }
-            let vms: Vec<VmId> = lock(&self.braked).remove(&c).into_iter().flatten().collect();
+            let vms: Vec<VmId> = lock(&self.braked)
+                .remove(&c)
+                .into_iter()
+                .flatten()
+                .collect();
             let n = self.ports.work.unbrake(now, &vms);
             tracing::info!(cluster = %c, items = n, "brake lifted");
             woke |= n > 0;
@@ -357,7 +523,11 @@ impl HaInner {
     }
 
     async fn brake_loop(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(self.config.ping_monitor_resolution.max(Duration::from_secs(1)));
+        let mut ticker = tokio::time::interval(
+            self.config
+                .ping_monitor_resolution
+                .max(Duration::from_secs(1)),
+        );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             ticker.tick().await;
@@ -372,7 +542,9 @@ impl HaInner {
         loop {
             ticker.tick().await;
             let now = Instant::now();
-            let cutoff = now.checked_sub(self.config.time_between_failures).unwrap_or(now);
+            let cutoff = now
+                .checked_sub(self.config.time_between_failures)
+                .unwrap_or(now);
             let n = self.ports.work.cleanup(cutoff);
             tracing::debug!(removed = n, "HA work cleanup");
         }
@@ -380,7 +552,9 @@ impl HaInner {
 
     async fn dispatch_loop(self: Arc<Self>) {
         loop {
-            let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else { return };
+            let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
+                return;
+            };
             let now = Instant::now();
             match self.ports.work.take(self.owner, now) {
                 Some(item) => {
@@ -398,7 +572,11 @@ impl HaInner {
                 None => {
                     drop(permit);
                     let idle = self.config.time_to_sleep;
-                    let wait = self.ports.work.next_due().map_or(idle, |t| t.saturating_duration_since(now).min(idle));
+                    let wait = self
+                        .ports
+                        .work
+                        .next_due()
+                        .map_or(idle, |t| t.saturating_duration_since(now).min(idle));
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(wait) => {}
@@ -418,7 +596,11 @@ impl HaInner {
                 _ => self.stop(&mut item).await,
             }
         } else {
-            Outcome::Retry { at: now + self.retry_interval(item.work_type), count: false, why: "VM-HA disabled".into() }
+            Outcome::Retry {
+                at: now + self.retry_interval(item.work_type),
+                count: false,
+                why: "VM-HA disabled".into(),
+            }
         };
         let now = Instant::now();
         match outcome {
@@ -443,11 +625,22 @@ impl HaInner {
                         item.host,
                         Some(item.vm),
                         vm.as_ref().and_then(|v| v.cluster),
-                        format!("HA gave up on VM {} after {} tries: {why}", vm.map_or(item.vm.to_string(), |v| v.name), item.tries),
+                        format!(
+                            "HA gave up on VM {} after {} tries: {why}",
+                            vm.map_or(item.vm.to_string(), |v| v.name),
+                            item.tries
+                        ),
                     );
                 } else {
                     item.time_to_try = at;
-                    item.note(now, format!("try {} failed: {why}; next at +{:?}", item.tries, at.saturating_duration_since(now)));
+                    item.note(
+                        now,
+                        format!(
+                            "try {} failed: {why}; next at +{:?}",
+                            item.tries,
+                            at.saturating_duration_since(now)
+                        ),
+                    );
                 }
             }
             Outcome::Braked(cluster, why) => {
@@ -476,17 +669,29 @@ impl HaInner {
         item.step == WorkStep::Investigating
             && item.reason.is_cancellable()
             && item.reason != WorkReason::HostDegraded
-            && item.host.is_some_and(|h| self.ports.hosts.status(h) == Some(Status::Up))
+            && item
+                .host
+                .is_some_and(|h| self.ports.hosts.status(h) == Some(Status::Up))
     }
 
     fn retry(&self, interval: Duration, why: impl Into<String>) -> Outcome {
-        Outcome::Retry { at: Instant::now() + interval, count: true, why: why.into() }
+        Outcome::Retry {
+            at: Instant::now() + interval,
+            count: true,
+            why: why.into(),
+        }
     }
 
     fn candidates(&self, vm: &VmRecord, failed: Option<HostId>, planner: Planner) -> Vec<HostId> {
         let pool = match (planner, vm.cluster) {
             (Planner::Default, Some(c)) => self.ports.hosts.in_cluster(c),
-            _ => self.ports.hosts.list().into_iter().filter(|h| h.zone == vm.zone).collect(),
+            _ => self
+                .ports
+                .hosts
+                .list()
+                .into_iter()
+                .filter(|h| h.zone == vm.zone)
+                .collect(),
         };
         pool.into_iter()
             .filter(|h| {
@@ -495,7 +700,11 @@ impl HaInner {
                     && h.host_type == HostType::Routing
                     && h.hypervisor == vm.hypervisor
                     && Some(h.id) != failed
-                    && self.config.ha_tag.as_ref().is_none_or(|t| h.tags.contains(t))
+                    && self
+                        .config
+                        .ha_tag
+                        .as_ref()
+                        .is_none_or(|t| h.tags.contains(t))
             })
             .map(|h| h.id)
             .collect()
@@ -503,18 +712,34 @@ impl HaInner {
 
     async fn restart(self: &Arc<Self>, item: &mut WorkItem) -> Outcome {
         let others = self.ports.work.for_vm(item.vm);
-        if others.iter().any(|o| o.work_type == WorkType::Ha && o.id > item.id && !o.step.is_final()) {
+        if others
+            .iter()
+            .any(|o| o.work_type == WorkType::Ha && o.id > item.id && !o.step.is_final())
+        {
             return Outcome::Done("a newer HA item exists for the VM".into());
         }
-        if others.iter().any(|o| o.work_type == WorkType::Ha && o.id != item.id && o.owner.is_some() && !o.step.is_final()) {
-            return self.retry(self.config.investigate_retry_interval, "another HA item for the VM is running");
+        if others.iter().any(|o| {
+            o.work_type == WorkType::Ha
+                && o.id != item.id
+                && o.owner.is_some()
+                && !o.step.is_final()
+        }) {
+            return self.retry(
+                self.config.investigate_retry_interval,
+                "another HA item for the VM is running",
+            );
         }
-        let Some(vm) = self.ports.vms.get(item.vm) else { return Outcome::Done("VM gone".into()) };
+        let Some(vm) = self.ports.vms.get(item.vm) else {
+            return Outcome::Done("VM gone".into());
+        };
         if self.cancelled(item) {
             return Outcome::Cancelled("its host is Up again".into());
         }
         if vm.state != item.previous_state || vm.update_count != item.update_count {
-            return Outcome::Done(format!("VM changed since scheduling ({:?} now, {:?} then)", vm.state, item.previous_state));
+            return Outcome::Done(format!(
+                "VM changed since scheduling ({:?} now, {:?} then)",
+                vm.state, item.previous_state
+            ));
         }
         let host = item.host.and_then(|h| self.ports.hosts.get(h));
         let cluster = vm.cluster.or(host.as_ref().and_then(|h| h.cluster));
@@ -525,7 +750,8 @@ impl HaInner {
         }
         if item.step == WorkStep::Investigating {
             if let Some(host) = &host {
-                let stopped_by_us = item.fence_proof.is_some() && vm.host.is_none() && vm.state == VmState::Stopped;
+                let stopped_by_us =
+                    item.fence_proof.is_some() && vm.host.is_none() && vm.state == VmState::Stopped;
                 if !stopped_by_us {
                     if vm.host != Some(host.id) {
                         return Outcome::Done("VM no longer on the host".into());
@@ -540,25 +766,42 @@ impl HaInner {
                     item.previous_state = r.state;
                     item.update_count = r.update_count;
                 }
-                Err(e) => return self.retry(self.config.restart_retry_interval, format!("force stop failed: {e}")),
+                Err(e) => {
+                    return self.retry(
+                        self.config.restart_retry_interval,
+                        format!("force stop failed: {e}"),
+                    );
+                }
             }
             item.step = WorkStep::Scheduled;
             item.note(Instant::now(), "force-stopped; step Scheduled");
             self.ports.work.update(item);
         }
-        let Some(vm) = self.ports.vms.get(item.vm) else { return Outcome::Done("VM gone".into()) };
+        let Some(vm) = self.ports.vms.get(item.vm) else {
+            return Outcome::Done("VM gone".into());
+        };
         if !vm.ha_enabled && !self.config.force_ha {
             return Outcome::Done("VM is not HA-enabled: it stays stopped".into());
         }
-        let host_up = host.as_ref().is_some_and(|h| self.ports.hosts.status(h.id) == Some(Status::Up));
+        let host_up = host
+            .as_ref()
+            .is_some_and(|h| self.ports.hosts.status(h.id) == Some(Status::Up));
         if !host_up && vm.local_root_disk {
             return Outcome::Done("root disk on local storage: cannot restart elsewhere".into());
         }
         let failed = item.host.filter(|_| !host_up);
-        let mut params = StartParams { candidates: self.candidates(&vm, failed, Planner::Default), planner: Planner::Default, ha_tag: self.config.ha_tag.clone(), ha_operation: true };
+        let mut params = StartParams {
+            candidates: self.candidates(&vm, failed, Planner::Default),
+            planner: Planner::Default,
+            ha_tag: self.config.ha_tag.clone(),
+            ha_operation: true,
+        };
         let mut result = self.ports.vms.start(vm.id, params.clone()).await;
         if matches!(result, Err(StartError::InsufficientCapacity(_))) {
-            item.note(Instant::now(), "insufficient capacity with the VM's planner; trying the HA planner");
+            item.note(
+                Instant::now(),
+                "insufficient capacity with the VM's planner; trying the HA planner",
+            );
             params.candidates = self.candidates(&vm, failed, Planner::Ha);
             params.planner = Planner::Ha;
             result = self.ports.vms.start(vm.id, params).await;
@@ -566,11 +809,26 @@ impl HaInner {
         match result {
             Ok(on) => {
                 let from = item.host.map_or("?".into(), |h| h.to_string());
-                self.alert(AlertKind::HaRestart, Some(on), Some(vm.id), vm.cluster, format!("HA starting VM {} on host {on} (was on host {from})", vm.name));
+                self.alert(
+                    AlertKind::HaRestart,
+                    Some(on),
+                    Some(vm.id),
+                    vm.cluster,
+                    format!(
+                        "HA starting VM {} on host {on} (was on host {from})",
+                        vm.name
+                    ),
+                );
                 Outcome::Done(format!("started on host {on}"))
             }
             Err(e) => {
-                self.alert(AlertKind::HaRestartFailed, item.host, Some(vm.id), vm.cluster, format!("Unable to restart VM {}: {e}", vm.name));
+                self.alert(
+                    AlertKind::HaRestartFailed,
+                    item.host,
+                    Some(vm.id),
+                    vm.cluster,
+                    format!("Unable to restart VM {}: {e}", vm.name),
+                );
                 if let Some(now) = self.ports.vms.get(vm.id) {
                     item.previous_state = now.state;
                     item.update_count = now.update_count;
@@ -581,21 +839,33 @@ impl HaInner {
     }
 
     /// Proves the VM's old copy cannot run: investigators, then fencers. Records the proof.
-    async fn prove_dead(&self, item: &mut WorkItem, vm: &VmRecord, host: &HostRecord) -> Result<(), Outcome> {
+    async fn prove_dead(
+        &self,
+        item: &mut WorkItem,
+        vm: &VmRecord,
+        host: &HostRecord,
+    ) -> Result<(), Outcome> {
         let now = Instant::now();
         if item.reason == WorkReason::HostDegraded {
             item.fence_proof = Some(format!("operator declared host {} dead", host.id));
             item.note(now, "no fencing: the operator declared the host dead");
             return Ok(());
         }
-        let (verdict, by) = investigate::investigate_vm(&self.ports.investigators, vm.id, host).await;
-        item.note(now, format!("VM verdict {verdict:?} by {}", by.unwrap_or("nobody")));
+        let (verdict, by) =
+            investigate::investigate_vm(&self.ports.investigators, vm.id, host).await;
+        item.note(
+            now,
+            format!("VM verdict {verdict:?} by {}", by.unwrap_or("nobody")),
+        );
         match verdict {
             VmVerdict::Alive => {
                 return Err(if self.ports.hosts.status(host.id) == Some(Status::Up) {
                     Outcome::Done("VM alive and its host is Up: no restart needed".into())
                 } else {
-                    self.retry(self.config.investigate_retry_interval, "VM alive but its host is not Up")
+                    self.retry(
+                        self.config.investigate_retry_interval,
+                        "VM alive but its host is not Up",
+                    )
                 });
             }
             VmVerdict::Dead => {
@@ -607,7 +877,10 @@ impl HaInner {
         for fencer in &self.ports.fencers {
             match fencer.fence(vm, host).await {
                 FenceOutcome::Fenced { evidence } => {
-                    item.note(Instant::now(), format!("fenced by {}: {evidence}", fencer.name()));
+                    item.note(
+                        Instant::now(),
+                        format!("fenced by {}: {evidence}", fencer.name()),
+                    );
                     item.fence_proof = Some(format!("{}: {evidence}", fencer.name()));
                     return Ok(());
                 }
@@ -616,32 +889,56 @@ impl HaInner {
                 }
             }
         }
-        self.alert(AlertKind::FenceFailed, Some(host.id), Some(vm.id), host.cluster, format!("Unable to restart VM {} which was running on host {}: fencing failed", vm.name, host.name));
-        Err(self.retry(self.config.restart_retry_interval, "no fencer could fence the host"))
+        self.alert(
+            AlertKind::FenceFailed,
+            Some(host.id),
+            Some(vm.id),
+            host.cluster,
+            format!(
+                "Unable to restart VM {} which was running on host {}: fencing failed",
+                vm.name, host.name
+            ),
+        );
+        Err(self.retry(
+            self.config.restart_retry_interval,
+            "no fencer could fence the host",
+        ))
     }
 
     async fn migrate(&self, item: &mut WorkItem) -> Outcome {
-        let Some(vm) = self.ports.vms.get(item.vm) else { return Outcome::Done("VM gone".into()) };
+        let Some(vm) = self.ports.vms.get(item.vm) else {
+            return Outcome::Done("VM gone".into());
+        };
         if self.cancelled(item) {
             return Outcome::Cancelled("its host is Up again".into());
         }
-        let Some(from) = item.host.or(vm.host) else { return Outcome::Done("VM has no host".into()) };
+        let Some(from) = item.host.or(vm.host) else {
+            return Outcome::Done("VM has no host".into());
+        };
         item.step = WorkStep::Migrating;
         self.ports.work.update(item);
         let candidates = self.candidates(&vm, Some(from), Planner::Default);
         match self.ports.vms.migrate_away(vm.id, from, candidates).await {
             Ok(to) => Outcome::Done(format!("migrated to host {to}")),
-            Err(StartError::InsufficientCapacity(e)) => self.retry(self.config.migrate_retry_interval, format!("insufficient capacity: {e}")),
+            Err(StartError::InsufficientCapacity(e)) => self.retry(
+                self.config.migrate_retry_interval,
+                format!("insufficient capacity: {e}"),
+            ),
             Err(e) => self.retry(self.config.migrate_retry_interval, e.to_string()),
         }
     }
 
     async fn stop(&self, item: &mut WorkItem) -> Outcome {
-        let Some(vm) = self.ports.vms.get(item.vm) else { return Outcome::Done("VM gone".into()) };
+        let Some(vm) = self.ports.vms.get(item.vm) else {
+            return Outcome::Done("VM gone".into());
+        };
         if self.cancelled(item) {
             return Outcome::Cancelled("its host is Up again".into());
         }
-        let changed = vm.state != item.previous_state || vm.update_count != item.update_count || vm.host.is_none() || vm.host != item.host;
+        let changed = vm.state != item.previous_state
+            || vm.update_count != item.update_count
+            || vm.host.is_none()
+            || vm.host != item.host;
         let result = match item.work_type {
             WorkType::Stop => self.ports.vms.stop(vm.id).await,
             _ if changed => return Outcome::Done("VM changed since scheduling".into()),
@@ -655,7 +952,9 @@ impl HaInner {
     }
 
     async fn destroy(&self, item: &mut WorkItem) -> Outcome {
-        let Some(vm) = self.ports.vms.get(item.vm) else { return Outcome::Done("VM gone".into()) };
+        let Some(vm) = self.ports.vms.get(item.vm) else {
+            return Outcome::Done("VM gone".into());
+        };
         if self.cancelled(item) {
             return Outcome::Cancelled("its host is Up again".into());
         }

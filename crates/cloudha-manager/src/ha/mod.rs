@@ -6,9 +6,14 @@ mod manager;
 pub mod vm;
 pub mod work;
 
-pub use fence::{FenceOutcome, Fencer, NeighbourFencer, OobError, OutOfBandManagement, PowerFencer, PowerState};
+pub use fence::{
+    FenceOutcome, Fencer, NeighbourFencer, OobError, OutOfBandManagement, PowerFencer, PowerState,
+};
 pub use manager::{HaManager, HaPorts};
-pub use vm::{InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmKind, VmOrchestrator, VmRecord};
+pub use vm::{
+    InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmKind, VmOrchestrator,
+    VmRecord,
+};
 pub use work::{HaWorkStore, InMemoryHaWorkStore, OwnerId, WorkEvent, WorkItem};
 
 #[cfg(any(test, feature = "mock"))]

@@ -135,7 +135,12 @@ pub trait VmOrchestrator: Send + Sync {
     ///
     /// # Errors
     /// [`StartError`].
-    async fn migrate_away(&self, vm: VmId, from: HostId, candidates: Vec<HostId>) -> Result<HostId, StartError>;
+    async fn migrate_away(
+        &self,
+        vm: VmId,
+        from: HostId,
+        candidates: Vec<HostId>,
+    ) -> Result<HostId, StartError>;
 
     /// Destroys (and with `expunge`, removes) a VM.
     ///
@@ -219,7 +224,10 @@ impl InMemoryVms {
 
     /// Sets how many VMs `host` can run.
     pub fn set_capacity(&self, host: HostId, vms: usize) {
-        self.capacity.lock().unwrap_or_else(PoisonError::into_inner).insert(host, vms);
+        self.capacity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(host, vms);
     }
 
     /// Every VM, by id.
@@ -253,9 +261,14 @@ impl InMemoryVms {
     fn place(&self, vm: VmId, candidates: &[HostId]) -> Result<HostId, StartError> {
         let mut vms = self.lock();
         let caps = self.capacity.lock().unwrap_or_else(PoisonError::into_inner);
-        let room = |h: &HostId| vms.running.get(h).copied().unwrap_or(0) < caps.get(h).copied().unwrap_or(usize::MAX);
+        let room = |h: &HostId| {
+            vms.running.get(h).copied().unwrap_or(0) < caps.get(h).copied().unwrap_or(usize::MAX)
+        };
         let Some(&host) = candidates.iter().find(|h| room(h)) else {
-            return Err(StartError::InsufficientCapacity(format!("no room for vm {vm} on {} candidates", candidates.len())));
+            return Err(StartError::InsufficientCapacity(format!(
+                "no room for vm {vm} on {} candidates",
+                candidates.len()
+            )));
         };
         vms.change(vm, |r| {
             if r.host.is_some() {
@@ -278,7 +291,12 @@ impl VmOrchestrator for InMemoryVms {
 
     fn vms_on_host(&self, host: HostId) -> Vec<VmRecord> {
         let vms = self.lock();
-        vms.by_host.get(&host).into_iter().flatten().filter_map(|id| vms.by_id.get(id).cloned()).collect()
+        vms.by_host
+            .get(&host)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| vms.by_id.get(id).cloned())
+            .collect()
     }
 
     async fn force_stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
@@ -292,7 +310,10 @@ impl VmOrchestrator for InMemoryVms {
                 r.update_count += 1;
                 r.clone()
             })
-            .ok_or_else(|| OrchestratorError { vm, reason: "unknown VM".into() })
+            .ok_or_else(|| OrchestratorError {
+                vm,
+                reason: "unknown VM".into(),
+            })
     }
 
     async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
@@ -303,7 +324,12 @@ impl VmOrchestrator for InMemoryVms {
         self.place(vm, &params.candidates)
     }
 
-    async fn migrate_away(&self, vm: VmId, from: HostId, candidates: Vec<HostId>) -> Result<HostId, StartError> {
+    async fn migrate_away(
+        &self,
+        vm: VmId,
+        from: HostId,
+        candidates: Vec<HostId>,
+    ) -> Result<HostId, StartError> {
         let c: Vec<HostId> = candidates.into_iter().filter(|h| *h != from).collect();
         self.place(vm, &c)
     }

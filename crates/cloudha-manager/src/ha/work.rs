@@ -1,7 +1,7 @@
 //! HA work items and the `HaWorkStore` port (spec §5.1, §5.4, §5.6): claim semantics, one owner
 //! at a time, release of a dead owner's claims, pending items back to Investigating at start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use cloudha_protocol::{HostId, VmId, VmState, WorkId, WorkReason, WorkStep, WorkType};
@@ -60,7 +60,14 @@ pub struct WorkItem {
 
 impl WorkItem {
     /// A new item for `vm` as it is now (id assigned on insert).
-    pub fn new(work_type: WorkType, step: WorkStep, reason: WorkReason, vm: &VmRecord, host: Option<HostId>, now: Instant) -> Self {
+    pub fn new(
+        work_type: WorkType,
+        step: WorkStep,
+        reason: WorkReason,
+        vm: &VmRecord,
+        host: Option<HostId>,
+        now: Instant,
+    ) -> Self {
         Self {
             id: WorkId(0),
             vm: vm.id,
@@ -76,13 +83,19 @@ impl WorkItem {
             taken: None,
             braked: false,
             fence_proof: None,
-            history: vec![WorkEvent { at: now, what: format!("scheduled {work_type:?} ({reason:?}), step {step:?}") }],
+            history: vec![WorkEvent {
+                at: now,
+                what: format!("scheduled {work_type:?} ({reason:?}), step {step:?}"),
+            }],
         }
     }
 
     /// Appends to the history.
     pub fn note(&mut self, at: Instant, what: impl Into<String>) {
-        self.history.push(WorkEvent { at, what: what.into() });
+        self.history.push(WorkEvent {
+            at,
+            what: what.into(),
+        });
     }
 }
 
@@ -109,6 +122,9 @@ pub trait HaWorkStore: Send + Sync {
     /// Every item, oldest first.
     fn list(&self) -> Vec<WorkItem>;
 
+    /// How many items are not final.
+    fn pending(&self) -> usize;
+
     /// Releases the claims of `owner` on items not final. Returns how many.
     fn release_owner(&self, owner: OwnerId) -> usize;
 
@@ -126,11 +142,78 @@ pub trait HaWorkStore: Send + Sync {
     fn next_due(&self) -> Option<Instant>;
 }
 
-/// A `HaWorkStore` in memory.
+/// A `HaWorkStore` in memory, indexed by due time and by VM so that taking work and looking up a
+/// VM's items do not scan the queue.
 #[derive(Debug, Default)]
 pub struct InMemoryHaWorkStore {
-    items: Mutex<BTreeMap<WorkId, WorkItem>>,
-    next: Mutex<u64>,
+    inner: Mutex<Items>,
+}
+
+#[derive(Debug, Default)]
+struct Items {
+    next: u64,
+    by_id: BTreeMap<WorkId, WorkItem>,
+    /// Eligible items (no owner, not final, not braked) by time to try.
+    due: BTreeSet<(Instant, WorkId)>,
+    by_vm: HashMap<VmId, Vec<WorkId>>,
+    pending: usize,
+}
+
+impl Items {
+    fn unindex(&mut self, i: &WorkItem) {
+        self.due.remove(&(i.time_to_try, i.id));
+        if !i.step.is_final() {
+            self.pending -= 1;
+        }
+    }
+
+    fn put(&mut self, item: WorkItem) {
+        if let Some(old) = self.by_id.remove(&item.id) {
+            self.unindex(&old);
+        } else {
+            self.by_vm.entry(item.vm).or_default().push(item.id);
+        }
+        if eligible(&item) {
+            self.due.insert((item.time_to_try, item.id));
+        }
+        if !item.step.is_final() {
+            self.pending += 1;
+        }
+        self.by_id.insert(item.id, item);
+    }
+
+    fn remove(&mut self, id: WorkId) {
+        if let Some(old) = self.by_id.remove(&id) {
+            self.unindex(&old);
+            if let Some(ids) = self.by_vm.get_mut(&old.vm) {
+                ids.retain(|x| *x != id);
+                if ids.is_empty() {
+                    self.by_vm.remove(&old.vm);
+                }
+            }
+        }
+    }
+
+    /// Changes every item matching `pick` through `f`, keeping the indexes right.
+    fn change_all(
+        &mut self,
+        pick: impl Fn(&WorkItem) -> bool,
+        mut f: impl FnMut(&mut WorkItem),
+    ) -> usize {
+        let ids: Vec<WorkId> = self
+            .by_id
+            .values()
+            .filter(|i| pick(i))
+            .map(|i| i.id)
+            .collect();
+        for id in &ids {
+            if let Some(mut item) = self.by_id.get(id).cloned() {
+                f(&mut item);
+                self.put(item);
+            }
+        }
+        ids.len()
+    }
 }
 
 impl InMemoryHaWorkStore {
@@ -139,8 +222,8 @@ impl InMemoryHaWorkStore {
         Self::default()
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<WorkId, WorkItem>> {
-        self.items.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Items> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -150,92 +233,105 @@ fn eligible(i: &WorkItem) -> bool {
 
 impl HaWorkStore for InMemoryHaWorkStore {
     fn insert(&self, mut item: WorkItem) -> WorkId {
-        let id = {
-            let mut n = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-            *n += 1;
-            WorkId(*n)
-        };
-        item.id = id;
-        self.map().insert(id, item);
+        let mut items = self.lock();
+        items.next += 1;
+        item.id = WorkId(items.next);
+        let id = item.id;
+        items.put(item);
         id
     }
 
     fn take(&self, owner: OwnerId, now: Instant) -> Option<WorkItem> {
-        let mut map = self.map();
-        let id = map
-            .values()
-            .filter(|i| eligible(i) && i.time_to_try <= now)
-            .min_by_key(|i| (i.time_to_try, i.id))
-            .map(|i| i.id)?;
-        let item = map.get_mut(&id)?;
+        let mut items = self.lock();
+        let &(at, id) = items.due.first()?;
+        if at > now {
+            return None;
+        }
+        let mut item = items.by_id.get(&id)?.clone();
         item.owner = Some(owner);
         item.taken = Some(now);
-        Some(item.clone())
+        items.put(item.clone());
+        Some(item)
     }
 
     fn update(&self, item: &WorkItem) {
-        self.map().insert(item.id, item.clone());
+        self.lock().put(item.clone());
     }
 
     fn get(&self, id: WorkId) -> Option<WorkItem> {
-        self.map().get(&id).cloned()
+        self.lock().by_id.get(&id).cloned()
     }
 
     fn for_vm(&self, vm: VmId) -> Vec<WorkItem> {
-        self.map().values().filter(|i| i.vm == vm).cloned().collect()
+        let items = self.lock();
+        items
+            .by_vm
+            .get(&vm)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| items.by_id.get(id).cloned())
+            .collect()
     }
 
     fn list(&self) -> Vec<WorkItem> {
-        self.map().values().cloned().collect()
+        self.lock().by_id.values().cloned().collect()
+    }
+
+    fn pending(&self) -> usize {
+        self.lock().pending
     }
 
     fn release_owner(&self, owner: OwnerId) -> usize {
-        let mut n = 0;
-        for i in self.map().values_mut() {
-            if i.owner == Some(owner) && !i.step.is_final() {
+        self.lock().change_all(
+            |i| i.owner == Some(owner) && !i.step.is_final(),
+            |i| {
                 i.owner = None;
                 i.taken = None;
-                n += 1;
-            }
-        }
-        n
+            },
+        )
     }
 
     fn mark_pending_investigating(&self, now: Instant) -> usize {
-        let mut n = 0;
-        for i in self.map().values_mut() {
-            if i.owner.is_none() && !i.step.is_final() {
+        self.lock().change_all(
+            |i| i.owner.is_none() && !i.step.is_final(),
+            |i| {
                 if i.step != WorkStep::Investigating {
-                    i.note(now, format!("manager start: step {:?} -> Investigating", i.step));
+                    i.note(
+                        now,
+                        format!("manager start: step {:?} -> Investigating", i.step),
+                    );
                     i.step = WorkStep::Investigating;
                 }
-                n += 1;
-            }
-        }
-        n
+            },
+        )
     }
 
     fn unbrake(&self, now: Instant, vms: &[VmId]) -> usize {
-        let mut n = 0;
-        for i in self.map().values_mut() {
-            if i.braked && vms.contains(&i.vm) {
+        self.lock().change_all(
+            |i| i.braked && vms.contains(&i.vm),
+            |i| {
                 i.braked = false;
                 i.time_to_try = now;
                 i.note(now, "brake lifted");
-                n += 1;
-            }
-        }
-        n
+            },
+        )
     }
 
     fn cleanup(&self, cutoff: Instant) -> usize {
-        let mut map = self.map();
-        let before = map.len();
-        map.retain(|_, i| !(i.step.is_final() && i.time_to_try <= cutoff));
-        before - map.len()
+        let mut items = self.lock();
+        let old: Vec<WorkId> = items
+            .by_id
+            .values()
+            .filter(|i| i.step.is_final() && i.time_to_try <= cutoff)
+            .map(|i| i.id)
+            .collect();
+        for id in &old {
+            items.remove(*id);
+        }
+        old.len()
     }
 
     fn next_due(&self) -> Option<Instant> {
-        self.map().values().filter(|i| eligible(i)).map(|i| i.time_to_try).min()
+        self.lock().due.first().map(|(at, _)| *at)
     }
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod connect;
+mod ha;
 mod lifecycle;
 mod monitor;
 mod support;
