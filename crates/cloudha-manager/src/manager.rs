@@ -154,7 +154,7 @@ struct Inner {
     investigators: Vec<Arc<dyn Investigator>>,
     attaches: Arc<Attaches>,
     monitor: Arc<PingMonitor>,
-    direct: Mutex<HashMap<HostId, Arc<dyn ServerResource>>>,
+    direct: Mutex<std::collections::BTreeMap<HostId, Arc<dyn ServerResource>>>,
     tasks: Tasks,
     history: Mutex<HashMap<HostId, Vec<StatusChange>>>,
     changes: broadcast::Sender<StatusChange>,
@@ -230,7 +230,7 @@ impl AgentManager {
             investigators,
             attaches,
             monitor,
-            direct: Mutex::new(HashMap::new()),
+            direct: Mutex::new(std::collections::BTreeMap::new()),
             tasks,
             history: Mutex::new(HashMap::new()),
             changes,
@@ -306,6 +306,12 @@ impl AgentManager {
     pub fn add_direct_host(&self, record: HostRecord, resource: Arc<dyn ServerResource>) {
         lock(&self.inner.direct).insert(record.id, resource);
         self.add_host(record);
+    }
+
+    /// Registers the resource of a direct host whose record is already in the store (a manager
+    /// restarting over a surviving store).
+    pub fn register_direct(&self, host: HostId, resource: Arc<dyn ServerResource>) {
+        lock(&self.inner.direct).insert(host, resource);
     }
 
     /// Sets a host's administrative state (enable, disable, maintenance): the monitor rules read it.

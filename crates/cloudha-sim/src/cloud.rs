@@ -1,0 +1,461 @@
+//! The simulated parts the manager talks to: host resources (direct and agent side), the
+//! network link of connected agents, BMCs, the VM orchestrator over ground truth, and recording
+//! decorators for alerts and fencers.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cloudha_attache::{
+    AgentStreamObj, CommandSink, ConnectedConfig, Connector, ServerResource, Tasks, accept_stream,
+};
+use cloudha_manager::ha::{
+    FenceOutcome, Fencer, InMemoryVms, OobError, OrchestratorError, OutOfBandManagement,
+    PowerState, StartError, StartParams, VmOrchestrator, VmRecord,
+};
+use cloudha_manager::{Alert, AlertSink, HostRecord};
+use cloudha_protocol::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::world::World;
+
+/// A host as its agent (KVM) or the manager's direct poll (others) sees it.
+pub(crate) struct SimResource {
+    pub(crate) world: Arc<World>,
+    pub(crate) vms: Arc<InMemoryVms>,
+    pub(crate) host: HostId,
+    pub(crate) startup: StartupCommand,
+    /// Direct agents are polled across the management network; connected agents are already on
+    /// their side of the link.
+    pub(crate) direct: bool,
+}
+
+impl SimResource {
+    fn available(&self) -> bool {
+        match self.world.host(self.host) {
+            Some(h) => h.powered && h.agent_alive && !(self.direct && h.mgmt_partitioned),
+            None => false,
+        }
+    }
+
+    fn vm_states(&self) -> Vec<VmStateReport> {
+        let running = self.world.running_on(self.host);
+        let mut states: Vec<VmStateReport> = running
+            .iter()
+            .map(|vm| VmStateReport {
+                vm: *vm,
+                power: VmPowerState::PowerOn,
+            })
+            .collect();
+        // VMs the records place here whose process is gone: the hypervisor reports them shut off.
+        for r in self.vms.vms_on_host(self.host) {
+            if r.host == Some(self.host) && r.state == VmState::Running && !running.contains(&r.id)
+            {
+                states.push(VmStateReport {
+                    vm: r.id,
+                    power: VmPowerState::PowerOff,
+                });
+            }
+        }
+        states
+    }
+}
+
+#[async_trait::async_trait]
+impl ServerResource for SimResource {
+    async fn initialize(&self) -> Vec<Command> {
+        if !self.available() {
+            return Vec::new();
+        }
+        let mut startup = self.startup.clone();
+        startup.vm_states = self.vm_states();
+        vec![Command::Startup(startup)]
+    }
+
+    async fn get_current_status(&self, host: HostId) -> Option<Command> {
+        if let Some(delay) = self.world.host(self.host).and_then(|h| h.ping_delay) {
+            tokio::time::sleep(delay).await;
+        }
+        if !self.available() || self.world.host(self.host).is_some_and(|h| h.ping_loss) {
+            return None;
+        }
+        Some(Command::PingRouting(PingRoutingCommand {
+            host_id: host,
+            vm_states: self.vm_states(),
+            gateway_accessible: true,
+        }))
+    }
+
+    async fn execute(&self, command: Command) -> Answer {
+        if !self.available() {
+            return Answer::failure("host unreachable");
+        }
+        let now = Instant::now();
+        let me = self.world.host(self.host).expect("known host");
+        match command {
+            Command::CheckOnHost(c) => {
+                if !me.storage_ok {
+                    return Answer::CheckOnHost(CheckOnHostAnswer {
+                        success: false,
+                        alive: false,
+                        details: "no heartbeat storage".into(),
+                    });
+                }
+                let alive = self.world.heartbeat_alive(c.target, now);
+                Answer::CheckOnHost(CheckOnHostAnswer {
+                    success: true,
+                    alive,
+                    details: String::new(),
+                })
+            }
+            Command::Fence(c) => {
+                let alive = me.storage_ok && self.world.heartbeat_alive(c.target, now);
+                let success = me.storage_ok && !alive;
+                let details = if success {
+                    "heartbeat dead".into()
+                } else {
+                    "Heart is still beating (or no storage)".into()
+                };
+                Answer::Fence(FenceAnswer {
+                    success,
+                    alive,
+                    details,
+                })
+            }
+            Command::PingTest(c) => {
+                let target = self.world.host(c.target);
+                let cut = me.neighbour_partitioned
+                    || target
+                        .as_ref()
+                        .is_some_and(|t| t.neighbour_partitioned && t.cluster == me.cluster);
+                let success = target.is_some_and(|t| t.powered) && !cut;
+                Answer::Generic(GenericAnswer {
+                    success,
+                    details: String::new(),
+                })
+            }
+            Command::CheckVirtualMachine(c) => {
+                let on = self.world.running_on(self.host).contains(&c.vm);
+                let power = if on {
+                    VmPowerState::PowerOn
+                } else {
+                    VmPowerState::PowerOff
+                };
+                Answer::CheckVirtualMachine(CheckVirtualMachineAnswer {
+                    success: true,
+                    power,
+                    details: String::new(),
+                })
+            }
+            _ => Answer::ok(),
+        }
+    }
+
+    fn disconnected(&self) {}
+}
+
+/// Where the current manager accepts agent links (it changes when the manager restarts).
+#[derive(Default)]
+pub(crate) struct ManagerSlot {
+    pub(crate) current: Mutex<Option<(Arc<dyn CommandSink>, Tasks)>>,
+}
+
+impl ManagerSlot {
+    pub(crate) fn get(&self) -> Option<(Arc<dyn CommandSink>, Tasks)> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set(&self, v: Option<(Arc<dyn CommandSink>, Tasks)>) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = v;
+    }
+}
+
+/// A KVM agent's connection: a relayed in-memory link the world can silence or cut.
+pub(crate) struct SimConnector {
+    pub(crate) world: Arc<World>,
+    pub(crate) host: HostId,
+    pub(crate) manager: Arc<ManagerSlot>,
+    pub(crate) sim_tasks: Tasks,
+}
+
+#[async_trait::async_trait]
+impl Connector for SimConnector {
+    async fn connect(&self) -> std::io::Result<Box<dyn AgentStreamObj>> {
+        let refused =
+            || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "manager unreachable");
+        let h = self.world.host(self.host).ok_or_else(refused)?;
+        if !h.powered || h.mgmt_partitioned {
+            return Err(refused());
+        }
+        let (sink, manager_tasks) = self.manager.get().ok_or_else(refused)?;
+        let (agent_end, relay_a) = tokio::io::duplex(256 * 1024);
+        let (relay_b, manager_end) = tokio::io::duplex(256 * 1024);
+        let config = ConnectedConfig::default();
+        let accept_tasks = manager_tasks.clone();
+        manager_tasks.spawn(manager_tasks.token().child_token(), async move {
+            if let Err(e) = accept_stream(manager_end, sink, &config, &accept_tasks).await {
+                tracing::debug!(error = %e, "simulated agent link rejected");
+            }
+        });
+        let (world, host) = (Arc::clone(&self.world), self.host);
+        self.sim_tasks.spawn(
+            self.sim_tasks.token().child_token(),
+            relay(world, host, relay_a, relay_b),
+        );
+        Ok(Box::new(agent_end))
+    }
+}
+
+/// Copies bytes between the agent side `a` and the manager side `b`, dropping them while the
+/// host is partitioned from the manager or powered off. An agent that dies on a powered host
+/// closes the link (the OS closes its socket); a host that loses power just goes silent. The
+/// manager closing its side closes the agent's (once the partition, if any, heals).
+async fn relay(
+    world: Arc<World>,
+    host: HostId,
+    a: tokio::io::DuplexStream,
+    b: tokio::io::DuplexStream,
+) {
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let silent = |w: &World| {
+        w.host(host)
+            .is_none_or(|h| !h.powered || h.mgmt_partitioned)
+    };
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match ar.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if !silent(&world) && bw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match br.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if !silent(&world) && aw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = up => {
+            // The agent's side ended. On a powered host the manager sees the close; on a dead
+            // host the link just stays silent until the manager drops it.
+            if world.host(host).is_some_and(|h| h.powered) {
+                drop(bw);
+            } else {
+                let mut sink = vec![0u8; 16 * 1024];
+                while matches!(br.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+        }
+        () = down => {
+            // The manager dropped the link: the agent learns it once the network lets it.
+            while world.host(host).is_some_and(|h| h.mgmt_partitioned) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            drop(aw);
+        }
+    }
+}
+
+/// The BMCs of every host.
+pub(crate) struct SimBmc {
+    pub(crate) world: Arc<World>,
+    pub(crate) on_power_off: Arc<dyn Fn(HostId) + Send + Sync>,
+}
+
+#[async_trait::async_trait]
+impl OutOfBandManagement for SimBmc {
+    async fn power_status(&self, host: HostId) -> Result<PowerState, OobError> {
+        match self.world.host(host) {
+            Some(h) if h.bmc_ok => Ok(if h.powered {
+                PowerState::On
+            } else {
+                PowerState::Off
+            }),
+            _ => Err(OobError {
+                host,
+                reason: "BMC unreachable".into(),
+            }),
+        }
+    }
+
+    async fn power_off(&self, host: HostId) -> Result<(), OobError> {
+        match self.world.host(host) {
+            Some(h) if h.bmc_ok => {
+                if h.powered {
+                    (self.on_power_off)(host);
+                }
+                Ok(())
+            }
+            _ => Err(OobError {
+                host,
+                reason: "BMC unreachable".into(),
+            }),
+        }
+    }
+
+    async fn power_reset(&self, host: HostId) -> Result<(), OobError> {
+        self.power_off(host).await
+    }
+}
+
+/// The VM orchestrator: records in [`InMemoryVms`], processes in the world.
+pub(crate) struct SimVms {
+    pub(crate) world: Arc<World>,
+    pub(crate) records: Arc<InMemoryVms>,
+}
+
+impl SimVms {
+    fn can_run(&self, host: HostId) -> bool {
+        self.world.host(host).is_some_and(|h| {
+            h.powered
+                && h.agent_alive
+                && !h.mgmt_partitioned
+                && !h.no_capacity
+                && (self.world.running_on(host).len() as u32) < h.capacity
+        })
+    }
+
+    fn place(&self, vm: VmId, candidates: &[HostId], ha: bool) -> Result<HostId, StartError> {
+        let Some(&host) = candidates.iter().find(|h| self.can_run(**h)) else {
+            return Err(StartError::InsufficientCapacity(format!(
+                "no room on {} candidate hosts",
+                candidates.len()
+            )));
+        };
+        self.records.set_state(vm, VmState::Running, Some(host));
+        self.world.start_vm(vm, host, ha);
+        Ok(host)
+    }
+}
+
+#[async_trait::async_trait]
+impl VmOrchestrator for SimVms {
+    fn get(&self, vm: VmId) -> Option<VmRecord> {
+        self.records.get(vm)
+    }
+
+    fn vms_on_host(&self, host: HostId) -> Vec<VmRecord> {
+        self.records.vms_on_host(host)
+    }
+
+    async fn force_stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
+        // Records only: the manager asserts the VM is not running (after a proof).
+        self.records.force_stop(vm).await
+    }
+
+    async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
+        let host = self.records.get(vm).and_then(|r| r.host);
+        if let Some(h) = host
+            && !self.world.reachable(h)
+        {
+            return Err(OrchestratorError {
+                vm,
+                reason: format!("host {h} unreachable"),
+            });
+        }
+        self.world.stop_vm(vm);
+        self.records.force_stop(vm).await
+    }
+
+    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
+        self.place(vm, &params.candidates, params.ha_operation)
+    }
+
+    async fn migrate_away(
+        &self,
+        vm: VmId,
+        from: HostId,
+        candidates: Vec<HostId>,
+    ) -> Result<HostId, StartError> {
+        let c: Vec<HostId> = candidates.into_iter().filter(|h| *h != from).collect();
+        self.world.stop_vm(vm);
+        self.place(vm, &c, false)
+    }
+
+    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
+        self.world.stop_vm(vm);
+        self.records.destroy(vm, expunge).await
+    }
+}
+
+/// An alert with its time.
+#[derive(Debug, Clone)]
+pub(crate) struct TimedAlert {
+    pub(crate) at: Instant,
+    pub(crate) alert: Alert,
+}
+
+/// Records alerts (with time) for the report.
+#[derive(Default)]
+pub(crate) struct RecordingAlerts(pub(crate) Mutex<Vec<TimedAlert>>);
+
+impl AlertSink for RecordingAlerts {
+    fn raise(&self, alert: Alert) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(TimedAlert {
+                at: Instant::now(),
+                alert,
+            });
+    }
+}
+
+/// One fence attempt, for the report.
+#[derive(Debug, Clone)]
+pub(crate) struct FenceRecord {
+    pub(crate) at: Instant,
+    pub(crate) host: HostId,
+    pub(crate) method: &'static str,
+    pub(crate) outcome: &'static str,
+    pub(crate) evidence: String,
+}
+
+/// A fencer that records what the fencer it wraps did (same trait, tower-style).
+pub(crate) struct RecordingFencer {
+    pub(crate) inner: Arc<dyn Fencer>,
+    pub(crate) log: Arc<Mutex<Vec<FenceRecord>>>,
+}
+
+#[async_trait::async_trait]
+impl Fencer for RecordingFencer {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn fence(&self, vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
+        let outcome = self.inner.fence(vm, host).await;
+        let (kind, evidence) = match &outcome {
+            FenceOutcome::Fenced { evidence } => ("fenced", evidence.clone()),
+            FenceOutcome::Failed { reason } => ("failed", reason.clone()),
+            FenceOutcome::NotApplicable { reason } => ("no_proof", reason.clone()),
+        };
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(FenceRecord {
+                at: Instant::now(),
+                host: host.id,
+                method: self.inner.name(),
+                outcome: kind,
+                evidence,
+            });
+        outcome
+    }
+}

@@ -1,0 +1,306 @@
+//! The run's report: JSON (keys in a stable order, so equal runs give equal bytes, `wall_ms`
+//! aside) and a readable timeline.
+
+use serde::Serialize;
+
+/// The whole report of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// The seed used.
+    pub seed: u64,
+    /// Virtual run time.
+    pub virtual_duration_s: f64,
+    /// Wall time of the run.
+    pub wall_ms: u64,
+    /// Every host.
+    pub hosts: Vec<HostReport>,
+    /// Every VM.
+    pub vms: Vec<VmReport>,
+    /// Every fence attempt.
+    pub fences: Vec<FenceReport>,
+    /// Every host fault and when it was noticed.
+    pub detections: Vec<Detection>,
+    /// Every alert.
+    pub alerts: Vec<AlertReport>,
+    /// The ground-truth invariants.
+    pub invariants: Invariants,
+    /// The scenario's expectations.
+    pub expectations: Vec<ExpectationResult>,
+}
+
+/// A host and its status transitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    /// Name.
+    pub name: String,
+    /// Transitions in time order; the first `from` is null.
+    pub transitions: Vec<TransitionReport>,
+}
+
+/// One status transition.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransitionReport {
+    /// When.
+    pub at_s: f64,
+    /// From (null: no status yet).
+    pub from: Option<String>,
+    /// Event.
+    pub event: String,
+    /// To.
+    pub to: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A VM, where it ran, and its HA restarts.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmReport {
+    /// Name.
+    pub name: String,
+    /// HA flag.
+    pub ha: bool,
+    /// Ground-truth placements in time order (the first at 0).
+    pub placements: Vec<PlacementReport>,
+    /// HA restarts.
+    pub restarts: Vec<RestartReport>,
+}
+
+/// One ground-truth placement.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementReport {
+    /// When.
+    pub at_s: f64,
+    /// Host.
+    pub host: Option<String>,
+    /// Running or Stopped.
+    pub state: String,
+}
+
+/// One HA restart.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartReport {
+    /// When.
+    pub at_s: f64,
+    /// The host it ran on before.
+    pub from_host: Option<String>,
+    /// The host it runs on now.
+    pub to_host: String,
+}
+
+/// One fence attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct FenceReport {
+    /// When.
+    pub at_s: f64,
+    /// The fenced host.
+    pub host: String,
+    /// Which fencer.
+    pub method: String,
+    /// fenced, failed or no_proof.
+    pub outcome: String,
+    /// The proof or the reason.
+    pub evidence: String,
+}
+
+/// A host fault, when the host's status first changed after it, and when it went Down.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    /// Host.
+    pub host: String,
+    /// The fault.
+    pub fault: String,
+    /// When the fault hit.
+    pub fault_at_s: f64,
+    /// The first status change after it (null: none).
+    pub flagged_at_s: Option<f64>,
+    /// When it went Down (null: never).
+    pub down_at_s: Option<f64>,
+}
+
+/// One alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertReport {
+    /// When.
+    pub at_s: f64,
+    /// Kind (snake_case).
+    pub kind: String,
+    /// Host.
+    pub host: Option<String>,
+    /// Text.
+    pub message: String,
+}
+
+/// One invariant's verdict.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Invariant {
+    /// Held throughout.
+    pub ok: bool,
+    /// What broke it, when.
+    pub violations: Vec<String>,
+}
+
+/// The four invariants.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Invariants {
+    /// No VM runs on two powered hosts at once.
+    pub no_double_run: Invariant,
+    /// No VM starts elsewhere while its previous copy may still run.
+    pub no_unsafe_start: Invariant,
+    /// Every HA VM of a host proven Down runs again within `sim.liveness.bound` (with the
+    /// exemptions of the docs).
+    pub ha_liveness: Invariant,
+    /// No non-HA VM is restarted unless `force.ha`.
+    pub no_unwanted_restart: Invariant,
+}
+
+impl Invariants {
+    /// Every invariant with its name.
+    pub fn all(&self) -> [(&'static str, &Invariant); 4] {
+        [
+            ("no_double_run", &self.no_double_run),
+            ("no_unsafe_start", &self.no_unsafe_start),
+            ("ha_liveness", &self.ha_liveness),
+            ("no_unwanted_restart", &self.no_unwanted_restart),
+        ]
+    }
+}
+
+/// One expectation's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpectationResult {
+    /// The expectation, in words.
+    pub text: String,
+    /// Met.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl Report {
+    /// Whether every invariant and expectation holds.
+    pub fn ok(&self) -> bool {
+        self.invariants.all().iter().all(|(_, i)| i.ok) && self.expectations.iter().all(|e| e.ok)
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// A readable timeline of transitions, fences, restarts and alerts, by time.
+    pub fn timeline(&self) -> String {
+        let mut lines: Vec<(f64, u8, String)> = Vec::new();
+        for h in &self.hosts {
+            for t in &h.transitions {
+                let from = t.from.as_deref().unwrap_or("(null)");
+                lines.push((
+                    t.at_s,
+                    0,
+                    format!(
+                        "host  {:<14} {from} --{}--> {}  [{}]",
+                        h.name, t.event, t.to, t.reason
+                    ),
+                ));
+            }
+        }
+        for f in &self.fences {
+            lines.push((
+                f.at_s,
+                1,
+                format!(
+                    "fence {:<14} {} {}: {}",
+                    f.host, f.method, f.outcome, f.evidence
+                ),
+            ));
+        }
+        for v in &self.vms {
+            for r in &v.restarts {
+                lines.push((
+                    r.at_s,
+                    2,
+                    format!(
+                        "vm    {:<14} restarted {} -> {}",
+                        v.name,
+                        r.from_host.as_deref().unwrap_or("?"),
+                        r.to_host
+                    ),
+                ));
+            }
+        }
+        for a in &self.alerts {
+            lines.push((
+                a.at_s,
+                3,
+                format!(
+                    "alert {:<14} {}: {}",
+                    a.host.as_deref().unwrap_or("-"),
+                    a.kind,
+                    a.message
+                ),
+            ));
+        }
+        lines.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut out = String::new();
+        for (at, _, text) in lines {
+            out.push_str(&format!("[{}] {text}\n", clock(at)));
+        }
+        out
+    }
+
+    /// The summary printed after the timeline.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "scenario {} (seed {}): {} virtual, {} hosts, {} VMs, {} transitions, {} fences, {} restarts, {} alerts, {} ms wall\n",
+            self.scenario,
+            self.seed,
+            clock(self.virtual_duration_s),
+            self.hosts.len(),
+            self.vms.len(),
+            self.hosts
+                .iter()
+                .map(|h| h.transitions.len())
+                .sum::<usize>(),
+            self.fences.len(),
+            self.vms.iter().map(|v| v.restarts.len()).sum::<usize>(),
+            self.alerts.len(),
+            self.wall_ms,
+        );
+        for (name, inv) in self.invariants.all() {
+            out.push_str(&format!(
+                "  invariant {name}: {}\n",
+                if inv.ok {
+                    "ok".to_owned()
+                } else {
+                    format!("FAILED ({})", inv.violations.join("; "))
+                }
+            ));
+        }
+        for e in &self.expectations {
+            out.push_str(&format!(
+                "  expect {}: {} ({})\n",
+                e.text,
+                if e.ok { "ok" } else { "FAILED" },
+                e.detail
+            ));
+        }
+        out.push_str(if self.ok() {
+            "result: ok\n"
+        } else {
+            "result: FAILED\n"
+        });
+        out
+    }
+}
+
+/// `h:mm:ss` (with milliseconds when not whole).
+pub fn clock(s: f64) -> String {
+    let ms = (s * 1000.0).round() as u64;
+    let (h, m, sec, rest) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    if rest == 0 {
+        format!("{h}:{m:02}:{sec:02}")
+    } else {
+        format!("{h}:{m:02}:{sec:02}.{rest:03}")
+    }
+}

@@ -1,0 +1,930 @@
+//! Building the simulated cloud from a scenario, running it in paused time, and judging it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cloudha_attache::{AgentClient, AgentConfig, AgentHandle, ServerResource, Tasks};
+use cloudha_manager::ha::{
+    Fencer, InMemoryHaWorkStore, InMemoryVms, NeighbourFencer, OwnerId, PowerFencer, VmKind,
+    VmOrchestrator, VmRecord,
+};
+use cloudha_manager::{
+    AgentManager, AlertKind, HaManager, HaPorts, HostRecord, HostStore, InMemoryHostStore, Ports,
+    StatusChange,
+};
+use cloudha_protocol::*;
+use cloudha_registry::Registry;
+use tokio::time::Instant;
+
+use crate::cloud::{
+    FenceRecord, ManagerSlot, RecordingAlerts, RecordingFencer, SimBmc, SimConnector, SimResource,
+    SimVms,
+};
+use crate::report::*;
+use crate::scenario::{Expect, FaultKind, Hypervisor, Scenario, SelfFence, Storage};
+use crate::world::{HostTruth, Placement, VmTruth, World};
+
+/// How long a host takes to boot after a self-reboot (POST, hypervisor, agent).
+pub const BOOT_TIME: Duration = Duration::from_secs(300);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// splitmix64: the simulation's only randomness, from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, d: Duration) -> Duration {
+        let ms = d.as_millis().max(1) as u64;
+        Duration::from_millis(self.next() % ms)
+    }
+}
+
+struct Instance {
+    agent: AgentManager,
+    tasks: Tasks,
+    registry: Arc<Registry>,
+}
+
+/// Everything a run shares.
+struct Cloud {
+    scenario: Scenario,
+    world: Arc<World>,
+    hosts: Arc<InMemoryHostStore>,
+    work: Arc<InMemoryHaWorkStore>,
+    records: Arc<InMemoryVms>,
+    vms: Arc<SimVms>,
+    alerts: Arc<RecordingAlerts>,
+    fences: Arc<Mutex<Vec<FenceRecord>>>,
+    bmc: Arc<SimBmc>,
+    slot: Arc<ManagerSlot>,
+    sim_tasks: Tasks,
+    resources: BTreeMap<HostId, Arc<SimResource>>,
+    agents: Mutex<BTreeMap<HostId, AgentHandle>>,
+    instance: Mutex<Option<Instance>>,
+    history: Mutex<BTreeMap<HostId, Vec<StatusChange>>>,
+    rng: Mutex<Rng>,
+    names: BTreeMap<String, HostId>,
+    vm_names: BTreeMap<String, VmId>,
+    faults_seen: Mutex<Vec<(HostId, FaultKind, Instant)>>,
+}
+
+fn hypervisor(h: Hypervisor) -> HypervisorType {
+    match h {
+        Hypervisor::Kvm => HypervisorType::Kvm,
+        Hypervisor::Xenserver => HypervisorType::XenServer,
+        Hypervisor::Vmware => HypervisorType::VMware,
+        Hypervisor::Simulator => HypervisorType::Simulator,
+    }
+}
+
+fn at_s(world: &World, t: Instant) -> f64 {
+    t.saturating_duration_since(world.t0).as_millis() as f64 / 1000.0
+}
+
+/// Runs `scenario` with `seed` on a fresh single-threaded, paused-time runtime.
+///
+/// # Panics
+/// If the runtime cannot be built.
+pub fn simulate(scenario: &Scenario, seed: u64) -> Report {
+    #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
+    let wall = std::time::Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    let mut report = rt.block_on(run(scenario.clone(), seed));
+    report.wall_ms = wall.elapsed().as_millis() as u64;
+    report
+}
+
+async fn run(scenario: Scenario, seed: u64) -> Report {
+    let t0 = Instant::now();
+    let world = Arc::new(World::new(t0, scenario.config.force_ha));
+    let hosts = Arc::new(InMemoryHostStore::new());
+    let records = Arc::new(InMemoryVms::new());
+    let sim_tasks = Tasks::new();
+    let mut names = BTreeMap::new();
+    let mut vm_names = BTreeMap::new();
+    let mut resources = BTreeMap::new();
+    let mut pods = BTreeMap::new();
+    let mut zones = BTreeMap::new();
+    let (mut next_host, mut next_vm) = (1u64, 1u64);
+    for (ci, c) in scenario.clusters.iter().enumerate() {
+        let cluster = ClusterId(ci as u64 + 1);
+        let n = pods.len() as u64 + 1;
+        let pod = *pods
+            .entry(c.pod.clone().unwrap_or_else(|| "pod".into()))
+            .or_insert(PodId(n));
+        let n = zones.len() as u64 + 1;
+        let zone = *zones
+            .entry(c.zone.clone().unwrap_or_else(|| "zone".into()))
+            .or_insert(ZoneId(n));
+        let hv = hypervisor(c.hypervisor);
+        let ha_vms = (f64::from(c.vms_per_host) * c.ha_fraction).round() as u32;
+        for h in 1..=c.hosts {
+            let id = HostId(next_host);
+            next_host += 1;
+            let name = format!("{}-h{h}", c.name);
+            names.insert(name.clone(), id);
+            world.lock().hosts.insert(
+                id,
+                HostTruth {
+                    name: name.clone(),
+                    cluster,
+                    hypervisor: hv,
+                    capacity: c.capacity_per_host,
+                    independent_self_fence: c.self_fence == SelfFence::Independent,
+                    powered: true,
+                    agent_alive: true,
+                    mgmt_partitioned: false,
+                    neighbour_partitioned: false,
+                    storage_ok: true,
+                    ping_loss: false,
+                    ping_delay: None,
+                    bmc_ok: true,
+                    no_capacity: false,
+                    heartbeat: hv.is_kvm_like().then_some(t0),
+                },
+            );
+            let mut record = HostRecord::new(id, name.clone(), hv);
+            record.cluster = Some(cluster);
+            record.pod = Some(pod);
+            record.zone = Some(zone);
+            record.self_fence_independent = c.self_fence == SelfFence::Independent;
+            hosts.upsert(record);
+            records.set_capacity(id, c.capacity_per_host as usize);
+            for j in 1..=c.vms_per_host {
+                let vid = VmId(next_vm);
+                next_vm += 1;
+                let vname = format!("{name}-vm{j}");
+                vm_names.insert(vname.clone(), vid);
+                let ha = j <= ha_vms;
+                records.upsert(VmRecord {
+                    id: vid,
+                    name: vname.clone(),
+                    kind: VmKind::User,
+                    host: Some(id),
+                    last_host: None,
+                    state: VmState::Running,
+                    update_count: 0,
+                    ha_enabled: ha,
+                    local_root_disk: c.storage == Storage::Local,
+                    hypervisor: hv,
+                    cluster: Some(cluster),
+                    zone: Some(zone),
+                });
+                world.lock().vms.insert(
+                    vid,
+                    VmTruth {
+                        name: vname,
+                        ha,
+                        running_on: Some(id),
+                        placements: vec![Placement {
+                            at: t0,
+                            host: Some(id),
+                            state: VmState::Running,
+                        }],
+                        restarts: Vec::new(),
+                    },
+                );
+            }
+            let startup = StartupCommand {
+                host_id: id,
+                name,
+                version: "sim".into(),
+                host_type: Some(HostType::Routing),
+                hypervisor: Some(hv),
+                cluster: Some(cluster),
+                pod: Some(pod),
+                zone: Some(zone),
+                vm_states: Vec::new(),
+            };
+            resources.insert(
+                id,
+                Arc::new(SimResource {
+                    world: world.clone(),
+                    vms: records.clone(),
+                    host: id,
+                    startup,
+                    direct: !hv.is_kvm_like(),
+                }),
+            );
+        }
+    }
+    let vms = Arc::new(SimVms {
+        world: world.clone(),
+        records: records.clone(),
+    });
+    let cloud: Arc<Cloud> = Arc::new_cyclic(|weak: &std::sync::Weak<Cloud>| {
+        let weak = weak.clone();
+        let bmc = Arc::new(SimBmc {
+            world: world.clone(),
+            on_power_off: Arc::new(move |host| {
+                if let Some(c) = weak.upgrade() {
+                    c.power_off(host);
+                }
+            }),
+        });
+        Cloud {
+            scenario: scenario.clone(),
+            world: world.clone(),
+            hosts,
+            work: Arc::new(InMemoryHaWorkStore::new()),
+            records,
+            vms,
+            alerts: Arc::new(RecordingAlerts::default()),
+            fences: Arc::new(Mutex::new(Vec::new())),
+            bmc,
+            slot: Arc::new(ManagerSlot::default()),
+            sim_tasks,
+            resources,
+            agents: Mutex::new(BTreeMap::new()),
+            instance: Mutex::new(None),
+            history: Mutex::new(BTreeMap::new()),
+            rng: Mutex::new(Rng(seed)),
+            names,
+            vm_names,
+            faults_seen: Mutex::new(Vec::new()),
+        }
+    });
+
+    cloud.start_manager(true).await;
+    let kvm: Vec<HostId> = cloud
+        .world
+        .lock()
+        .hosts
+        .iter()
+        .filter(|(_, h)| h.kvm())
+        .map(|(id, _)| *id)
+        .collect();
+    for host in kvm {
+        let offset = lock(&cloud.rng).below(cloud.scenario.config.ping_interval);
+        let c = Arc::clone(&cloud);
+        cloud
+            .sim_tasks
+            .spawn(cloud.sim_tasks.token().child_token(), async move {
+                tokio::time::sleep(offset).await;
+                c.start_agent(host);
+            });
+        let hb = lock(&cloud.rng).below(Duration::from_secs(60));
+        let c = Arc::clone(&cloud);
+        cloud
+            .sim_tasks
+            .spawn(cloud.sim_tasks.token().child_token(), async move {
+                c.heartbeat_loop(host, hb).await
+            });
+    }
+
+    for fault in cloud.scenario.faults.clone() {
+        tokio::time::sleep_until(t0 + fault.at).await;
+        cloud
+            .apply(fault.kind, &fault.hosts, &fault.vms, fault.delay)
+            .await;
+        if let (Some(d), Some(heal)) = (fault.duration, fault.kind.heal()) {
+            let c = Arc::clone(&cloud);
+            let f = fault.clone();
+            cloud
+                .sim_tasks
+                .spawn(cloud.sim_tasks.token().child_token(), async move {
+                    tokio::time::sleep(d).await;
+                    c.apply(heal, &f.hosts, &f.vms, None).await;
+                });
+        } else if let Some(d) = fault.duration {
+            // Faults that are states (ping loss, BMC, capacity, delay) end after their duration.
+            let c = Arc::clone(&cloud);
+            let f = fault.clone();
+            cloud
+                .sim_tasks
+                .spawn(cloud.sim_tasks.token().child_token(), async move {
+                    tokio::time::sleep(d).await;
+                    c.clear(f.kind, &f.hosts);
+                });
+        }
+    }
+    tokio::time::sleep_until(t0 + cloud.scenario.duration).await;
+    let report = cloud.report(seed);
+    let instance = lock(&cloud.instance).take();
+    if let Some(i) = instance {
+        i.tasks.shutdown().await;
+        i.registry.shutdown().await;
+    }
+    cloud.sim_tasks.shutdown().await;
+    report
+}
+
+impl Cloud {
+    async fn start_manager(self: &Arc<Self>, first: bool) {
+        let config = self.scenario.config.clone();
+        let tasks = Tasks::new();
+        let registry = Arc::new(Registry::default());
+        let agent = AgentManager::new(
+            config.clone(),
+            Ports {
+                store: self.hosts.clone(),
+                registry: registry.clone(),
+                alerts: self.alerts.clone(),
+                ha: None,
+                investigators: None,
+            },
+            tasks.clone(),
+        )
+        .expect("config validated with the scenario");
+        let fencers: Vec<Arc<dyn Fencer>> = vec![
+            Arc::new(RecordingFencer {
+                inner: Arc::new(NeighbourFencer::new(agent.commander(), self.hosts.clone())),
+                log: self.fences.clone(),
+            }),
+            Arc::new(RecordingFencer {
+                inner: Arc::new(PowerFencer::new(self.bmc.clone())),
+                log: self.fences.clone(),
+            }),
+        ];
+        let ha = HaManager::new(
+            config,
+            OwnerId(1),
+            HaPorts {
+                hosts: self.hosts.clone(),
+                work: self.work.clone(),
+                vms: self.vms.clone(),
+                investigators: agent.investigators(),
+                fencers,
+                alerts: self.alerts.clone(),
+                investigations: agent.investigations(),
+            },
+            tasks.clone(),
+        );
+        agent.set_ha(Arc::new(ha.clone()));
+        for (id, r) in &self.resources {
+            if r.direct {
+                let resource: Arc<dyn ServerResource> = r.clone();
+                if first {
+                    let record = self.hosts.get(*id).expect("added");
+                    agent.add_direct_host(record, resource);
+                } else {
+                    agent.register_direct(*id, resource);
+                }
+            }
+        }
+        agent.start().await;
+        ha.start().await;
+        self.slot.set(Some((agent.sink(), tasks.clone())));
+        *lock(&self.instance) = Some(Instance {
+            agent,
+            tasks,
+            registry,
+        });
+    }
+
+    async fn restart_manager(self: &Arc<Self>, downtime: Option<Duration>) {
+        self.slot.set(None);
+        let old = lock(&self.instance).take();
+        if let Some(i) = old {
+            self.save_history(&i.agent);
+            i.tasks.shutdown().await;
+            i.registry.shutdown().await;
+        }
+        if let Some(d) = downtime {
+            tokio::time::sleep(d).await;
+        }
+        self.start_manager(false).await;
+    }
+
+    fn save_history(&self, agent: &AgentManager) {
+        let mut h = lock(&self.history);
+        for id in self.names.values() {
+            h.entry(*id).or_default().extend(agent.history(*id));
+        }
+    }
+
+    fn start_agent(self: &Arc<Self>, host: HostId) {
+        let Some(resource) = self.resources.get(&host).cloned() else {
+            return;
+        };
+        let mut config = AgentConfig::new(host);
+        config.jitter_seed = lock(&self.rng).next();
+        config.backoff_max = Duration::from_secs(60);
+        let connector = Arc::new(SimConnector {
+            world: self.world.clone(),
+            host,
+            manager: self.slot.clone(),
+            sim_tasks: self.sim_tasks.clone(),
+        });
+        let handle = AgentClient::new(config, resource, connector).spawn(&self.sim_tasks);
+        if let Some(old) = lock(&self.agents).insert(host, handle) {
+            old.stop();
+        }
+    }
+
+    fn stop_agent(&self, host: HostId) {
+        if let Some(a) = lock(&self.agents).remove(&host) {
+            a.stop();
+        }
+    }
+
+    fn power_off(self: &Arc<Self>, host: HostId) {
+        self.world.power_off(host);
+        self.stop_agent(host);
+    }
+
+    fn power_on(self: &Arc<Self>, host: HostId) {
+        let was = self
+            .world
+            .with_host(host, |h| std::mem::replace(&mut h.powered, true));
+        if was == Some(false) {
+            self.world.with_host(host, |h| h.agent_alive = true);
+            if self.world.host(host).is_some_and(|h| h.kvm()) {
+                self.start_agent(host);
+            }
+        }
+    }
+
+    /// The KVM agent's heartbeat writer (and, with `self_fence = independent`, a watchdog that
+    /// outlives the agent): every 60 s; a failed write is retried 5 times every 10 s, then the
+    /// host reboots itself.
+    async fn heartbeat_loop(self: Arc<Self>, host: HostId, offset: Duration) {
+        tokio::time::sleep(offset).await;
+        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticker.tick().await;
+            let writer = |w: &World| {
+                w.host(host)
+                    .is_some_and(|h| h.powered && (h.agent_alive || h.independent_self_fence))
+            };
+            if !writer(&self.world) {
+                continue;
+            }
+            let mut written = self.world.with_host(host, |h| {
+                if h.storage_ok {
+                    h.heartbeat = Some(Instant::now());
+                }
+                h.storage_ok
+            }) == Some(true);
+            for _ in 0..5 {
+                if written {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if !writer(&self.world) {
+                    break;
+                }
+                written = self.world.with_host(host, |h| {
+                    if h.storage_ok {
+                        h.heartbeat = Some(Instant::now());
+                    }
+                    h.storage_ok
+                }) == Some(true);
+            }
+            if !written && writer(&self.world) {
+                tracing::info!(host.id = %host, "heartbeat writes failed: the host reboots itself");
+                self.power_off(host);
+                tokio::time::sleep(BOOT_TIME).await;
+                self.power_on(host);
+            }
+        }
+    }
+
+    async fn apply(
+        self: &Arc<Self>,
+        kind: FaultKind,
+        hosts: &[String],
+        vms: &[String],
+        delay: Option<Duration>,
+    ) {
+        let ids: Vec<HostId> = hosts
+            .iter()
+            .filter_map(|h| self.names.get(h).copied())
+            .collect();
+        let now = Instant::now();
+        for id in &ids {
+            lock(&self.faults_seen).push((*id, kind, now));
+        }
+        tracing::info!(?kind, ?hosts, ?vms, "fault");
+        for &id in &ids {
+            match kind {
+                FaultKind::PowerOff => self.power_off(id),
+                FaultKind::PowerOn => self.power_on(id),
+                FaultKind::AgentCrash => {
+                    self.world.with_host(id, |h| h.agent_alive = false);
+                    self.stop_agent(id);
+                }
+                FaultKind::AgentRestart => {
+                    let powered = self.world.with_host(id, |h| {
+                        h.agent_alive = true;
+                        h.powered
+                    });
+                    if powered == Some(true) && self.world.host(id).is_some_and(|h| h.kvm()) {
+                        self.start_agent(id);
+                    }
+                }
+                FaultKind::MgmtPartition => {
+                    _ = self.world.with_host(id, |h| h.mgmt_partitioned = true)
+                }
+                FaultKind::MgmtHeal => _ = self.world.with_host(id, |h| h.mgmt_partitioned = false),
+                FaultKind::NeighbourPartition => {
+                    _ = self.world.with_host(id, |h| h.neighbour_partitioned = true)
+                }
+                FaultKind::NeighbourHeal => {
+                    _ = self
+                        .world
+                        .with_host(id, |h| h.neighbour_partitioned = false)
+                }
+                FaultKind::StorageLoss => _ = self.world.with_host(id, |h| h.storage_ok = false),
+                FaultKind::StorageHeal => _ = self.world.with_host(id, |h| h.storage_ok = true),
+                FaultKind::PingLoss => _ = self.world.with_host(id, |h| h.ping_loss = true),
+                FaultKind::PingDelay => _ = self.world.with_host(id, |h| h.ping_delay = delay),
+                FaultKind::BmcUnreachable => _ = self.world.with_host(id, |h| h.bmc_ok = false),
+                FaultKind::NoCapacity => _ = self.world.with_host(id, |h| h.no_capacity = true),
+                FaultKind::VmCrash | FaultKind::ManagerRestart => {}
+            }
+        }
+        match kind {
+            FaultKind::VmCrash => {
+                for v in vms {
+                    if let Some(id) = self.vm_names.get(v) {
+                        self.world.stop_vm(*id);
+                    }
+                }
+            }
+            FaultKind::ManagerRestart => {
+                let c = Arc::clone(self);
+                let downtime = self
+                    .scenario
+                    .faults
+                    .iter()
+                    .find(|f| {
+                        f.kind == FaultKind::ManagerRestart
+                            && f.at == now.saturating_duration_since(self.world.t0)
+                    })
+                    .and_then(|f| f.duration);
+                c.restart_manager(downtime).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends a state fault after its duration.
+    fn clear(&self, kind: FaultKind, hosts: &[String]) {
+        for id in hosts.iter().filter_map(|h| self.names.get(h)) {
+            self.world.with_host(*id, |h| match kind {
+                FaultKind::PingLoss => h.ping_loss = false,
+                FaultKind::PingDelay => h.ping_delay = None,
+                FaultKind::BmcUnreachable => h.bmc_ok = true,
+                FaultKind::NoCapacity => h.no_capacity = false,
+                _ => {}
+            });
+        }
+    }
+
+    fn report(&self, seed: u64) -> Report {
+        if let Some(i) = lock(&self.instance).as_ref() {
+            self.save_history(&i.agent);
+        }
+        let world = &self.world;
+        let name_of: HashMap<HostId, String> =
+            self.names.iter().map(|(n, id)| (*id, n.clone())).collect();
+        let host_name = |h: Option<HostId>| h.and_then(|h| name_of.get(&h).cloned());
+        let history = lock(&self.history).clone();
+        let hosts: Vec<HostReport> = self
+            .names
+            .iter()
+            .map(|(name, id)| HostReport {
+                name: name.clone(),
+                transitions: history
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .map(|c| TransitionReport {
+                        at_s: at_s(world, c.at),
+                        from: c.from.map(|s| s.to_string()),
+                        event: c.event.to_string(),
+                        to: c.to.to_string(),
+                        reason: c.reason.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let state = world.lock();
+        let vms: Vec<VmReport> = self
+            .vm_names
+            .iter()
+            .filter_map(|(name, id)| {
+                let v = state.vms.get(id)?;
+                Some(VmReport {
+                    name: name.clone(),
+                    ha: v.ha,
+                    placements: v
+                        .placements
+                        .iter()
+                        .map(|p| PlacementReport {
+                            at_s: at_s(world, p.at),
+                            host: host_name(p.host),
+                            state: format!("{:?}", p.state),
+                        })
+                        .collect(),
+                    restarts: v
+                        .restarts
+                        .iter()
+                        .map(|(at, from, to)| RestartReport {
+                            at_s: at_s(world, *at),
+                            from_host: host_name(*from),
+                            to_host: host_name(Some(*to)).unwrap_or_default(),
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        let fences = lock(&self.fences)
+            .iter()
+            .map(|f| FenceReport {
+                at_s: at_s(world, f.at),
+                host: host_name(Some(f.host)).unwrap_or_default(),
+                method: f.method.into(),
+                outcome: f.outcome.into(),
+                evidence: f.evidence.clone(),
+            })
+            .collect();
+        let alerts_raw = lock(&self.alerts.0).clone();
+        let alerts: Vec<AlertReport> = alerts_raw
+            .iter()
+            .map(|a| AlertReport {
+                at_s: at_s(world, a.at),
+                kind: a.alert.kind.as_str().into(),
+                host: host_name(a.alert.host),
+                message: a.alert.message.clone(),
+            })
+            .collect();
+        let detections = lock(&self.faults_seen)
+            .iter()
+            .filter(|(_, k, _)| {
+                matches!(
+                    k,
+                    FaultKind::PowerOff
+                        | FaultKind::AgentCrash
+                        | FaultKind::MgmtPartition
+                        | FaultKind::StorageLoss
+                        | FaultKind::PingLoss
+                        | FaultKind::PingDelay
+                )
+            })
+            .map(|(id, kind, at)| {
+                let changes = history.get(id).map(Vec::as_slice).unwrap_or_default();
+                let after: Vec<&StatusChange> = changes.iter().filter(|c| c.at >= *at).collect();
+                Detection {
+                    host: host_name(Some(*id)).unwrap_or_default(),
+                    fault: format!("{kind:?}"),
+                    fault_at_s: at_s(world, *at),
+                    flagged_at_s: after
+                        .iter()
+                        .find(|c| c.from != Some(c.to))
+                        .map(|c| at_s(world, c.at)),
+                    down_at_s: after
+                        .iter()
+                        .find(|c| c.to == Status::Down)
+                        .map(|c| at_s(world, c.at)),
+                }
+            })
+            .collect();
+
+        let mut invariants = Invariants::default();
+        for v in &state.violations {
+            let inv = match v.invariant {
+                "no_double_run" => &mut invariants.no_double_run,
+                "no_unsafe_start" => &mut invariants.no_unsafe_start,
+                _ => &mut invariants.no_unwanted_restart,
+            };
+            inv.violations
+                .push(format!("at {}: {}", clock(at_s(world, v.at)), v.detail));
+        }
+        invariants.ha_liveness.violations = self.liveness(&state, &history, &alerts_raw);
+        for inv in [
+            &mut invariants.no_double_run,
+            &mut invariants.no_unsafe_start,
+            &mut invariants.ha_liveness,
+            &mut invariants.no_unwanted_restart,
+        ] {
+            inv.ok = inv.violations.is_empty();
+        }
+        let expectations = self.expectations(&hosts, &vms, &alerts);
+        drop(state);
+        Report {
+            scenario: self.scenario.name.clone(),
+            seed,
+            virtual_duration_s: self.scenario.duration.as_millis() as f64 / 1000.0,
+            wall_ms: 0,
+            hosts,
+            vms,
+            fences,
+            detections,
+            alerts,
+            invariants,
+            expectations,
+        }
+    }
+
+    fn liveness(
+        &self,
+        state: &crate::world::State,
+        history: &BTreeMap<HostId, Vec<StatusChange>>,
+        alerts: &[crate::cloud::TimedAlert],
+    ) -> Vec<String> {
+        let bound = self.scenario.liveness_bound;
+        let end = self.world.t0 + self.scenario.duration;
+        let mut out = Vec::new();
+        if !self.scenario.config.vm_ha_enabled {
+            return out;
+        }
+        for (host, changes) in history {
+            for down in changes
+                .iter()
+                .filter(|c| c.to == Status::Down && c.from != Some(Status::Down))
+            {
+                let t = down.at;
+                if t + bound > end {
+                    continue;
+                }
+                let truth = &state.hosts[host];
+                if truth.hypervisor.has_native_ha() {
+                    continue;
+                }
+                let braked = alerts.iter().any(|a| {
+                    a.alert.kind == AlertKind::BrakeHolds
+                        && a.alert.cluster == Some(truth.cluster)
+                        && a.at <= t + bound
+                });
+                if braked {
+                    continue;
+                }
+                for (vm_id, v) in &state.vms {
+                    if !v.ha {
+                        continue;
+                    }
+                    let at_t = v.placements.iter().rev().find(|p| p.at <= t);
+                    if at_t.and_then(|p| p.host) != Some(*host) {
+                        continue;
+                    }
+                    let rec = self.records.get(*vm_id);
+                    if rec.as_ref().is_some_and(|r| r.local_root_disk) {
+                        continue;
+                    }
+                    let no_capacity = alerts.iter().any(|a| {
+                        a.alert.vm == Some(*vm_id) && a.alert.kind == AlertKind::HaRestartFailed
+                    });
+                    if no_capacity {
+                        continue;
+                    }
+                    let back = v
+                        .placements
+                        .iter()
+                        .any(|p| p.at >= t && p.at <= t + bound && p.state == VmState::Running);
+                    if !back {
+                        out.push(format!(
+                            "{} of {} (Down at {}) not running again within {}",
+                            v.name,
+                            truth.name,
+                            clock(at_s(&self.world, t)),
+                            cloudha_protocol::duration::format(bound)
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn expectations(
+        &self,
+        hosts: &[HostReport],
+        vms: &[VmReport],
+        alerts: &[AlertReport],
+    ) -> Vec<ExpectationResult> {
+        let fmt = |d: Duration| cloudha_protocol::duration::format(d);
+        let secs = |d: Duration| d.as_millis() as f64 / 1000.0;
+        self.scenario
+            .expects
+            .iter()
+            .map(|e| match e {
+                Expect::HostStatus {
+                    host,
+                    status,
+                    after,
+                    by,
+                } => {
+                    let h = hosts.iter().find(|h| &h.name == host);
+                    let hit = h.and_then(|h| {
+                        h.transitions.iter().find(|t| {
+                            t.to == status.as_str() && t.at_s >= secs(*after) && t.at_s <= secs(*by)
+                        })
+                    });
+                    let seen = h
+                        .map(|h| {
+                            h.transitions
+                                .iter()
+                                .map(|t| format!("{}@{}", t.to, clock(t.at_s)))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default();
+                    ExpectationResult {
+                        text: format!(
+                            "host {host} enters {status} between {} and {}",
+                            fmt(*after),
+                            fmt(*by)
+                        ),
+                        ok: hit.is_some(),
+                        detail: hit.map_or(format!("not seen; statuses: [{seen}]"), |t| {
+                            format!("entered {status} at {}", clock(t.at_s))
+                        }),
+                    }
+                }
+                Expect::HostNever { host, status } => {
+                    let hit = hosts
+                        .iter()
+                        .find(|h| &h.name == host)
+                        .and_then(|h| h.transitions.iter().find(|t| t.to == status.as_str()));
+                    ExpectationResult {
+                        text: format!("host {host} never enters {status}"),
+                        ok: hit.is_none(),
+                        detail: hit.map_or("never entered".into(), |t| {
+                            format!("entered {status} at {}", clock(t.at_s))
+                        }),
+                    }
+                }
+                Expect::VmState {
+                    vm,
+                    state,
+                    by,
+                    on,
+                    not_on,
+                } => {
+                    let v = vms.iter().find(|v| &v.name == vm);
+                    let last =
+                        v.and_then(|v| v.placements.iter().rev().find(|p| p.at_s <= secs(*by)));
+                    let want = format!("{state:?}");
+                    let ok = last.is_some_and(|p| {
+                        p.state == want
+                            && on.as_ref().is_none_or(|h| p.host.as_ref() == Some(h))
+                            && not_on.as_ref().is_none_or(|h| p.host.as_ref() != Some(h))
+                    });
+                    let mut text = format!("vm {vm} is {want} by {}", fmt(*by));
+                    if let Some(h) = on {
+                        text.push_str(&format!(" on {h}"));
+                    }
+                    if let Some(h) = not_on {
+                        text.push_str(&format!(" not on {h}"));
+                    }
+                    ExpectationResult {
+                        text,
+                        ok,
+                        detail: last.map_or("no placement".into(), |p| {
+                            format!(
+                                "{} on {} since {}",
+                                p.state,
+                                p.host.as_deref().unwrap_or("-"),
+                                clock(p.at_s)
+                            )
+                        }),
+                    }
+                }
+                Expect::VmNotRestarted { vm } => {
+                    let n = vms
+                        .iter()
+                        .find(|v| &v.name == vm)
+                        .map_or(0, |v| v.restarts.len());
+                    ExpectationResult {
+                        text: format!("vm {vm} is never restarted"),
+                        ok: n == 0,
+                        detail: format!("{n} restarts"),
+                    }
+                }
+                Expect::AlertCount { kind, min, max } => {
+                    let n = alerts.iter().filter(|a| &a.kind == kind).count() as u64;
+                    let ok = min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m);
+                    let range = match (min, max) {
+                        (Some(a), Some(b)) => format!("between {a} and {b}"),
+                        (Some(a), None) => format!("at least {a}"),
+                        (None, Some(b)) => format!("at most {b}"),
+                        (None, None) => "any number of".into(),
+                    };
+                    ExpectationResult {
+                        text: format!("{range} {kind} alerts"),
+                        ok,
+                        detail: format!("{n} raised"),
+                    }
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,200 @@
+//! Ground truth: which hosts are powered, which agents live, which VM process runs where, and
+//! the continuous invariant checks on every change.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use cloudha_protocol::{ClusterId, HostId, HypervisorType, VmId, VmState};
+use tokio::time::Instant;
+
+/// One simulated host's ground truth.
+#[derive(Debug, Clone)]
+pub(crate) struct HostTruth {
+    pub(crate) name: String,
+    pub(crate) cluster: ClusterId,
+    pub(crate) hypervisor: HypervisorType,
+    pub(crate) capacity: u32,
+    pub(crate) independent_self_fence: bool,
+    pub(crate) powered: bool,
+    pub(crate) agent_alive: bool,
+    pub(crate) mgmt_partitioned: bool,
+    pub(crate) neighbour_partitioned: bool,
+    pub(crate) storage_ok: bool,
+    pub(crate) ping_loss: bool,
+    pub(crate) ping_delay: Option<Duration>,
+    pub(crate) bmc_ok: bool,
+    pub(crate) no_capacity: bool,
+    pub(crate) heartbeat: Option<Instant>,
+}
+
+impl HostTruth {
+    pub(crate) fn kvm(&self) -> bool {
+        self.hypervisor.is_kvm_like()
+    }
+}
+
+/// One placement of a VM (ground truth).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Placement {
+    pub(crate) at: Instant,
+    pub(crate) host: Option<HostId>,
+    pub(crate) state: VmState,
+}
+
+/// One simulated VM's ground truth.
+#[derive(Debug, Clone)]
+pub(crate) struct VmTruth {
+    pub(crate) name: String,
+    pub(crate) ha: bool,
+    pub(crate) running_on: Option<HostId>,
+    pub(crate) placements: Vec<Placement>,
+    pub(crate) restarts: Vec<(Instant, Option<HostId>, HostId)>,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Violation {
+    pub(crate) at: Instant,
+    pub(crate) invariant: &'static str,
+    pub(crate) detail: String,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) hosts: BTreeMap<HostId, HostTruth>,
+    pub(crate) vms: BTreeMap<VmId, VmTruth>,
+    pub(crate) violations: Vec<Violation>,
+}
+
+/// The ground truth, shared by every simulated part.
+#[derive(Debug)]
+pub(crate) struct World {
+    state: Mutex<State>,
+    pub(crate) t0: Instant,
+    pub(crate) force_ha: bool,
+}
+
+impl World {
+    pub(crate) fn new(t0: Instant, force_ha: bool) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            t0,
+            force_ha,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn host(&self, id: HostId) -> Option<HostTruth> {
+        self.lock().hosts.get(&id).cloned()
+    }
+
+    pub(crate) fn with_host<T>(
+        &self,
+        id: HostId,
+        f: impl FnOnce(&mut HostTruth) -> T,
+    ) -> Option<T> {
+        self.lock().hosts.get_mut(&id).map(f)
+    }
+
+    /// Can the manager reach this host's agent (for direct agents; connected agents also need
+    /// their link)?
+    pub(crate) fn reachable(&self, id: HostId) -> bool {
+        self.host(id)
+            .is_some_and(|h| h.powered && h.agent_alive && !h.mgmt_partitioned)
+    }
+
+    /// The VMs whose process runs on `host`.
+    pub(crate) fn running_on(&self, host: HostId) -> Vec<VmId> {
+        self.lock()
+            .vms
+            .iter()
+            .filter(|(_, v)| v.running_on == Some(host))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether the storage heartbeat of `host` is fresh at `now` (the checker's rule: dead if
+    /// older than 60 s).
+    pub(crate) fn heartbeat_alive(&self, host: HostId, now: Instant) -> bool {
+        self.host(host)
+            .and_then(|h| h.heartbeat)
+            .is_some_and(|t| now.saturating_duration_since(t) <= Duration::from_secs(60))
+    }
+
+    /// A VM process starts on `host`: checks the invariants.
+    pub(crate) fn start_vm(&self, vm: VmId, host: HostId, ha_restart: bool) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let powered = |s: &State, h: HostId| s.hosts.get(&h).is_some_and(|h| h.powered);
+        let Some(v) = s.vms.get(&vm).cloned() else {
+            return;
+        };
+        let mut violations = Vec::new();
+        if let Some(old) = v.running_on
+            && old != host
+            && powered(&s, old)
+        {
+            let (old_name, new_name) = (s.hosts[&old].name.clone(), s.hosts[&host].name.clone());
+            violations.push(Violation {
+                at: now,
+                invariant: "no_double_run",
+                detail: format!("{} runs on {old_name} and {new_name}", v.name),
+            });
+            violations.push(Violation {
+                at: now,
+                invariant: "no_unsafe_start",
+                detail: format!(
+                    "{} started on {new_name} while its copy on {old_name} still runs",
+                    v.name
+                ),
+            });
+        }
+        if ha_restart && !v.ha && !self.force_ha {
+            violations.push(Violation {
+                at: now,
+                invariant: "no_unwanted_restart",
+                detail: format!("{} has no HA but was restarted", v.name),
+            });
+        }
+        s.violations.extend(violations);
+        let from = v.placements.last().and_then(|p| p.host);
+        let v = s.vms.get_mut(&vm).expect("checked");
+        v.running_on = Some(host);
+        v.placements.push(Placement {
+            at: now,
+            host: Some(host),
+            state: VmState::Running,
+        });
+        if ha_restart {
+            v.restarts.push((now, from, host));
+        }
+    }
+
+    /// A VM process stops (killed, crashed, its host lost power).
+    pub(crate) fn stop_vm(&self, vm: VmId) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        if let Some(v) = s.vms.get_mut(&vm)
+            && let Some(h) = v.running_on.take()
+        {
+            v.placements.push(Placement {
+                at: now,
+                host: Some(h),
+                state: VmState::Stopped,
+            });
+        }
+    }
+
+    /// The host loses power: its VM processes die.
+    pub(crate) fn power_off(&self, host: HostId) {
+        for vm in self.running_on(host) {
+            self.stop_vm(vm);
+        }
+        // The heartbeat file keeps its last stamp: it goes stale, it does not vanish.
+        self.with_host(host, |h| h.powered = false);
+    }
+}
