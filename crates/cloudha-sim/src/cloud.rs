@@ -327,7 +327,7 @@ impl SimVms {
                 && h.agent_alive
                 && !h.mgmt_partitioned
                 && !h.no_capacity
-                && (self.world.running_on(host).len() as u32) < h.capacity
+                && (self.world.load(host) as u32) < h.capacity
         })
     }
 

@@ -185,7 +185,7 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
                     cluster: Some(cluster),
                     zone: Some(zone),
                 });
-                world.lock().vms.insert(
+                world.lock().add_vm(
                     vid,
                     VmTruth {
                         name: vname,

@@ -1,7 +1,7 @@
 //! Ground truth: which hosts are powered, which agents live, which VM process runs where, and
 //! the continuous invariant checks on every change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -64,7 +64,19 @@ pub(crate) struct Violation {
 pub(crate) struct State {
     pub(crate) hosts: BTreeMap<HostId, HostTruth>,
     pub(crate) vms: BTreeMap<VmId, VmTruth>,
+    /// Which VM processes run on each host (an index of `VmTruth::running_on`).
+    pub(crate) processes: BTreeMap<HostId, BTreeSet<VmId>>,
     pub(crate) violations: Vec<Violation>,
+}
+
+impl State {
+    /// Adds a VM that runs on `host` from the start.
+    pub(crate) fn add_vm(&mut self, id: VmId, vm: VmTruth) {
+        if let Some(h) = vm.running_on {
+            self.processes.entry(h).or_default().insert(id);
+        }
+        self.vms.insert(id, vm);
+    }
 }
 
 /// The ground truth, shared by every simulated part.
@@ -110,11 +122,15 @@ impl World {
     /// The VMs whose process runs on `host`.
     pub(crate) fn running_on(&self, host: HostId) -> Vec<VmId> {
         self.lock()
-            .vms
-            .iter()
-            .filter(|(_, v)| v.running_on == Some(host))
-            .map(|(id, _)| *id)
-            .collect()
+            .processes
+            .get(&host)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many VM processes run on `host`.
+    pub(crate) fn load(&self, host: HostId) -> usize {
+        self.lock().processes.get(&host).map_or(0, BTreeSet::len)
     }
 
     /// Whether the storage heartbeat of `host` is fresh at `now` (the checker's rule: dead if
@@ -162,6 +178,12 @@ impl World {
         }
         s.violations.extend(violations);
         let from = v.placements.last().and_then(|p| p.host);
+        if let Some(old) = v.running_on
+            && let Some(set) = s.processes.get_mut(&old)
+        {
+            set.remove(&vm);
+        }
+        s.processes.entry(host).or_default().insert(vm);
         let v = s.vms.get_mut(&vm).expect("checked");
         v.running_on = Some(host);
         v.placements.push(Placement {
@@ -178,14 +200,15 @@ impl World {
     pub(crate) fn stop_vm(&self, vm: VmId) {
         let now = Instant::now();
         let mut s = self.lock();
-        if let Some(v) = s.vms.get_mut(&vm)
-            && let Some(h) = v.running_on.take()
-        {
-            v.placements.push(Placement {
-                at: now,
-                host: Some(h),
-                state: VmState::Stopped,
-            });
+        let Some(v) = s.vms.get_mut(&vm) else { return };
+        let Some(h) = v.running_on.take() else { return };
+        v.placements.push(Placement {
+            at: now,
+            host: Some(h),
+            state: VmState::Stopped,
+        });
+        if let Some(set) = s.processes.get_mut(&h) {
+            set.remove(&vm);
         }
     }
 
