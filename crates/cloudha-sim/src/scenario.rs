@@ -205,7 +205,7 @@ struct RawScenario {
     name: String,
     #[serde(default)]
     description: String,
-    duration: String,
+    duration: Spanned<String>,
     #[serde(default)]
     seed: Option<u64>,
     #[serde(default)]
@@ -345,7 +345,11 @@ impl Scenario {
         let dur = |s: &str, line: usize, what: &str| {
             cloudha_protocol::duration::parse(s).map_err(|e| err(line, format!("`{what}`: {e}")))
         };
-        let duration = dur(&raw.duration, 0, "duration")?;
+        let duration = dur(
+            raw.duration.get_ref(),
+            line_of(text, raw.duration.span().start + 1),
+            "duration",
+        )?;
 
         // [config]: sim keys first, the rest through the manager's own loader.
         let mut liveness_bound = Duration::from_secs(20 * 60);
