@@ -35,7 +35,7 @@ pub use error::{CommandError, ConfigError, ManagerError, StoreError};
 pub use ha::{HaManager, HaPorts};
 pub use host::{HostRecord, HostStore, InMemoryHostStore};
 pub use investigate::{HostCommander, HostVerdict, Investigator, VmVerdict};
-pub use manager::{AgentManager, Attaches, Investigations, Ports, StatusChange};
+pub use manager::{AgentManager, Attaches, HISTORY_LIMIT, Investigations, Ports, StatusChange};
 pub use monitor::PingMonitor;
 pub use ports::{HaScheduler, NoHa};
 

@@ -144,6 +144,9 @@ impl Drop for InvestigationGuard<'_> {
 
 static NO_HA: crate::ports::NoHa = crate::ports::NoHa;
 
+/// Status changes kept per host (the newest; older ones are dropped in batches).
+pub const HISTORY_LIMIT: usize = 1024;
+
 struct Inner {
     config: Config,
     store: Arc<dyn HostStore>,
@@ -328,7 +331,7 @@ impl AgentManager {
         self.inner.changes.subscribe()
     }
 
-    /// Every status change of `host`, oldest first.
+    /// The status changes of `host`, oldest first (at least the last [`HISTORY_LIMIT`]).
     pub fn history(&self, host: HostId) -> Vec<StatusChange> {
         lock(&self.inner.history)
             .get(&host)
@@ -502,10 +505,15 @@ impl Inner {
 
     fn record(&self, change: &StatusChange) {
         tracing::info!(host.id = %change.host, from = ?change.from, event = %change.event, to = %change.to, reason = %change.reason, "host status");
-        lock(&self.history)
-            .entry(change.host)
-            .or_default()
-            .push(change.clone());
+        {
+            let mut history = lock(&self.history);
+            let h = history.entry(change.host).or_default();
+            h.push(change.clone());
+            // Bounded: a flapping host must not grow the manager without end.
+            if h.len() > 2 * HISTORY_LIMIT {
+                h.drain(..HISTORY_LIMIT);
+            }
+        }
         let _ = self.changes.send(change.clone());
         if change.from != Some(change.to) {
             *lock(&self.epochs).entry(change.host).or_default() += 1;
