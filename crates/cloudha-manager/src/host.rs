@@ -134,6 +134,13 @@ impl InMemoryHostStore {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, HostRecord>> {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The hosts matching `pick`, by id.
+    fn matching(&self, pick: impl Fn(&HostRecord) -> bool) -> Vec<HostRecord> {
+        let mut v: Vec<_> = self.map().values().filter(|h| pick(h)).cloned().collect();
+        v.sort_by_key(|h| h.id);
+        v
+    }
 }
 
 impl HostStore for InMemoryHostStore {
@@ -146,31 +153,15 @@ impl HostStore for InMemoryHostStore {
     }
 
     fn list(&self) -> Vec<HostRecord> {
-        let mut v: Vec<_> = self.map().values().cloned().collect();
-        v.sort_by_key(|h| h.id);
-        v
+        self.matching(|_| true)
     }
 
     fn in_cluster(&self, cluster: ClusterId) -> Vec<HostRecord> {
-        let mut v: Vec<_> = self
-            .map()
-            .values()
-            .filter(|h| h.cluster == Some(cluster))
-            .cloned()
-            .collect();
-        v.sort_by_key(|h| h.id);
-        v
+        self.matching(|h| h.cluster == Some(cluster))
     }
 
     fn in_pod(&self, pod: PodId) -> Vec<HostRecord> {
-        let mut v: Vec<_> = self
-            .map()
-            .values()
-            .filter(|h| h.pod == Some(pod))
-            .cloned()
-            .collect();
-        v.sort_by_key(|h| h.id);
-        v
+        self.matching(|h| h.pod == Some(pod))
     }
 
     fn upsert(&self, record: HostRecord) {

@@ -292,24 +292,18 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
         cloud
             .apply(fault.kind, &fault.hosts, &fault.vms, fault.delay)
             .await;
-        if let (Some(d), Some(heal)) = (fault.duration, fault.kind.heal()) {
+        // A fault with a duration ends by its healing fault (power_on, mgmt_heal, ...) or, for
+        // faults that are states (ping loss, BMC, capacity, delay), by clearing the state.
+        if let Some(d) = fault.duration {
             let c = Arc::clone(&cloud);
-            let f = fault.clone();
             cloud
                 .sim_tasks
                 .spawn(cloud.sim_tasks.token().child_token(), async move {
                     tokio::time::sleep(d).await;
-                    c.apply(heal, &f.hosts, &f.vms, None).await;
-                });
-        } else if let Some(d) = fault.duration {
-            // Faults that are states (ping loss, BMC, capacity, delay) end after their duration.
-            let c = Arc::clone(&cloud);
-            let f = fault.clone();
-            cloud
-                .sim_tasks
-                .spawn(cloud.sim_tasks.token().child_token(), async move {
-                    tokio::time::sleep(d).await;
-                    c.clear(f.kind, &f.hosts);
+                    match fault.kind.heal() {
+                        Some(heal) => c.apply(heal, &fault.hosts, &fault.vms, None).await,
+                        None => c.clear(fault.kind, &fault.hosts),
+                    }
                 });
         }
     }

@@ -663,6 +663,18 @@ impl HaInner {
         self.wake.notify_one();
     }
 
+    /// The item's VM as it is now, or the outcome when the item is not needed any more: the VM
+    /// is gone, or (`checkAndCancelWorkIfNeeded`) its host is Up again.
+    fn current_vm(&self, item: &WorkItem) -> Result<VmRecord, Outcome> {
+        let Some(vm) = self.ports.vms.get(item.vm) else {
+            return Err(Outcome::Done("VM gone".into()));
+        };
+        if self.cancelled(item) {
+            return Err(Outcome::Cancelled("its host is Up again".into()));
+        }
+        Ok(vm)
+    }
+
     /// `checkAndCancelWorkIfNeeded`: an item still investigating a host that is Up again is
     /// not needed.
     fn cancelled(&self, item: &WorkItem) -> bool {
@@ -729,12 +741,10 @@ impl HaInner {
                 "another HA item for the VM is running",
             );
         }
-        let Some(vm) = self.ports.vms.get(item.vm) else {
-            return Outcome::Done("VM gone".into());
+        let vm = match self.current_vm(item) {
+            Ok(vm) => vm,
+            Err(outcome) => return outcome,
         };
-        if self.cancelled(item) {
-            return Outcome::Cancelled("its host is Up again".into());
-        }
         if vm.state != item.previous_state || vm.update_count != item.update_count {
             return Outcome::Done(format!(
                 "VM changed since scheduling ({:?} now, {:?} then)",
@@ -906,12 +916,10 @@ impl HaInner {
     }
 
     async fn migrate(&self, item: &mut WorkItem) -> Outcome {
-        let Some(vm) = self.ports.vms.get(item.vm) else {
-            return Outcome::Done("VM gone".into());
+        let vm = match self.current_vm(item) {
+            Ok(vm) => vm,
+            Err(outcome) => return outcome,
         };
-        if self.cancelled(item) {
-            return Outcome::Cancelled("its host is Up again".into());
-        }
         let Some(from) = item.host.or(vm.host) else {
             return Outcome::Done("VM has no host".into());
         };
@@ -929,12 +937,10 @@ impl HaInner {
     }
 
     async fn stop(&self, item: &mut WorkItem) -> Outcome {
-        let Some(vm) = self.ports.vms.get(item.vm) else {
-            return Outcome::Done("VM gone".into());
+        let vm = match self.current_vm(item) {
+            Ok(vm) => vm,
+            Err(outcome) => return outcome,
         };
-        if self.cancelled(item) {
-            return Outcome::Cancelled("its host is Up again".into());
-        }
         let changed = vm.state != item.previous_state
             || vm.update_count != item.update_count
             || vm.host.is_none()
@@ -952,12 +958,10 @@ impl HaInner {
     }
 
     async fn destroy(&self, item: &mut WorkItem) -> Outcome {
-        let Some(vm) = self.ports.vms.get(item.vm) else {
-            return Outcome::Done("VM gone".into());
+        let vm = match self.current_vm(item) {
+            Ok(vm) => vm,
+            Err(outcome) => return outcome,
         };
-        if self.cancelled(item) {
-            return Outcome::Cancelled("its host is Up again".into());
-        }
         let expunge = matches!(vm.kind, VmKind::SecondaryStorageVm | VmKind::ConsoleProxy);
         if !expunge && item.previous_state == VmState::Destroyed {
             return Outcome::Done("already destroyed".into());
