@@ -954,9 +954,8 @@ impl Inner {
         accept_startup(startup, self.config.ping_interval)
     }
 
-    fn ping_answer(&self, host: HostId, gateway_accessible: bool) -> Answer {
+    fn ping_answer(status: Option<Status>, gateway_accessible: bool) -> Answer {
         // CloudStack: send-startup when the host is not Up; we also let a Connecting host finish.
-        let status = self.store.status(host);
         let send_startup =
             gateway_accessible && !matches!(status, Some(Status::Up | Status::Connecting));
         Answer::Ping(PingAnswer {
@@ -995,16 +994,17 @@ impl CommandSink for ManagerSink {
             return Vec::new();
         };
         inner.registry.dispatch_commands(host, seq, commands);
+        let status = inner.store.status(host);
         commands
             .iter()
             .map(|c| match c {
-                Command::Ping(_) => inner.ping_answer(host, true),
+                Command::Ping(_) => Inner::ping_answer(status, true),
                 Command::PingRouting(p) => {
                     inner.gateway(host, p.gateway_accessible);
-                    if inner.store.status(host) == Some(Status::Up) {
+                    if status == Some(Status::Up) {
                         inner.ha().vm_power_report(host, &p.vm_states);
                     }
-                    inner.ping_answer(host, p.gateway_accessible)
+                    Inner::ping_answer(status, p.gateway_accessible)
                 }
                 Command::Startup(s) => {
                     // The agent redoes its startup on the same link.

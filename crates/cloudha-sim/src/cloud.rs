@@ -354,6 +354,10 @@ impl VmOrchestrator for SimVms {
         self.records.vms_on_host(host)
     }
 
+    fn running_on(&self, host: HostId) -> Vec<VmId> {
+        self.records.running_on(host)
+    }
+
     async fn force_stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
         // Records only: the manager asserts the VM is not running (after a proof).
         self.records.force_stop(vm).await

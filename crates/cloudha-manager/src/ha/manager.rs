@@ -421,40 +421,39 @@ impl HaInner {
             return;
         }
         let now = Instant::now();
-        for vm in self.ports.vms.vms_on_host(host) {
-            if vm.host != Some(host) || vm.state != VmState::Running {
-                continue;
-            }
-            let power = states.iter().find(|s| s.vm == vm.id).map(|s| s.power);
+        for vm in self.ports.vms.running_on(host) {
+            let power = states.iter().find(|s| s.vm == vm).map(|s| s.power);
             let off = match power {
-                Some(VmPowerState::PowerOff) => true,
-                None | Some(VmPowerState::PowerReportMissing) => {
-                    let since = *lock(&self.missing).entry(vm.id).or_insert(now);
-                    now.saturating_duration_since(since) > self.config.ping_deadline()
-                }
-                _ => {
-                    lock(&self.missing).remove(&vm.id);
+                Some(VmPowerState::PowerOn) => {
+                    if !lock(&self.missing).is_empty() {
+                        lock(&self.missing).remove(&vm);
+                    }
                     false
                 }
+                Some(VmPowerState::PowerOff) => true,
+                None | Some(VmPowerState::PowerReportMissing) => {
+                    let since = *lock(&self.missing).entry(vm).or_insert(now);
+                    now.saturating_duration_since(since) > self.config.ping_deadline()
+                }
+                Some(_) => false,
             };
             if !off {
                 continue;
             }
-            lock(&self.missing).remove(&vm.id);
+            lock(&self.missing).remove(&vm);
             if self
                 .ports
                 .work
-                .for_vm(vm.id)
+                .for_vm(vm)
                 .iter()
                 .any(|i| !i.step.is_final())
             {
                 continue;
             }
             let me = Arc::clone(self);
-            let id = vm.id;
             self.tasks
                 .spawn(self.tasks.token().child_token(), async move {
-                    me.schedule_restart(id, false, WorkReason::VmStoppedOnUpHost)
+                    me.schedule_restart(vm, false, WorkReason::VmStoppedOnUpHost)
                         .await;
                 });
         }

@@ -112,6 +112,10 @@ pub trait VmOrchestrator: Send + Sync {
     /// The VMs whose host or last host is `host`.
     fn vms_on_host(&self, host: HostId) -> Vec<VmRecord>;
 
+    /// The VMs the records say are Running on `host` (ids only: the ping path compares them
+    /// with power reports).
+    fn running_on(&self, host: HostId) -> Vec<VmId>;
+
     /// Marks a VM stopped without asking its host (only after it is proven dead or fenced):
     /// state Stopped, host cleared, last host kept.
     ///
@@ -249,11 +253,6 @@ impl InMemoryVms {
         });
     }
 
-    /// VMs running on `host` by the records.
-    pub fn running_on(&self, host: HostId) -> usize {
-        self.lock().running.get(&host).copied().unwrap_or(0)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Vms> {
         self.vms.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -296,6 +295,21 @@ impl VmOrchestrator for InMemoryVms {
             .into_iter()
             .flatten()
             .filter_map(|id| vms.by_id.get(id).cloned())
+            .collect()
+    }
+
+    fn running_on(&self, host: HostId) -> Vec<VmId> {
+        let vms = self.lock();
+        vms.by_host
+            .get(&host)
+            .into_iter()
+            .flatten()
+            .filter(|id| {
+                vms.by_id
+                    .get(id)
+                    .is_some_and(|v| v.host == Some(host) && v.state == VmState::Running)
+            })
+            .copied()
             .collect()
     }
 

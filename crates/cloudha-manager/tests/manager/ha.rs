@@ -63,6 +63,9 @@ impl VmOrchestrator for CountingVms {
     fn vms_on_host(&self, host: HostId) -> Vec<VmRecord> {
         self.inner.vms_on_host(host)
     }
+    fn running_on(&self, host: HostId) -> Vec<VmId> {
+        self.inner.running_on(host)
+    }
     async fn force_stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
         self.inner.force_stop(vm).await
     }
