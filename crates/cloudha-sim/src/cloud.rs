@@ -94,6 +94,16 @@ impl ServerResource for SimResource {
         let me = self.world.host(self.host).expect("known host");
         match command {
             Command::CheckOnHost(c) => {
+                let target = self.world.host(c.target);
+                if target.as_ref().is_some_and(|t| !t.kvm()) {
+                    // A XenServer pool's own liveness (network and storage): alive while powered.
+                    let alive = target.is_some_and(|t| t.powered);
+                    return Answer::CheckOnHost(CheckOnHostAnswer {
+                        success: true,
+                        alive,
+                        details: "pool liveness".into(),
+                    });
+                }
                 if !me.storage_ok {
                     return Answer::CheckOnHost(CheckOnHostAnswer {
                         success: false,
