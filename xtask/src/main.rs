@@ -54,8 +54,10 @@ fn ci() -> Result<(), String> {
             &[],
         )
     })?;
+    let mut totals = (0, 0);
     step("test", || {
-        cargo(&["test", "--workspace", "--all-features"], &[])
+        totals = cargo_test(&["test", "--workspace", "--all-features"])?;
+        Ok(())
     })?;
     step("doc", || {
         cargo(
@@ -64,7 +66,55 @@ fn ci() -> Result<(), String> {
         )
     })?;
     eprintln!("xtask ci: all steps passed");
+    // The closing line CI reads: every test binary's counts added up.
+    println!("tests: {} passed, {} failed", totals.0, totals.1);
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up the `test result:` lines.
+fn cargo_test(args: &[&str]) -> Result<(u64, u64), String> {
+    use std::io::{BufRead, BufReader, Write};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut totals = (0, 0);
+    if let Some(out) = child.stdout.take() {
+        let mut stdout = std::io::stdout().lock();
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = writeln!(stdout, "{line}");
+            if let Some((passed, failed)) = parse_result(&line) {
+                totals.0 += passed;
+                totals.1 += failed;
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    if status.success() {
+        Ok(totals)
+    } else {
+        Err(format!("cargo {} exited with {status}", args.join(" ")))
+    }
+}
+
+/// `test result: ok. 18 passed; 0 failed; ...` → (18, 0).
+fn parse_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| -> Option<u64> {
+        rest.split(';').find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(word)?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    Some((count("passed")?, count("failed")?))
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
@@ -84,5 +134,23 @@ pub(crate) fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("cargo {} exited with {status}", args.join(" ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_cargo_test_result_lines() {
+        assert_eq!(
+            super::parse_result(
+                "test result: ok. 18 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.16s"
+            ),
+            Some((18, 0))
+        );
+        assert_eq!(
+            super::parse_result("test result: FAILED. 5 passed; 1 failed; 0 ignored"),
+            Some((5, 1))
+        );
+        assert_eq!(super::parse_result("running 3 tests"), None);
     }
 }

@@ -341,8 +341,13 @@ impl SimVms {
         })
     }
 
+    /// Least-loaded candidate with room (ties: the first), like a capacity-aware planner.
     fn place(&self, vm: VmId, candidates: &[HostId], ha: bool) -> Result<HostId, StartError> {
-        let Some(&host) = candidates.iter().find(|h| self.can_run(**h)) else {
+        let Some(&host) = candidates
+            .iter()
+            .filter(|h| self.can_run(**h))
+            .min_by_key(|h| self.world.load(**h))
+        else {
             return Err(StartError::InsufficientCapacity(format!(
                 "no room on {} candidate hosts",
                 candidates.len()
