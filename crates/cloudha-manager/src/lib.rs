@@ -18,6 +18,34 @@
 //!
 //! Status changes go through one place ([`AgentManager::apply`]), which uses the §4.2 table,
 //! records every change in a per-host history and sends it to subscribers.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cloudha_attache::Tasks;
+//! use cloudha_manager::{AgentManager, Config, HostRecord, HostStore, InMemoryHostStore, LogAlerts, Ports};
+//! use cloudha_protocol::{Event, HostId, HypervisorType, Status};
+//! use cloudha_registry::Registry;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let store = Arc::new(InMemoryHostStore::new());
+//! let ports = Ports {
+//!     store: store.clone(),
+//!     registry: Arc::new(Registry::default()),
+//!     alerts: Arc::new(LogAlerts),
+//!     ha: None,            // or an HaManager, later through `set_ha`
+//!     investigators: None, // the chain of `ha.investigators.order`
+//! };
+//! let manager = AgentManager::new(Config::default(), ports, Tasks::new()).unwrap();
+//! manager.add_host(HostRecord::new(HostId(1), "kvm-1", HypervisorType::Kvm));
+//! manager.apply(HostId(1), Event::AgentConnected, "agent connected").unwrap();
+//! assert_eq!(store.status(HostId(1)), Some(Status::Connecting));
+//! // An absent cell of the §4.2 table is a typed error naming status and event.
+//! assert!(manager.apply(HostId(1), Event::WaitedTooLong, "no such transition").is_err());
+//! manager.start().await; // monitor, direct-agent scan
+//! manager.stop().await; // every task ended
+//! # }
+//! ```
 
 pub mod alert;
 pub mod config;
