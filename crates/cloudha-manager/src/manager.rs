@@ -1056,12 +1056,10 @@ impl CommandSink for ManagerSink {
         let Some(inner) = self.0.upgrade() else {
             return refuse("manager stopped".into());
         };
-        match inner.store.status(host) {
-            _ if inner.store.get(host).is_none() => {
-                return refuse(format!("host {host} is not known"));
-            }
-            Some(Status::Removed) => return refuse(format!("host {host} was removed")),
-            _ => {}
+        match inner.store.get(host).map(|h| h.status) {
+            None => return refuse(format!("host {host} is not known")),
+            Some(Some(Status::Removed)) => return refuse(format!("host {host} was removed")),
+            Some(_) => {}
         }
         let attache: Arc<dyn Attache> = Arc::new(attache);
         let generation = attache.generation();
