@@ -147,6 +147,15 @@ impl HaManager {
         );
     }
 
+    /// A peer management server left: its claims are released so this server's workers take
+    /// its items (CloudStack's `releaseWorkItems(peer)`). Returns how many.
+    pub fn release_peer(&self, peer: OwnerId) -> usize {
+        let n = self.inner.ports.work.release_owner(peer);
+        tracing::info!(?peer, released = n, "peer's HA work released");
+        self.inner.wake.notify_one();
+        n
+    }
+
     /// Schedules a restart of one VM (CloudStack's `scheduleRestart`). Returns the item, if one
     /// was created.
     pub async fn schedule_restart(

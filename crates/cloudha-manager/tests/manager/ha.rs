@@ -1097,3 +1097,24 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
     assert!(h.work.list().iter().all(|i| i.step.is_final()), "none lost");
     tasks.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_departed_peers_claims_are_released_and_served_here() {
+    let h = build(config(), 1);
+    h.host_down(FAILED);
+    let id =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    // A peer took the item, then died.
+    let taken = h.work.take(OwnerId(99), Instant::now()).unwrap();
+    assert_eq!(taken.id, id);
+    h.ha.start().await;
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.starts(100), 0, "claimed by the peer: not ours to run");
+    assert_eq!(h.ha.release_peer(OwnerId(99)), 1);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(100), 1);
+    assert_eq!(h.work.get(id).unwrap().step, WorkStep::Done);
+    h.shutdown().await;
+}
