@@ -161,11 +161,11 @@ async fn garbage_frames_lose_only_their_own_link_over_tcp() {
         "{error}"
     );
     // The bad peer's socket is closed by us.
+    // Its socket ends (a clean close, or a reset): reading to the end finishes.
     let mut sink_buf = Vec::new();
-    let n = timeout(Duration::from_secs(10), raw.read_to_end(&mut sink_buf))
+    timeout(Duration::from_secs(10), raw.read_to_end(&mut sink_buf))
         .await
-        .unwrap();
-    assert!(n.is_ok() || n.is_err());
+        .expect("the bad peer's link is closed by the manager side");
 
     // The good agent carries on: pings keep coming and requests work.
     wait_for(&mut rx, |s| match s {
