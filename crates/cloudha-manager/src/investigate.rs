@@ -192,13 +192,35 @@ impl Investigator for SimpleInvestigator {
     }
 }
 
+/// The Up neighbours of a host, asked about its heartbeat through the commander.
+struct Neighbours {
+    commander: Arc<dyn HostCommander>,
+    store: Arc<dyn HostStore>,
+    agreement: usize,
+}
+
+impl Neighbours {
+    async fn heartbeat(
+        &self,
+        host: &HostRecord,
+        same_kind: fn(HypervisorType) -> bool,
+    ) -> Option<bool> {
+        ask_neighbours(
+            &*self.commander,
+            &*self.store,
+            host,
+            same_kind,
+            self.agreement,
+        )
+        .await
+    }
+}
+
 /// The KVM rule of §6.2: the host's own heartbeat check, then its Up KVM neighbours'.
 /// Neighbour sees it alive and the host itself gave no proof ⇒ Disconnected; neighbour sees it
 /// dead ⇒ Down; nobody can tell ⇒ don't know.
 pub struct KvmInvestigator {
-    commander: Arc<dyn HostCommander>,
-    store: Arc<dyn HostStore>,
-    agreement: usize,
+    neighbours: Neighbours,
 }
 
 impl KvmInvestigator {
@@ -209,9 +231,11 @@ impl KvmInvestigator {
         agreement: usize,
     ) -> Self {
         Self {
-            commander,
-            store,
-            agreement,
+            neighbours: Neighbours {
+                commander,
+                store,
+                agreement,
+            },
         }
     }
 }
@@ -228,17 +252,13 @@ impl Investigator for KvmInvestigator {
         }
         // The host itself: its heartbeat alive ⇒ Up at once. Otherwise its own word proves
         // nothing (it may not answer at all): the neighbours decide.
-        if check_on_host(&*self.commander, host.id, host.id).await == Some(true) {
+        if check_on_host(&*self.neighbours.commander, host.id, host.id).await == Some(true) {
             return Some(HostVerdict::Up);
         }
-        match ask_neighbours(
-            &*self.commander,
-            &*self.store,
-            host,
-            HypervisorType::is_kvm_like,
-            self.agreement,
-        )
-        .await
+        match self
+            .neighbours
+            .heartbeat(host, HypervisorType::is_kvm_like)
+            .await
         {
             Some(true) => Some(HostVerdict::Disconnected),
             Some(false) => Some(HostVerdict::Down),
@@ -251,7 +271,7 @@ impl Investigator for KvmInvestigator {
         if !host.hypervisor.is_kvm_like() {
             return VmVerdict::Unknown;
         }
-        match self.store.status(host.id) {
+        match self.neighbours.store.status(host.id) {
             Some(Status::Up) => VmVerdict::Alive,
             _ => VmVerdict::Unknown,
         }
@@ -261,9 +281,7 @@ impl Investigator for KvmInvestigator {
 /// The XenServer check of §6.1: other Xen hosts of the cluster check the host; dead ⇒ Down,
 /// alive ⇒ don't know.
 pub struct XenServerInvestigator {
-    commander: Arc<dyn HostCommander>,
-    store: Arc<dyn HostStore>,
-    agreement: usize,
+    neighbours: Neighbours,
 }
 
 impl XenServerInvestigator {
@@ -274,9 +292,11 @@ impl XenServerInvestigator {
         agreement: usize,
     ) -> Self {
         Self {
-            commander,
-            store,
-            agreement,
+            neighbours: Neighbours {
+                commander,
+                store,
+                agreement,
+            },
         }
     }
 }
@@ -295,14 +315,17 @@ impl Investigator for XenServerInvestigator {
         if !is_xen(host.hypervisor) {
             return None;
         }
-        match ask_neighbours(&*self.commander, &*self.store, host, is_xen, self.agreement).await {
+        match self.neighbours.heartbeat(host, is_xen).await {
             Some(false) => Some(HostVerdict::Down),
             _ => None,
         }
     }
 
     async fn vm_alive(&self, _vm: VmId, host: &HostRecord) -> VmVerdict {
-        match (is_xen(host.hypervisor), self.store.status(host.id)) {
+        match (
+            is_xen(host.hypervisor),
+            self.neighbours.store.status(host.id),
+        ) {
             (true, Some(Status::Up)) => VmVerdict::Alive,
             _ => VmVerdict::Unknown,
         }

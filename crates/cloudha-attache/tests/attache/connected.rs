@@ -163,7 +163,7 @@ async fn garbage_frames_lose_only_their_own_link_over_tcp() {
     // The bad peer's socket is closed by us.
     // Its socket ends (a clean close, or a reset): reading to the end finishes.
     let mut sink_buf = Vec::new();
-    timeout(Duration::from_secs(10), raw.read_to_end(&mut sink_buf))
+    let _clean_or_reset = timeout(Duration::from_secs(10), raw.read_to_end(&mut sink_buf))
         .await
         .expect("the bad peer's link is closed by the manager side");
 
