@@ -1,6 +1,6 @@
 //! Alerts the manager raises, and the `AlertSink` port they go to.
 
-use cloudha_protocol::{ClusterId, HostId, VmId};
+use cloudha_protocol::{ClusterId, HostId, PodId, VmId, ZoneId};
 
 /// The kind of an alert (snake_case in reports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,6 +26,9 @@ pub enum AlertKind {
     FenceFailed,
     /// HA gave up on a work item after `max.retries`.
     HaGaveUp,
+    /// A host is dead or unreachable but VM-HA is disabled (`vm.ha.enabled = false`): nothing
+    /// is restarted. The only kind `vm.ha.alerts.enabled = false` mutes.
+    HaDisabled,
 }
 
 impl AlertKind {
@@ -42,6 +45,7 @@ impl AlertKind {
             Self::HaRestartFailed => "ha_restart_failed",
             Self::FenceFailed => "fence_failed",
             Self::HaGaveUp => "ha_gave_up",
+            Self::HaDisabled => "ha_disabled",
         }
     }
 }
@@ -63,6 +67,10 @@ pub struct Alert {
     pub vm: Option<VmId>,
     /// The cluster it is about.
     pub cluster: Option<ClusterId>,
+    /// The pod it is about.
+    pub pod: Option<PodId>,
+    /// The zone it is about.
+    pub zone: Option<ZoneId>,
     /// Human-readable text.
     pub message: String,
 }
@@ -72,6 +80,11 @@ pub struct Alert {
 pub trait AlertSink: Send + Sync {
     /// Raises one alert.
     fn raise(&self, alert: Alert);
+
+    /// Clears the alert of `kind` for `host` (its cause is gone, e.g. the gateway is back).
+    fn clear(&self, kind: AlertKind, host: HostId) {
+        tracing::info!(%kind, host = %host, "alert cleared");
+    }
 }
 
 /// An `AlertSink` that only logs.

@@ -107,6 +107,30 @@ pub struct Config {
     /// `kvm.ha.fence.on.storage.heartbeat.failure`: a host is dead when any heartbeat pool fails.
     #[serde(rename = "kvm.ha.fence.on.storage.heartbeat.failure")]
     pub kvm_ha_fence_on_storage_heartbeat_failure: bool,
+    /// `kvm.heartbeat.interval`: what the manager assumes of a KVM host's heartbeat writer:
+    /// a write every this long.
+    #[serde(rename = "kvm.heartbeat.interval", with = "secs")]
+    pub kvm_heartbeat_interval: Duration,
+    /// `kvm.heartbeat.staleness`: a heartbeat older than this reads as dead.
+    #[serde(rename = "kvm.heartbeat.staleness", with = "secs")]
+    pub kvm_heartbeat_staleness: Duration,
+    /// `kvm.heartbeat.write.retries`: failed writes retried this many times before the host
+    /// fences (reboots) itself.
+    #[serde(rename = "kvm.heartbeat.write.retries")]
+    pub kvm_heartbeat_write_retries: u32,
+    /// `kvm.heartbeat.retry.interval`: the pause between those retries.
+    #[serde(rename = "kvm.heartbeat.retry.interval", with = "secs")]
+    pub kvm_heartbeat_retry_interval: Duration,
+    /// `xen.heartbeat.staleness`: a XenServer pool heartbeat older than this reads as dead.
+    #[serde(rename = "xen.heartbeat.staleness", with = "secs")]
+    pub xen_heartbeat_staleness: Duration,
+    /// `xen.heartbeat.self.reboot.timeout`: a XenServer host that cannot write its pool
+    /// heartbeat for this long reboots itself.
+    #[serde(rename = "xen.heartbeat.self.reboot.timeout", with = "secs")]
+    pub xen_heartbeat_self_reboot_timeout: Duration,
+    /// `outofbandmanagement.action.timeout`: bound of every BMC call.
+    #[serde(rename = "outofbandmanagement.action.timeout", with = "secs")]
+    pub oobm_action_timeout: Duration,
 }
 
 /// The investigators this crate implements, by their CloudStack names.
@@ -114,6 +138,7 @@ pub const INVESTIGATORS: &[&str] = &[
     "SimpleInvestigator",
     "XenServerInvestigator",
     "KVMInvestigator",
+    "VMwareInvestigator",
     "PingInvestigator",
 ];
 
@@ -149,6 +174,13 @@ impl Default for Config {
             ha_brake_fraction: 0.5,
             ha_startup_grace: Duration::from_secs(300),
             kvm_ha_fence_on_storage_heartbeat_failure: false,
+            kvm_heartbeat_interval: Duration::from_secs(60),
+            kvm_heartbeat_staleness: Duration::from_secs(60),
+            kvm_heartbeat_write_retries: 5,
+            kvm_heartbeat_retry_interval: Duration::from_secs(10),
+            xen_heartbeat_staleness: Duration::from_secs(30),
+            xen_heartbeat_self_reboot_timeout: Duration::from_secs(30),
+            oobm_action_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -218,13 +250,13 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "ha.investigators.order",
-        default: "[SimpleInvestigator, XenServerInvestigator, KVMInvestigator, PingInvestigator]",
+        default: "[SimpleInvestigator, XenServerInvestigator, KVMInvestigator, VMwareInvestigator, PingInvestigator]",
         meaning: "the investigator chain, first to last",
     },
     KeyDoc {
         key: "ha.investigators.agreement",
         default: "1",
-        meaning: "neighbour answers that must agree (1: the first definite answer wins)",
+        meaning: "dead heartbeat answers needed for Down, with no alive one (1: CloudStack's rule; any alive answer vetoes Down)",
     },
     KeyDoc {
         key: "ha.workers",
@@ -311,12 +343,92 @@ pub const KEYS: &[KeyDoc] = &[
         default: "false",
         meaning: "a KVM host is dead when any heartbeat pool fails",
     },
+    KeyDoc {
+        key: "kvm.heartbeat.interval",
+        default: "60s",
+        meaning: "assumed: a KVM host writes its storage heartbeat this often",
+    },
+    KeyDoc {
+        key: "kvm.heartbeat.staleness",
+        default: "60s",
+        meaning: "assumed: a KVM heartbeat older than this reads as dead",
+    },
+    KeyDoc {
+        key: "kvm.heartbeat.write.retries",
+        default: "5",
+        meaning: "assumed: failed heartbeat writes are retried this often before the host reboots itself",
+    },
+    KeyDoc {
+        key: "kvm.heartbeat.retry.interval",
+        default: "10s",
+        meaning: "assumed: pause between those retries (a dead heartbeat proves a self-fence only past max(interval, staleness) + retries x this)",
+    },
+    KeyDoc {
+        key: "xen.heartbeat.staleness",
+        default: "30s",
+        meaning: "assumed: a XenServer pool heartbeat older than this reads as dead",
+    },
+    KeyDoc {
+        key: "xen.heartbeat.self.reboot.timeout",
+        default: "30s",
+        meaning: "assumed: a XenServer host that cannot write its pool heartbeat this long reboots itself (a pool fence needs staleness + this)",
+    },
+    KeyDoc {
+        key: "outofbandmanagement.action.timeout",
+        default: "60s",
+        meaning: "bound of every BMC call (power status, off)",
+    },
 ];
 
 impl Config {
     /// The ping timeout T = `ping.interval × ping.timeout`.
     pub fn ping_deadline(&self) -> Duration {
         self.ping_interval.mul_f64(self.ping_timeout)
+    }
+
+    /// How old a KVM host's storage heartbeat must be before its self-fence (when independent of
+    /// its agent) must have fired: `max(kvm.heartbeat.interval, kvm.heartbeat.staleness)` plus
+    /// the whole write-retry window (`kvm.heartbeat.write.retries × kvm.heartbeat.retry.interval`).
+    /// The last good write is at most this long ago when the host still runs.
+    pub fn kvm_self_fence_deadline(&self) -> Duration {
+        self.kvm_heartbeat_interval.max(self.kvm_heartbeat_staleness)
+            + self
+                .kvm_heartbeat_retry_interval
+                .saturating_mul(self.kvm_heartbeat_write_retries)
+    }
+
+    /// How old a XenServer host's pool heartbeat must be before its self-reboot must have
+    /// fired: `xen.heartbeat.staleness + xen.heartbeat.self.reboot.timeout`.
+    pub fn xen_self_fence_deadline(&self) -> Duration {
+        self.xen_heartbeat_staleness + self.xen_heartbeat_self_reboot_timeout
+    }
+
+    /// Refuses an `ha.investigators.agreement` above 1 that a cluster cannot reach: a cluster
+    /// with neighbours, but fewer than the count (each host has `size - 1`). A one-host cluster
+    /// has no neighbour at all: nobody can vouch for its host, whatever the count.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key and the cluster.
+    pub fn check_clusters<'a>(
+        &self,
+        clusters: impl IntoIterator<Item = (&'a str, usize)>,
+    ) -> Result<(), ConfigError> {
+        let m = self.ha_investigators_agreement as usize;
+        if m <= 1 {
+            return Ok(());
+        }
+        for (name, size) in clusters {
+            let neighbours = size.saturating_sub(1);
+            if neighbours > 0 && neighbours < m {
+                return Err(ConfigError::Invalid {
+                    key: "ha.investigators.agreement",
+                    reason: format!(
+                        "is {m}, but a host of cluster `{name}` has only {neighbours} neighbour(s): no host there could ever be proven Down"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The Alert re-investigation interval.
@@ -362,6 +474,13 @@ impl Config {
             ),
             ("migrate.retry.interval", self.migrate_retry_interval),
             ("time.between.cleanup", self.time_between_cleanup),
+            ("kvm.heartbeat.interval", self.kvm_heartbeat_interval),
+            ("kvm.heartbeat.staleness", self.kvm_heartbeat_staleness),
+            ("xen.heartbeat.staleness", self.xen_heartbeat_staleness),
+            (
+                "outofbandmanagement.action.timeout",
+                self.oobm_action_timeout,
+            ),
         ];
         for (key, value) in positive {
             if value.is_zero() {

@@ -4,6 +4,20 @@
 //! Every probe is a command sent to some host through [`HostCommander`] with a bounded wait
 //! (CheckOnHost 20 s, PingTest and CheckVirtualMachine 20 s), so a simulator or a real cloud
 //! answers them alike; a host with no attache fails at once.
+//!
+//! The heartbeat investigators (KVM, XenServer) gather their [`Evidence`] concurrently (the
+//! host's own check, every neighbour's heartbeat check and ping test, the BMC's power reading)
+//! and judge it with one pure function, [`judge`], as soon as the evidence decides:
+//! - the host's own heartbeat check answers alive ⇒ Up;
+//! - any neighbour sees the heartbeat alive ⇒ Disconnected (the first alive neighbour vetoes
+//!   Down, CloudStack's rule; with `ha.investigators.agreement` = m > 1 likewise);
+//! - the BMC reports the host Off ⇒ Down (evidence independent of the agent);
+//! - at least m neighbours answered, all "dead", and the heartbeat is evidence independent of
+//!   the agent (an independent self-fence, a XenServer pool heartbeat) ⇒ Down;
+//! - the same for a heartbeat the agent writes ⇒ Down only if at least one neighbour answered a
+//!   ping test to the host and none reached it (an agent restart stops the heartbeat of a live
+//!   host); otherwise Disconnected;
+//! - nobody could vouch either way ⇒ Disconnected (CloudStack), never Down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +26,13 @@ use cloudha_protocol::{
     Answer, CheckOnHostAnswer, CheckOnHostCommand, CheckVirtualMachineCommand, Command, HostId,
     HostType, HypervisorType, PingTestCommand, Status, VmId, VmPowerState,
 };
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 
+use crate::config::Config;
 use crate::error::CommandError;
 use crate::host::{HostRecord, HostStore};
+use crate::oobm::{Oobm, PowerState};
 
 /// A host verdict. "Don't know" is `None` where a verdict is optional; it never becomes Down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +55,37 @@ impl HostVerdict {
             Self::Down => Status::Down,
             Self::Disconnected => Status::Disconnected,
             Self::Alert => Status::Alert,
+        }
+    }
+}
+
+/// What an investigator found about a host: the verdict and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The verdict.
+    pub verdict: HostVerdict,
+    /// The evidence, in words (who answered what).
+    pub evidence: String,
+    /// No answer of the host itself can change the verdict (its power is confirmed off, or it
+    /// answered Up itself): the manager need not wait for its own probes of the host.
+    pub settled: bool,
+}
+
+impl Finding {
+    /// A finding that the host's own probes could still overturn.
+    pub fn new(verdict: HostVerdict, evidence: impl Into<String>) -> Self {
+        Self {
+            verdict,
+            evidence: evidence.into(),
+            settled: false,
+        }
+    }
+
+    /// A finding no answer of the host itself can change.
+    pub fn settled(verdict: HostVerdict, evidence: impl Into<String>) -> Self {
+        Self {
+            settled: true,
+            ..Self::new(verdict, evidence)
         }
     }
 }
@@ -75,8 +124,8 @@ pub trait Investigator: Send + Sync {
     /// The name used in `ha.investigators.order` and in reasons.
     fn name(&self) -> &'static str;
 
-    /// The host's state, or `None` for "don't know".
-    async fn host_status(&self, host: &HostRecord) -> Option<HostVerdict>;
+    /// What it found about the host, or `None` for "don't know" (the next one is asked).
+    async fn host_status(&self, host: &HostRecord) -> Option<Finding>;
 
     /// Whether `vm` still runs on `host`.
     async fn vm_alive(&self, vm: VmId, host: &HostRecord) -> VmVerdict;
@@ -85,26 +134,102 @@ pub trait Investigator: Send + Sync {
 /// Wait of a probe command.
 pub const PROBE_WAIT: Duration = Duration::from_secs(20);
 
-/// Combines neighbour answers about a host's heartbeat: `m` = `ha.investigators.agreement`.
-/// With `m == 1` the first definite answer wins (CloudStack). Otherwise "alive" needs `m`
-/// agreeing answers, and "dead" needs `m` agreeing answers and no "alive" at all: one neighbour
-/// that still sees the heartbeat forbids Down.
-fn consensus(answers: &[bool], m: usize) -> Option<bool> {
-    if m <= 1 {
-        return answers.first().copied();
-    }
-    let alive = answers.iter().filter(|a| **a).count();
-    let dead = answers.len() - alive;
-    if alive >= m {
-        Some(true)
-    } else if dead >= m && alive == 0 {
-        Some(false)
-    } else {
-        None
-    }
+/// One neighbour's answer about a host's heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// The neighbour.
+    pub by: HostId,
+    /// It sees the heartbeat alive.
+    pub alive: bool,
+    /// The heartbeat's age as it read it.
+    pub age: Option<Duration>,
 }
 
-async fn check_on_host(commander: &dyn HostCommander, via: HostId, target: HostId) -> Option<bool> {
+/// Everything a heartbeat investigation learned about a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The host's own heartbeat check: `Some(alive)` when it answered.
+    pub own: Option<bool>,
+    /// The neighbours that answered a heartbeat check.
+    pub beats: Vec<Beat>,
+    /// The neighbours that answered a ping test to the host: (who, reached it).
+    pub pings: Vec<(HostId, bool)>,
+    /// The BMC's reading, when it answered.
+    pub power: Option<PowerState>,
+}
+
+/// How evidence is judged for one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// `ha.investigators.agreement`: dead answers needed (no alive one allowed).
+    pub agreement: usize,
+    /// The heartbeat is written independently of the agent (an independent self-fence, a
+    /// XenServer pool heartbeat): "dead" is then evidence of its own.
+    pub heartbeat_independent: bool,
+}
+
+/// The verdict the evidence supports (see the module docs), with the evidence in words.
+pub fn judge(e: &Evidence, rules: Rules) -> Finding {
+    let m = rules.agreement.max(1);
+    if e.own == Some(true) {
+        return Finding::settled(HostVerdict::Up, "the host's own heartbeat check answers alive");
+    }
+    if let Some(b) = e.beats.iter().find(|b| b.alive) {
+        return Finding::new(
+            HostVerdict::Disconnected,
+            format!("host {} sees the heartbeat alive", b.by),
+        );
+    }
+    if e.power == Some(PowerState::Off) {
+        return Finding::settled(HostVerdict::Down, "the BMC reports the host off");
+    }
+    let dead = e.beats.len();
+    let reached = e.pings.iter().filter(|(_, r)| *r).count();
+    if dead >= m {
+        let seen = format!("{dead} neighbour(s) see the heartbeat dead");
+        if rules.heartbeat_independent {
+            return Finding::new(HostVerdict::Down, seen);
+        }
+        if !e.pings.is_empty() && reached == 0 {
+            return Finding::new(
+                HostVerdict::Down,
+                format!("{seen} and none of {} reaches the host", e.pings.len()),
+            );
+        }
+        let why = if reached > 0 {
+            format!("{reached} neighbour(s) reach the host")
+        } else {
+            "no neighbour could ping the host".to_owned()
+        };
+        return Finding::new(
+            HostVerdict::Disconnected,
+            format!("{seen}, but the agent writes it and {why}: no proof the host is dead"),
+        );
+    }
+    Finding::new(
+        HostVerdict::Disconnected,
+        if dead == 0 {
+            "no neighbour could vouch for the host".to_owned()
+        } else {
+            format!("only {dead} dead answer(s), {m} needed")
+        },
+    )
+}
+
+/// Whether the evidence gathered so far already decides, while `pending_beats` neighbour
+/// heartbeat checks are still out: an Up from the host itself, an alive neighbour, or the BMC's
+/// Off once every heartbeat check is in (an alive answer would still veto it).
+fn decided(e: &Evidence, pending_beats: usize) -> bool {
+    e.own == Some(true)
+        || e.beats.iter().any(|b| b.alive)
+        || (e.power == Some(PowerState::Off) && pending_beats == 0)
+}
+
+async fn check_on_host(
+    commander: &dyn HostCommander,
+    via: HostId,
+    target: HostId,
+) -> Option<(bool, Option<Duration>)> {
     match commander
         .send(
             via,
@@ -116,37 +241,109 @@ async fn check_on_host(commander: &dyn HostCommander, via: HostId, target: HostI
         Ok(Answer::CheckOnHost(CheckOnHostAnswer {
             success: true,
             alive,
+            heartbeat_age_ms,
             ..
-        })) => Some(alive),
+        })) => Some((alive, heartbeat_age_ms.map(Duration::from_millis))),
         _ => None,
     }
 }
 
-/// Asks the Up neighbours (same cluster, `kind`-like hypervisor) about `host`'s heartbeat, until
-/// `m` answers agree (or the first definite one when `m == 1`).
-async fn ask_neighbours(
-    commander: &dyn HostCommander,
-    store: &dyn HostStore,
-    host: &HostRecord,
-    same_kind: fn(HypervisorType) -> bool,
-    m: usize,
-) -> Option<bool> {
-    let cluster = host.cluster?;
-    let mut answers = Vec::new();
-    for n in store.in_cluster(cluster) {
-        if n.id == host.id || n.status != Some(Status::Up) || !same_kind(n.hypervisor) {
-            continue;
+async fn ping_test(commander: &dyn HostCommander, via: HostId, target: HostId) -> Option<bool> {
+    let probe = Command::PingTest(PingTestCommand { target });
+    commander
+        .send(via, probe, PROBE_WAIT)
+        .await
+        .ok()
+        .map(|a| a.success())
+}
+
+enum Probe {
+    Own(Option<bool>),
+    Beat(HostId, Option<(bool, Option<Duration>)>),
+    Ping(HostId, Option<bool>),
+    Power(Option<PowerState>),
+}
+
+/// The probes a heartbeat investigator sends: through the commander to the host and its Up
+/// neighbours of the same kind, and to the BMC.
+pub(crate) struct Neighbours {
+    pub(crate) commander: Arc<dyn HostCommander>,
+    pub(crate) store: Arc<dyn HostStore>,
+    pub(crate) oobm: Option<Arc<Oobm>>,
+    pub(crate) agreement: usize,
+}
+
+impl Neighbours {
+    /// The Up hosts of the host's cluster (other than itself) of a kind.
+    pub(crate) fn of(
+        &self,
+        host: &HostRecord,
+        same_kind: fn(HypervisorType) -> bool,
+    ) -> Vec<HostId> {
+        let Some(cluster) = host.cluster else {
+            return Vec::new();
+        };
+        self.store
+            .in_cluster(cluster)
+            .into_iter()
+            .filter(|n| n.id != host.id && n.status == Some(Status::Up) && same_kind(n.hypervisor))
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Sends every probe at once and collects answers until the evidence decides or every
+    /// probe has answered or timed out (each is bounded).
+    async fn gather(
+        &self,
+        host: &HostRecord,
+        same_kind: fn(HypervisorType) -> bool,
+        ask_self: bool,
+    ) -> Evidence {
+        let commander = &*self.commander;
+        let target = host.id;
+        let neighbours = self.of(host, same_kind);
+        let mut probes: FuturesUnordered<
+            std::pin::Pin<Box<dyn std::future::Future<Output = Probe> + Send + '_>>,
+        > = FuturesUnordered::new();
+        if ask_self {
+            probes.push(Box::pin(async move {
+                Probe::Own(check_on_host(commander, target, target).await.map(|(a, _)| a))
+            }));
         }
-        if let Some(alive) = check_on_host(commander, n.id, host.id).await {
-            answers.push(alive);
-            if let Some(v) = consensus(&answers, m)
-                && (m <= 1 || v)
-            {
-                return Some(v);
+        for &n in &neighbours {
+            probes.push(Box::pin(async move {
+                Probe::Beat(n, check_on_host(commander, n, target).await)
+            }));
+            probes.push(Box::pin(async move {
+                Probe::Ping(n, ping_test(commander, n, target).await)
+            }));
+        }
+        if let Some(oobm) = &self.oobm {
+            probes.push(Box::pin(async move {
+                let reading = tokio::time::timeout(PROBE_WAIT, oobm.power_status(target)).await;
+                Probe::Power(reading.ok().and_then(Result::ok))
+            }));
+        }
+        let mut e = Evidence::default();
+        let mut pending_beats = neighbours.len();
+        while let Some(p) = probes.next().await {
+            match p {
+                Probe::Own(a) => e.own = a,
+                Probe::Beat(by, a) => {
+                    pending_beats -= 1;
+                    if let Some((alive, age)) = a {
+                        e.beats.push(Beat { by, alive, age });
+                    }
+                }
+                Probe::Ping(by, a) => e.pings.extend(a.map(|r| (by, r))),
+                Probe::Power(p) => e.power = p,
+            }
+            if decided(&e, pending_beats) {
+                break;
             }
         }
+        e
     }
-    consensus(&answers, m)
 }
 
 /// CloudStack's `CheckOnAgentInvestigator` ("Simple"): no host verdict; the VM's power state from
@@ -168,7 +365,7 @@ impl Investigator for SimpleInvestigator {
         "SimpleInvestigator"
     }
 
-    async fn host_status(&self, _host: &HostRecord) -> Option<HostVerdict> {
+    async fn host_status(&self, _host: &HostRecord) -> Option<Finding> {
         None
     }
 
@@ -192,48 +389,26 @@ impl Investigator for SimpleInvestigator {
     }
 }
 
-/// The Up neighbours of a host, asked about its heartbeat through the commander.
-struct Neighbours {
-    commander: Arc<dyn HostCommander>,
-    store: Arc<dyn HostStore>,
-    agreement: usize,
-}
-
-impl Neighbours {
-    async fn heartbeat(
-        &self,
-        host: &HostRecord,
-        same_kind: fn(HypervisorType) -> bool,
-    ) -> Option<bool> {
-        ask_neighbours(
-            &*self.commander,
-            &*self.store,
-            host,
-            same_kind,
-            self.agreement,
-        )
-        .await
-    }
-}
-
-/// The KVM rule of §6.2: the host's own heartbeat check, then its Up KVM neighbours'.
-/// Neighbour sees it alive and the host itself gave no proof ⇒ Disconnected; neighbour sees it
-/// dead ⇒ Down; nobody can tell ⇒ don't know.
+/// The KVM rule of §6.2 with cloudha's fixes (module docs): the host's own heartbeat check, its
+/// Up KVM neighbours' heartbeat checks and ping tests, and the BMC, all at once.
 pub struct KvmInvestigator {
     neighbours: Neighbours,
 }
 
 impl KvmInvestigator {
-    /// Probes through `commander`, neighbours from `store`; `agreement` = `ha.investigators.agreement`.
+    /// Probes through `commander`, neighbours from `store`, power through `oobm` (if any);
+    /// `agreement` = `ha.investigators.agreement`.
     pub fn new(
         commander: Arc<dyn HostCommander>,
         store: Arc<dyn HostStore>,
+        oobm: Option<Arc<Oobm>>,
         agreement: usize,
     ) -> Self {
         Self {
             neighbours: Neighbours {
                 commander,
                 store,
+                oobm,
                 agreement,
             },
         }
@@ -246,25 +421,21 @@ impl Investigator for KvmInvestigator {
         "KVMInvestigator"
     }
 
-    async fn host_status(&self, host: &HostRecord) -> Option<HostVerdict> {
+    async fn host_status(&self, host: &HostRecord) -> Option<Finding> {
         if !host.hypervisor.is_kvm_like() {
             return None;
         }
-        // The host itself: its heartbeat alive ⇒ Up at once. Otherwise its own word proves
-        // nothing (it may not answer at all): the neighbours decide.
-        if check_on_host(&*self.neighbours.commander, host.id, host.id).await == Some(true) {
-            return Some(HostVerdict::Up);
-        }
-        match self
+        let e = self
             .neighbours
-            .heartbeat(host, HypervisorType::is_kvm_like)
-            .await
-        {
-            Some(true) => Some(HostVerdict::Disconnected),
-            Some(false) => Some(HostVerdict::Down),
-            // No neighbour could tell: don't know (newer CloudStack), never Down.
-            None => None,
-        }
+            .gather(host, HypervisorType::is_kvm_like, true)
+            .await;
+        Some(judge(
+            &e,
+            Rules {
+                agreement: self.neighbours.agreement,
+                heartbeat_independent: host.self_fence_independent,
+            },
+        ))
     }
 
     async fn vm_alive(&self, _vm: VmId, host: &HostRecord) -> VmVerdict {
@@ -278,31 +449,33 @@ impl Investigator for KvmInvestigator {
     }
 }
 
-/// The XenServer check of §6.1: other Xen hosts of the cluster check the host; dead ⇒ Down,
-/// alive ⇒ don't know.
+fn is_xen(h: HypervisorType) -> bool {
+    h == HypervisorType::XenServer
+}
+
+/// The XenServer check of §6.1: other Xen hosts of the pool check the host's pool heartbeat
+/// (written by the host itself, not by the agent), with the ping tests and the BMC as for KVM.
 pub struct XenServerInvestigator {
     neighbours: Neighbours,
 }
 
 impl XenServerInvestigator {
-    /// Probes through `commander`, neighbours from `store`.
+    /// Probes through `commander`, neighbours from `store`, power through `oobm` (if any).
     pub fn new(
         commander: Arc<dyn HostCommander>,
         store: Arc<dyn HostStore>,
+        oobm: Option<Arc<Oobm>>,
         agreement: usize,
     ) -> Self {
         Self {
             neighbours: Neighbours {
                 commander,
                 store,
+                oobm,
                 agreement,
             },
         }
     }
-}
-
-fn is_xen(h: HypervisorType) -> bool {
-    h == HypervisorType::XenServer
 }
 
 #[async_trait::async_trait]
@@ -311,14 +484,19 @@ impl Investigator for XenServerInvestigator {
         "XenServerInvestigator"
     }
 
-    async fn host_status(&self, host: &HostRecord) -> Option<HostVerdict> {
+    async fn host_status(&self, host: &HostRecord) -> Option<Finding> {
         if !is_xen(host.hypervisor) {
             return None;
         }
-        match self.neighbours.heartbeat(host, is_xen).await {
-            Some(false) => Some(HostVerdict::Down),
-            _ => None,
-        }
+        // A direct agent: the manager polls it, there is no agent on the host to ask.
+        let e = self.neighbours.gather(host, is_xen, false).await;
+        Some(judge(
+            &e,
+            Rules {
+                agreement: self.neighbours.agreement,
+                heartbeat_independent: true,
+            },
+        ))
     }
 
     async fn vm_alive(&self, _vm: VmId, host: &HostRecord) -> VmVerdict {
@@ -329,6 +507,31 @@ impl Investigator for XenServerInvestigator {
             (true, Some(Status::Up)) => VmVerdict::Alive,
             _ => VmVerdict::Unknown,
         }
+    }
+}
+
+/// CloudStack's `VMwareInvestigator`: a VMware host's fate is vCenter's. It answers
+/// Disconnected, never Down, so a dead VMware host goes to Alert and vSphere HA restarts its VMs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VmwareInvestigator;
+
+#[async_trait::async_trait]
+impl Investigator for VmwareInvestigator {
+    fn name(&self) -> &'static str {
+        "VMwareInvestigator"
+    }
+
+    async fn host_status(&self, host: &HostRecord) -> Option<Finding> {
+        (host.hypervisor == HypervisorType::VMware).then(|| {
+            Finding::new(
+                HostVerdict::Disconnected,
+                "a VMware host is left to vCenter: never Down",
+            )
+        })
+    }
+
+    async fn vm_alive(&self, _vm: VmId, _host: &HostRecord) -> VmVerdict {
+        VmVerdict::Unknown
     }
 }
 
@@ -352,17 +555,22 @@ impl Investigator for PingInvestigator {
         "PingInvestigator"
     }
 
-    async fn host_status(&self, host: &HostRecord) -> Option<HostVerdict> {
+    async fn host_status(&self, host: &HostRecord) -> Option<Finding> {
         let pod = host.pod?;
+        let mut asks = FuturesUnordered::new();
         for n in self.store.in_pod(pod) {
             if n.id == host.id || n.status != Some(Status::Up) || n.host_type != HostType::Routing {
                 continue;
             }
-            let probe = Command::PingTest(PingTestCommand { target: host.id });
-            if let Ok(a) = self.commander.send(n.id, probe, PROBE_WAIT).await
-                && a.success()
-            {
-                return Some(HostVerdict::Disconnected);
+            let commander = &*self.commander;
+            asks.push(async move { (n.id, ping_test(commander, n.id, host.id).await) });
+        }
+        while let Some((by, reached)) = asks.next().await {
+            if reached == Some(true) {
+                return Some(Finding::new(
+                    HostVerdict::Disconnected,
+                    format!("host {by} reaches the host"),
+                ));
             }
         }
         None
@@ -373,15 +581,18 @@ impl Investigator for PingInvestigator {
     }
 }
 
-/// Builds the chain named by `order` (names from [`crate::config::INVESTIGATORS`]).
+/// Builds the chain named by `ha.investigators.order` (names from
+/// [`crate::config::INVESTIGATORS`]), probing through `commander` and reading power through
+/// `oobm` when there is one.
 pub fn chain(
-    order: &[String],
+    config: &Config,
     commander: &Arc<dyn HostCommander>,
     store: &Arc<dyn HostStore>,
-    agreement: u32,
+    oobm: Option<&Arc<Oobm>>,
 ) -> Vec<Arc<dyn Investigator>> {
-    let m = agreement as usize;
-    order
+    let m = config.ha_investigators_agreement as usize;
+    config
+        .ha_investigators_order
         .iter()
         .filter_map(|name| -> Option<Arc<dyn Investigator>> {
             Some(match name.as_str() {
@@ -389,13 +600,16 @@ pub fn chain(
                 "XenServerInvestigator" => Arc::new(XenServerInvestigator::new(
                     Arc::clone(commander),
                     Arc::clone(store),
+                    oobm.cloned(),
                     m,
                 )),
                 "KVMInvestigator" => Arc::new(KvmInvestigator::new(
                     Arc::clone(commander),
                     Arc::clone(store),
+                    oobm.cloned(),
                     m,
                 )),
+                "VMwareInvestigator" => Arc::new(VmwareInvestigator),
                 "PingInvestigator" => Arc::new(PingInvestigator::new(
                     Arc::clone(commander),
                     Arc::clone(store),
@@ -406,14 +620,14 @@ pub fn chain(
         .collect()
 }
 
-/// Runs the chain: the first investigator with a host verdict wins; returns it with its name.
+/// Runs the chain: the first investigator with a finding wins; returns it with its name.
 pub async fn investigate_host(
     chain: &[Arc<dyn Investigator>],
     host: &HostRecord,
-) -> Option<(HostVerdict, &'static str)> {
+) -> Option<(Finding, &'static str)> {
     for inv in chain {
-        if let Some(v) = inv.host_status(host).await {
-            return Some((v, inv.name()));
+        if let Some(f) = inv.host_status(host).await {
+            return Some((f, inv.name()));
         }
     }
     None
@@ -436,21 +650,97 @@ pub async fn investigate_vm(
 
 #[cfg(test)]
 mod tests {
-    use super::consensus;
+    use super::*;
+
+    fn beat(by: u64, alive: bool) -> Beat {
+        Beat {
+            by: HostId(by),
+            alive,
+            age: None,
+        }
+    }
+
+    /// One row: evidence, rules, expected verdict.
+    struct Row {
+        name: &'static str,
+        own: Option<bool>,
+        beats: &'static [bool],
+        pings: &'static [bool],
+        power: Option<PowerState>,
+        agreement: usize,
+        independent: bool,
+        want: HostVerdict,
+        settled: bool,
+    }
+
+    const fn row(name: &'static str, want: HostVerdict) -> Row {
+        Row {
+            name,
+            own: None,
+            beats: &[],
+            pings: &[],
+            power: None,
+            agreement: 1,
+            independent: false,
+            want,
+            settled: false,
+        }
+    }
 
     #[test]
-    fn consensus_rules() {
-        for (answers, m, want) in [
-            (&[][..], 1, None),
-            (&[true][..], 1, Some(true)),
-            (&[false, true][..], 1, Some(false)),
-            (&[false][..], 2, None),
-            (&[false, false][..], 2, Some(false)),
-            (&[false, true, false][..], 2, None),
-            (&[true, true][..], 2, Some(true)),
-            (&[true, false, true][..], 2, Some(true)),
-        ] {
-            assert_eq!(consensus(answers, m), want, "{answers:?} m={m}");
+    fn judge_table() {
+        use HostVerdict::*;
+        use PowerState::*;
+        let rows = [
+            Row { own: Some(true), beats: &[false], power: Some(Off), settled: true, ..row("own alive: Up whatever else", Up) },
+            Row { beats: &[false, true, false], pings: &[false], power: Some(Off), ..row("first alive neighbour vetoes Down, even with the BMC off", Disconnected) },
+            Row { power: Some(Off), settled: true, ..row("nobody answers but the BMC says off: Down", Down) },
+            Row { ..row("nobody answers: Disconnected, never Down (CloudStack)", Disconnected) },
+            Row { own: Some(false), ..row("the host's own 'dead' proves nothing alone", Disconnected) },
+            Row { beats: &[false], pings: &[false], ..row("dead heartbeat and unreachable: Down", Down) },
+            Row { beats: &[false, false], pings: &[true, false], power: Some(On), ..row("agent restart: heartbeat dead, host reachable, BMC on", Disconnected) },
+            Row { beats: &[false], ..row("dead heartbeat, nobody could ping, agent writes it", Disconnected) },
+            Row { beats: &[false], power: Some(Unknown), ..row("BMC unknown is no evidence", Disconnected) },
+            Row { beats: &[false], pings: &[true], independent: true, ..row("independent self-fence: dead heartbeat is evidence", Down) },
+            Row { beats: &[false], pings: &[false], agreement: 2, ..row("agreement 2: one dead answer is not enough", Disconnected) },
+            Row { beats: &[false, false], pings: &[false], agreement: 2, ..row("agreement 2: two dead answers", Down) },
+            Row { beats: &[false, false, true], pings: &[false], agreement: 2, ..row("agreement 2: an alive answer still vetoes", Disconnected) },
+        ];
+        for r in rows {
+            let e = Evidence {
+                own: r.own,
+                beats: r.beats.iter().enumerate().map(|(i, a)| beat(i as u64 + 10, *a)).collect(),
+                pings: r.pings.iter().enumerate().map(|(i, a)| (HostId(i as u64 + 10), *a)).collect(),
+                power: r.power,
+            };
+            let f = judge(
+                &e,
+                Rules {
+                    agreement: r.agreement,
+                    heartbeat_independent: r.independent,
+                },
+            );
+            assert_eq!(f.verdict, r.want, "{}: {}", r.name, f.evidence);
+            assert_eq!(f.settled, r.settled, "{}: settled", r.name);
         }
+    }
+
+    #[test]
+    fn decided_waits_for_every_heartbeat_before_trusting_the_bmc() {
+        let mut e = Evidence {
+            power: Some(PowerState::Off),
+            ..Evidence::default()
+        };
+        assert!(!decided(&e, 1), "an alive answer could still veto");
+        assert!(decided(&e, 0));
+        e.power = Some(PowerState::On);
+        assert!(!decided(&e, 0));
+        e.beats.push(beat(2, true));
+        assert!(decided(&e, 3), "an alive neighbour decides at once");
+        let own = Evidence {
+            own: Some(true),
+            ..Evidence::default()
+        };
+        assert!(decided(&own, 5));
     }
 }

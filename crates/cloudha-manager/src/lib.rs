@@ -35,6 +35,7 @@
 //!     alerts: Arc::new(LogAlerts),
 //!     ha: None,            // or an HaManager, later through `set_ha`
 //!     investigators: None, // the chain of `ha.investigators.order`
+//!     oobm: None,          // BMC access: power readings are evidence, shared with fencing
 //! };
 //! let manager = AgentManager::new(Config::default(), ports, Tasks::new()).unwrap();
 //! manager.add_host(HostRecord::new(HostId(1), "kvm-1", HypervisorType::Kvm));
@@ -55,6 +56,7 @@ pub mod host;
 pub mod investigate;
 mod manager;
 pub mod monitor;
+pub mod oobm;
 pub mod ports;
 
 pub use alert::{Alert, AlertKind, AlertSink, LogAlerts};
@@ -62,7 +64,8 @@ pub use config::Config;
 pub use error::{CommandError, ConfigError, ManagerError, StoreError};
 pub use ha::{HaManager, HaPorts};
 pub use host::{HostRecord, HostStore, InMemoryHostStore};
-pub use investigate::{HostCommander, HostVerdict, Investigator, VmVerdict};
+pub use investigate::{Finding, HostCommander, HostVerdict, Investigator, VmVerdict};
+pub use oobm::{OobError, Oobm, OutOfBandManagement, PowerState};
 pub use manager::{AgentManager, Attaches, HISTORY_LIMIT, Investigations, Ports, StatusChange};
 pub use monitor::PingMonitor;
 pub use ports::{HaScheduler, NoHa};
@@ -73,5 +76,7 @@ pub use alert::MockAlertSink;
 pub use host::MockHostStore;
 #[cfg(any(test, feature = "mock"))]
 pub use investigate::{MockHostCommander, MockInvestigator};
+#[cfg(any(test, feature = "mock"))]
+pub use oobm::MockOutOfBandManagement;
 #[cfg(any(test, feature = "mock"))]
 pub use ports::MockHaScheduler;

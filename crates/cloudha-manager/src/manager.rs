@@ -22,7 +22,8 @@ use crate::alert::{Alert, AlertKind, AlertSink};
 use crate::config::Config;
 use crate::error::{CommandError, ManagerError, StoreError};
 use crate::host::{HostRecord, HostStore};
-use crate::investigate::{self, HostCommander, HostVerdict, Investigator};
+use crate::investigate::{self, Finding, HostCommander, HostVerdict, Investigator};
+use crate::oobm::Oobm;
 use crate::monitor::PingMonitor;
 use crate::ports::HaScheduler;
 
@@ -55,8 +56,11 @@ pub struct Ports {
     /// [`AgentManager::set_ha`] (the HA manager is built from the agent manager's investigators).
     pub ha: Option<Arc<dyn HaScheduler>>,
     /// The investigator chain; `None`: built from `ha.investigators.order` over the manager's
-    /// own attaches and store.
+    /// own attaches, store and `oobm`.
     pub investigators: Option<Vec<Arc<dyn Investigator>>>,
+    /// Out-of-band management: a host's power reading is evidence independent of its agent
+    /// (share the same [`Oobm`] with the power fencer, so a fence reuses a fresh reading).
+    pub oobm: Option<Arc<Oobm>>,
 }
 
 /// The attaches of every connected host. Also the [`HostCommander`] probes go through: a host
@@ -118,18 +122,43 @@ impl HostCommander for Attaches {
     }
 }
 
-/// The hosts being investigated right now (the brake counts them as suspect).
+/// What the agent manager knows of hosts under suspicion, for the brake: the hosts being
+/// investigated right now, and (with a ping monitor) the hosts silent for longer than they
+/// should be. A rack that loses power is detected host by host over one ping interval; by the
+/// time its first host is flagged the others have already missed a ping, so the brake sees the
+/// whole rack even when each verdict takes no time.
 #[derive(Debug, Default)]
-pub struct Investigations(Mutex<HashSet<HostId>>);
+pub struct Investigations {
+    hosts: Mutex<HashSet<HostId>>,
+    pings: Option<(Arc<PingMonitor>, Duration)>,
+}
 
 impl Investigations {
+    fn with_monitor(monitor: Arc<PingMonitor>, late_after: Duration) -> Self {
+        Self {
+            hosts: Mutex::default(),
+            pings: Some((monitor, late_after)),
+        }
+    }
+
     /// Whether `host` is being investigated.
     pub fn contains(&self, host: HostId) -> bool {
-        lock(&self.0).contains(&host)
+        lock(&self.hosts).contains(&host)
+    }
+
+    /// Whether `host` is suspect for the brake: being investigated, or tracked by the ping
+    /// monitor and silent for longer than `1.25 × ping.interval` (it missed a ping).
+    pub fn suspect(&self, host: HostId) -> bool {
+        self.contains(host)
+            || self.pings.as_ref().is_some_and(|(monitor, after)| {
+                monitor
+                    .last_ping(host)
+                    .is_some_and(|last| last.elapsed() > *after)
+            })
     }
 
     fn begin(&self, host: HostId) -> InvestigationGuard<'_> {
-        lock(&self.0).insert(host);
+        lock(&self.hosts).insert(host);
         InvestigationGuard(self, host)
     }
 }
@@ -138,7 +167,7 @@ struct InvestigationGuard<'a>(&'a Investigations, HostId);
 
 impl Drop for InvestigationGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.0.0).remove(&self.1);
+        lock(&self.0.hosts).remove(&self.1);
     }
 }
 
@@ -208,12 +237,7 @@ impl AgentManager {
         let attaches = Arc::new(Attaches::default());
         let commander: Arc<dyn HostCommander> = attaches.clone();
         let investigators = ports.investigators.unwrap_or_else(|| {
-            investigate::chain(
-                &config.ha_investigators_order,
-                &commander,
-                &ports.store,
-                config.ha_investigators_agreement,
-            )
+            investigate::chain(&config, &commander, &ports.store, ports.oobm.as_ref())
         });
         let monitor = Arc::new(PingMonitor::new(
             config.ping_monitor_resolution,
@@ -223,13 +247,17 @@ impl AgentManager {
             .registry
             .register(monitor.clone(), Interest::ALL, false);
         let (changes, _) = broadcast::channel(4096);
+        let investigations = Arc::new(Investigations::with_monitor(
+            Arc::clone(&monitor),
+            config.ping_interval.mul_f64(1.25),
+        ));
         let inner = Arc::new(Inner {
             config,
             store: ports.store,
             registry: ports.registry,
             alerts: ports.alerts,
             ha: ports.ha.map(OnceLock::from).unwrap_or_default(),
-            investigations: Arc::default(),
+            investigations,
             investigators,
             attaches,
             monitor,
@@ -432,8 +460,9 @@ impl AgentManager {
         )
     }
 
-    /// Investigates a host: CheckHealth on the host (while Up or Connecting), then the chain.
-    pub async fn investigate(&self, host: HostId) -> Option<(HostVerdict, &'static str)> {
+    /// Investigates a host: CheckHealth on the host (while Up or Connecting) and the chain at
+    /// once; returns the finding and who made it.
+    pub async fn investigate(&self, host: HostId) -> Option<(Finding, &'static str)> {
         let rec = self.inner.store.get(host)?;
         self.inner.investigate(&rec).await
     }
@@ -538,6 +567,8 @@ impl Inner {
             host: Some(rec.id),
             vm: None,
             cluster: rec.cluster,
+            pod: rec.pod,
+            zone: rec.zone,
             message,
         });
     }
@@ -560,22 +591,91 @@ impl Inner {
             .map_or(&NO_HA as &dyn HaScheduler, |h| h.as_ref())
     }
 
-    async fn investigate(&self, rec: &HostRecord) -> Option<(HostVerdict, &'static str)> {
+    /// Whether HA is wired in (it then raises the one host-down alert, listing the VMs).
+    fn has_ha(&self) -> bool {
+        self.ha.get().is_some()
+    }
+
+    /// The host-down alert, when no HA manager raises its own (with the VM list).
+    fn host_down_alert(&self, rec: &HostRecord) {
+        if !self.has_ha()
+            && !matches!(
+                rec.host_type,
+                HostType::SecondaryStorage | HostType::ConsoleProxy
+            )
+        {
+            self.raise(
+                AlertKind::HostDown,
+                rec,
+                format!("Host {} ({}) is down", rec.name, rec.id),
+            );
+        }
+    }
+
+    /// CheckHealth on the host itself (only while Up or Connecting, CloudStack's rule).
+    async fn check_health(&self, rec: &HostRecord) -> bool {
+        if !matches!(rec.status, Some(Status::Up | Status::Connecting)) {
+            return false;
+        }
+        let Some(attache) = self.attaches.get(rec.id) else {
+            return false;
+        };
+        let check = Command::CheckHealth(cloudha_protocol::CheckHealthCommand {});
+        send_one(&*attache, check, None)
+            .await
+            .is_ok_and(|a| a.success())
+    }
+
+    /// Investigation: CheckHealth on the host and the investigator chain start together; the
+    /// verdict is taken as soon as the evidence decides it (CheckHealth answers, or the chain
+    /// finds the host Up or settled Down), else once both have answered. Every probe is bounded.
+    async fn investigate(&self, rec: &HostRecord) -> Option<(Finding, &'static str)> {
         let _busy = self.investigations.begin(rec.id);
         if rec.host_type.is_system_vm() {
-            return Some((HostVerdict::Alert, "system VM agent"));
+            return Some((
+                Finding::new(HostVerdict::Alert, "a system VM agent"),
+                "system VM agent",
+            ));
         }
-        if matches!(rec.status, Some(Status::Up | Status::Connecting))
-            && let Some(attache) = self.attaches.get(rec.id)
-        {
-            let check = Command::CheckHealth(cloudha_protocol::CheckHealthCommand {});
-            if let Ok(answer) = send_one(&*attache, check, None).await
-                && answer.success()
-            {
-                return Some((HostVerdict::Up, "CheckHealth"));
+        let up = || {
+            Some((
+                Finding::settled(HostVerdict::Up, "the host answers CheckHealth"),
+                "CheckHealth",
+            ))
+        };
+        let health = self.check_health(rec);
+        tokio::pin!(health);
+        if !self.config.vm_ha_enabled {
+            // CloudStack's HighAvailabilityManager.investigate: VM-HA disabled ⇒ alert + Alert.
+            if health.await {
+                return up();
             }
+            if self.config.vm_ha_alerts_enabled {
+                self.raise(
+                    AlertKind::HaDisabled,
+                    rec,
+                    format!(
+                        "Host {} ({}) does not answer, and VM-HA is disabled: nothing is investigated or restarted",
+                        rec.name, rec.id
+                    ),
+                );
+            }
+            return Some((
+                Finding::new(HostVerdict::Alert, "VM-HA is disabled (vm.ha.enabled = false)"),
+                "vm.ha.enabled",
+            ));
         }
-        investigate::investigate_host(&self.investigators, rec).await
+        let chain = investigate::investigate_host(&self.investigators, rec);
+        tokio::pin!(chain);
+        tokio::select! {
+            healthy = &mut health => {
+                if healthy { up() } else { chain.await }
+            }
+            found = &mut chain => match found {
+                Some((f, by)) if f.settled || f.verdict == HostVerdict::Up => Some((f, by)),
+                other => if health.await { up() } else { other },
+            },
+        }
     }
 
     async fn disconnect_with_investigation_locked(
@@ -600,12 +700,14 @@ impl Inner {
                 .last_ping(&rec)
                 .map_or(Duration::MAX, |l| now.saturating_duration_since(l));
             let too_long = waited > self.config.alert_wait;
-            let by = found.map_or("no investigator", |(_, by)| by);
-            reason = format!(
-                "{event}; investigation: {} by {by}",
-                found.map_or("unknown".into(), |(v, _)| format!("{v:?}"))
-            );
-            match found.map(|(v, _)| v) {
+            reason = match &found {
+                Some((f, by)) => format!(
+                    "{event}; investigation: {:?} by {by} ({})",
+                    f.verdict, f.evidence
+                ),
+                None => format!("{event}; investigation: unknown (no investigator could tell)"),
+            };
+            match found.as_ref().map(|(f, _)| f.verdict) {
                 None if !too_long => {
                     tracing::info!(host.id = %host, "state cannot be determined; checking again later");
                     self.rearm(&rec);
@@ -623,29 +725,13 @@ impl Inner {
                     );
                 }
                 Some(HostVerdict::Down) => {
-                    if rec.status != Some(Status::Down)
-                        && !matches!(
-                            rec.host_type,
-                            HostType::SecondaryStorage | HostType::ConsoleProxy
-                        )
-                    {
-                        self.raise(
-                            AlertKind::HostDown,
-                            &rec,
-                            format!(
-                                "Host {} ({}) is down; starting HA on its VMs",
-                                rec.name, host
-                            ),
-                        );
+                    if rec.status != Some(Status::Down) {
+                        self.host_down_alert(&rec);
                     }
                     event = Event::HostDown;
                 }
                 Some(HostVerdict::Up) => {
-                    self.apply(
-                        host,
-                        Event::Ping,
-                        format!("{event}; investigation: Up by {by}"),
-                    )?;
+                    self.apply(host, Event::Ping, reason)?;
                     self.rearm(&rec);
                     return Ok(());
                 }
@@ -661,10 +747,14 @@ impl Inner {
                     event = Event::WaitedTooLong;
                 }
                 Some(HostVerdict::Disconnected) if rec.status == Some(Status::Up) => {
+                    let why = found.as_ref().map_or("", |(f, _)| f.evidence.as_str());
                     self.raise(
                         AlertKind::HostDisconnected,
                         &rec,
-                        format!("Host {} ({}) disconnected: the host seems alive but its agent does not answer", rec.name, host),
+                        format!(
+                            "Host {} ({}) disconnected: {why}; it goes to Alert and is not fenced without proof",
+                            rec.name, host
+                        ),
                     );
                     event = Event::AgentDisconnected;
                 }
@@ -748,19 +838,12 @@ impl Inner {
             return;
         }
         match self.investigate(&rec).await {
-            Some((HostVerdict::Down, by)) => {
-                self.raise(
-                    AlertKind::HostDown,
-                    &rec,
-                    format!(
-                        "Host {} ({}) is down; starting HA on its VMs",
-                        rec.name, host
-                    ),
-                );
+            Some((f, by)) if f.verdict == HostVerdict::Down => {
+                self.host_down_alert(&rec);
                 if let Err(e) = self.apply(
                     host,
                     Event::HostDown,
-                    format!("Alert re-investigation: Down by {by}"),
+                    format!("Alert re-investigation: Down by {by} ({})", f.evidence),
                 ) {
                     tracing::warn!(host.id = %host, error = %e, "cannot mark host down");
                     return;
@@ -976,6 +1059,7 @@ impl Inner {
         if changed && let Some(rec) = self.store.get(host) {
             if accessible {
                 tracing::info!(host.id = %host, "gateway reachable again");
+                self.alerts.clear(AlertKind::LostGateway, host);
             } else {
                 self.raise(
                     AlertKind::LostGateway,

@@ -297,6 +297,10 @@ pub struct CheckOnHostAnswer {
     pub success: bool,
     /// The target's heartbeat is alive. Meaningful only when `success`.
     pub alive: bool,
+    /// Age of the target's newest heartbeat as the checker read it, in milliseconds (`None`:
+    /// no stamp found). The manager judges self-fence deadlines from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_ms: Option<u64>,
     /// Details.
     #[serde(default)]
     pub details: String,
@@ -319,6 +323,10 @@ pub struct FenceAnswer {
     pub success: bool,
     /// The target's heartbeat still beats.
     pub alive: bool,
+    /// Age of the target's newest heartbeat as the checker read it, in milliseconds (`None`:
+    /// no stamp found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_ms: Option<u64>,
     /// Details.
     #[serde(default)]
     pub details: String,

@@ -85,11 +85,13 @@ fn every_answer() -> Vec<Answer> {
         Answer::CheckOnHost(CheckOnHostAnswer {
             success: true,
             alive: false,
+            heartbeat_age_ms: Some(75_000),
             details: "hb 75s old".into(),
         }),
         Answer::Fence(FenceAnswer {
             success: true,
             alive: false,
+            heartbeat_age_ms: None,
             details: String::new(),
         }),
         Answer::CheckVirtualMachine(CheckVirtualMachineAnswer {
@@ -166,6 +168,7 @@ fn wire_shape_is_tagged_snake_case_with_pascal_case_states() {
     let a = Answer::CheckOnHost(CheckOnHostAnswer {
         success: true,
         alive: true,
+        heartbeat_age_ms: None,
         details: String::new(),
     });
     assert_eq!(

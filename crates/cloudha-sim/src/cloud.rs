@@ -94,41 +94,42 @@ impl ServerResource for SimResource {
         let me = self.world.host(self.host).expect("known host");
         match command {
             Command::CheckOnHost(c) => {
-                let target = self.world.host(c.target);
-                if target.as_ref().is_some_and(|t| !t.kvm()) {
-                    // A XenServer pool's own liveness (network and storage): alive while powered.
-                    let alive = target.is_some_and(|t| t.powered);
-                    return Answer::CheckOnHost(CheckOnHostAnswer {
-                        success: true,
-                        alive,
-                        details: "pool liveness".into(),
-                    });
-                }
-                if !me.storage_ok {
+                let Some(target) = self.world.host(c.target) else {
+                    return Answer::failure("unknown host");
+                };
+                // A KVM checker reads the target's file on the shared heartbeat storage; a
+                // XenServer pool member reads the pool heartbeat (the statefile).
+                if target.kvm() && !me.storage_ok {
                     return Answer::CheckOnHost(CheckOnHostAnswer {
                         success: false,
                         alive: false,
+                        heartbeat_age_ms: None,
                         details: "no heartbeat storage".into(),
                     });
                 }
-                let alive = self.world.heartbeat_alive(c.target, now);
+                let (age, alive) = self.world.heartbeat(c.target, now);
                 Answer::CheckOnHost(CheckOnHostAnswer {
                     success: true,
                     alive,
-                    details: String::new(),
+                    heartbeat_age_ms: age.map(|a| a.as_millis() as u64),
+                    details: if target.kvm() { "storage heartbeat" } else { "pool heartbeat" }.into(),
                 })
             }
             Command::Fence(c) => {
-                let alive = me.storage_ok && self.world.heartbeat_alive(c.target, now);
-                let success = me.storage_ok && !alive;
-                let details = if success {
-                    "heartbeat dead".into()
-                } else {
-                    "Heart is still beating (or no storage)".into()
+                let target_kvm = self.world.host(c.target).is_some_and(|t| t.kvm());
+                let readable = me.storage_ok || !target_kvm;
+                let (age, alive) = self.world.heartbeat(c.target, now);
+                let alive = readable && alive;
+                let success = readable && !alive;
+                let details = match (success, target_kvm) {
+                    (true, true) => "heartbeat dead".into(),
+                    (true, false) => "pool heartbeat dead; VM power state reset".into(),
+                    _ => "Heart is still beating (or no storage)".into(),
                 };
                 Answer::Fence(FenceAnswer {
                     success,
                     alive,
+                    heartbeat_age_ms: age.filter(|_| readable).map(|a| a.as_millis() as u64),
                     details,
                 })
             }
@@ -282,45 +283,70 @@ async fn relay(
     }
 }
 
-/// The BMCs of every host.
+/// The BMCs of every host. Every call is counted in ground truth (`bmc_calls`).
 pub(crate) struct SimBmc {
     pub(crate) world: Arc<World>,
     pub(crate) on_power_off: Arc<dyn Fn(HostId) + Send + Sync>,
 }
 
-#[async_trait::async_trait]
-impl OutOfBandManagement for SimBmc {
-    async fn power_status(&self, host: HostId) -> Result<PowerState, OobError> {
+impl SimBmc {
+    fn reach(&self, host: HostId) -> Result<crate::world::HostTruth, OobError> {
+        *self.world.lock().bmc_calls.entry(host).or_default() += 1;
         match self.world.host(host) {
-            Some(h) if h.bmc_ok => Ok(if h.powered {
-                PowerState::On
-            } else {
-                PowerState::Off
-            }),
+            Some(h) if h.bmc_ok => Ok(h),
             _ => Err(OobError {
                 host,
                 reason: "BMC unreachable".into(),
             }),
         }
     }
+}
+
+#[async_trait::async_trait]
+impl OutOfBandManagement for SimBmc {
+    async fn power_status(&self, host: HostId) -> Result<PowerState, OobError> {
+        let h = self.reach(host)?;
+        Ok(if h.powered {
+            PowerState::On
+        } else {
+            PowerState::Off
+        })
+    }
 
     async fn power_off(&self, host: HostId) -> Result<(), OobError> {
-        match self.world.host(host) {
-            Some(h) if h.bmc_ok => {
-                if h.powered {
-                    (self.on_power_off)(host);
-                }
-                Ok(())
-            }
-            _ => Err(OobError {
-                host,
-                reason: "BMC unreachable".into(),
-            }),
+        let h = self.reach(host)?;
+        if h.powered {
+            (self.on_power_off)(host);
         }
+        if h.bmc_off_fails {
+            return Err(OobError {
+                host,
+                reason: "the BMC's answer to Off was lost (timeout)".into(),
+            });
+        }
+        Ok(())
     }
 
     async fn power_reset(&self, host: HostId) -> Result<(), OobError> {
         self.power_off(host).await
+    }
+}
+
+/// A command monitor that notes when each host last pinged (the report measures detection
+/// from it). It only observes: it answers nothing.
+#[derive(Default)]
+pub(crate) struct PingLog(pub(crate) Mutex<std::collections::BTreeMap<HostId, Instant>>);
+
+#[async_trait::async_trait]
+impl cloudha_registry::Listener for PingLog {
+    fn process_commands(&self, host: HostId, _seq: Sequence, commands: &[Command]) -> bool {
+        if commands.iter().any(Command::is_ping) {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(host, Instant::now());
+        }
+        false
     }
 }
 
@@ -461,7 +487,7 @@ impl Fencer for RecordingFencer {
     async fn fence(&self, vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
         let outcome = self.inner.fence(vm, host).await;
         let (kind, evidence) = match &outcome {
-            FenceOutcome::Fenced { evidence } => ("fenced", evidence.clone()),
+            FenceOutcome::Fenced(proof) => ("fenced", proof.to_string()),
             FenceOutcome::Failed { reason } => ("failed", reason.clone()),
             FenceOutcome::NotApplicable { reason } => ("no_proof", reason.clone()),
         };

@@ -37,8 +37,8 @@ mod scenario;
 mod world;
 
 pub use report::{Report, clock};
-pub use run::{BOOT_TIME, simulate};
+pub use run::simulate;
 pub use scenario::{
-    ALERT_KINDS, ClusterSpec, Expect, Fault, FaultKind, Hypervisor, Scenario, ScenarioError,
-    SelfFence, Storage,
+    ALERT_KINDS, ClusterSpec, Expect, Fault, FaultKind, Hypervisor, PROOF_KINDS, SIM_KEYS,
+    Scenario, ScenarioError, SelfFence, SimTimings, Storage,
 };

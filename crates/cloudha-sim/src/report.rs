@@ -37,6 +37,8 @@ pub struct HostReport {
     pub name: String,
     /// Transitions in time order; the first `from` is null.
     pub transitions: Vec<TransitionReport>,
+    /// Calls its BMC received (status, off, reset).
+    pub bmc_calls: u64,
 }
 
 /// One status transition.
@@ -65,6 +67,25 @@ pub struct VmReport {
     pub placements: Vec<PlacementReport>,
     /// HA restarts.
     pub restarts: Vec<RestartReport>,
+    /// The death proofs HA recorded for it (one per work item that found one).
+    pub proofs: Vec<ProofReport>,
+}
+
+/// A death proof, as HA recorded it on a work item.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProofReport {
+    /// When it was made.
+    pub at_s: f64,
+    /// power_fenced, pool_fenced, self_fenced, dead_verdict, vm_reported_off, operator_word.
+    pub kind: String,
+    /// The host whose copy is proven dead.
+    pub host: Option<String>,
+    /// The evidence.
+    pub evidence: String,
+    /// For self and pool fences: the heartbeat's age when read, in seconds.
+    pub heartbeat_age_s: Option<f64>,
+    /// For self and pool fences: the self-fence deadline relied on, in seconds.
+    pub deadline_s: Option<f64>,
 }
 
 /// One ground-truth placement.
@@ -113,6 +134,8 @@ pub struct Detection {
     pub fault: String,
     /// When the fault hit.
     pub fault_at_s: f64,
+    /// The host's last ping before the fault (null: none seen).
+    pub last_ping_s: Option<f64>,
     /// The first status change after it (null: none).
     pub flagged_at_s: Option<f64>,
     /// When it went Down (null: never).

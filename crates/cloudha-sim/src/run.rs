@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use cloudha_attache::{AgentClient, AgentConfig, AgentHandle, ServerResource, Tasks};
 use cloudha_manager::ha::{
-    Fencer, InMemoryHaWorkStore, InMemoryVms, NeighbourFencer, OwnerId, PowerFencer, VmKind,
-    VmOrchestrator, VmRecord,
+    Fencer, HaWorkStore, InMemoryHaWorkStore, InMemoryVms, NeighbourFencer, Oobm, OwnerId, PowerFencer,
+    VmKind, VmOrchestrator, VmRecord, XenPoolFencer,
 };
+use cloudha_registry::{Interest, ListenerRegistry};
 use cloudha_manager::{
     AgentManager, AlertKind, HaManager, HaPorts, HostRecord, HostStore, InMemoryHostStore, Ports,
     StatusChange,
@@ -18,15 +19,12 @@ use cloudha_registry::Registry;
 use tokio::time::Instant;
 
 use crate::cloud::{
-    FenceRecord, ManagerSlot, RecordingAlerts, RecordingFencer, SimBmc, SimConnector, SimResource,
-    SimVms,
+    FenceRecord, ManagerSlot, PingLog, RecordingAlerts, RecordingFencer, SimBmc, SimConnector,
+    SimResource, SimVms,
 };
 use crate::report::*;
 use crate::scenario::{Expect, FaultKind, Hypervisor, Scenario, SelfFence, Storage};
 use crate::world::{HostTruth, Placement, VmTruth, World};
-
-/// How long a host takes to boot after a self-reboot (POST, hypervisor, agent).
-pub const BOOT_TIME: Duration = Duration::from_secs(300);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -76,7 +74,9 @@ struct Cloud {
     rng: Mutex<Rng>,
     names: BTreeMap<String, HostId>,
     vm_names: BTreeMap<String, VmId>,
-    faults_seen: Mutex<Vec<(HostId, FaultKind, Instant)>>,
+    /// Host faults: the host, the kind, when, and the host's last ping before it.
+    faults_seen: Mutex<Vec<(HostId, FaultKind, Instant, Option<Instant>)>>,
+    pings: Arc<PingLog>,
 }
 
 fn hypervisor(h: Hypervisor) -> HypervisorType {
@@ -108,7 +108,7 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Report {
 
 async fn run(scenario: Scenario, seed: u64) -> Report {
     let t0 = Instant::now();
-    let world = Arc::new(World::new(t0, scenario.config.force_ha));
+    let world = Arc::new(World::new(t0, scenario.config.force_ha, scenario.sim));
     let hosts = Arc::new(InMemoryHostStore::new());
     let records = Arc::new(InMemoryVms::new());
     let sim_tasks = Tasks::new();
@@ -151,8 +151,10 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
                     ping_loss: false,
                     ping_delay: None,
                     bmc_ok: true,
+                    bmc_off_fails: false,
                     no_capacity: false,
-                    heartbeat: hv.is_kvm_like().then_some(t0),
+                    heartbeat: (hv.is_kvm_like() || hv == HypervisorType::XenServer)
+                        .then_some(t0),
                 },
             );
             let mut record = HostRecord::new(id, name.clone(), hv);
@@ -254,6 +256,7 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
             names,
             vm_names,
             faults_seen: Mutex::new(Vec::new()),
+            pings: Arc::new(PingLog::default()),
         }
     });
 
@@ -275,12 +278,29 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
                 tokio::time::sleep(offset).await;
                 c.start_agent(host);
             });
-        let hb = lock(&cloud.rng).below(Duration::from_secs(60));
+        let hb = lock(&cloud.rng).below(cloud.scenario.sim.heartbeat_interval);
         let c = Arc::clone(&cloud);
         cloud
             .sim_tasks
             .spawn(cloud.sim_tasks.token().child_token(), async move {
                 c.heartbeat_loop(host, hb).await
+            });
+    }
+    let xen: Vec<HostId> = cloud
+        .world
+        .lock()
+        .hosts
+        .iter()
+        .filter(|(_, h)| h.hypervisor == HypervisorType::XenServer)
+        .map(|(id, _)| *id)
+        .collect();
+    for host in xen {
+        let offset = lock(&cloud.rng).below(cloud.scenario.sim.xen_heartbeat_interval);
+        let c = Arc::clone(&cloud);
+        cloud
+            .sim_tasks
+            .spawn(cloud.sim_tasks.token().child_token(), async move {
+                c.pool_heartbeat_loop(host, offset).await
             });
     }
 
@@ -315,11 +335,34 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
     report
 }
 
+/// An expectation on a count: "`range` `what`" holds when `n` is within `min`..=`max`.
+fn counted(
+    what: String,
+    n: u64,
+    min: Option<u64>,
+    max: Option<u64>,
+    detail: String,
+) -> ExpectationResult {
+    let range = match (min, max) {
+        (Some(a), Some(b)) => format!("between {a} and {b}"),
+        (Some(a), None) => format!("at least {a}"),
+        (None, Some(b)) => format!("at most {b}"),
+        (None, None) => "any number of".into(),
+    };
+    ExpectationResult {
+        text: format!("{range} {what}"),
+        ok: min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m),
+        detail,
+    }
+}
+
 impl Cloud {
     async fn start_manager(self: &Arc<Self>, first: bool) {
         let config = self.scenario.config.clone();
         let tasks = Tasks::new();
         let registry = Arc::new(Registry::default());
+        registry.register(self.pings.clone(), Interest::COMMANDS, false);
+        let oobm = Arc::new(Oobm::new(self.bmc.clone(), config.oobm_action_timeout));
         let agent = AgentManager::new(
             config.clone(),
             Ports {
@@ -328,19 +371,29 @@ impl Cloud {
                 alerts: self.alerts.clone(),
                 ha: None,
                 investigators: None,
+                oobm: Some(oobm.clone()),
             },
             tasks.clone(),
         )
         .expect("config validated with the scenario");
+        let recorded = |inner: Arc<dyn Fencer>| -> Arc<dyn Fencer> {
+            Arc::new(RecordingFencer {
+                inner,
+                log: self.fences.clone(),
+            })
+        };
         let fencers: Vec<Arc<dyn Fencer>> = vec![
-            Arc::new(RecordingFencer {
-                inner: Arc::new(NeighbourFencer::new(agent.commander(), self.hosts.clone())),
-                log: self.fences.clone(),
-            }),
-            Arc::new(RecordingFencer {
-                inner: Arc::new(PowerFencer::new(self.bmc.clone())),
-                log: self.fences.clone(),
-            }),
+            recorded(Arc::new(NeighbourFencer::new(
+                agent.commander(),
+                self.hosts.clone(),
+                &config,
+            ))),
+            recorded(Arc::new(XenPoolFencer::new(
+                agent.commander(),
+                self.hosts.clone(),
+                &config,
+            ))),
+            recorded(Arc::new(PowerFencer::new(oobm))),
         ];
         let ha = HaManager::new(
             config,
@@ -441,12 +494,31 @@ impl Cloud {
         }
     }
 
+    /// Writes `host`'s heartbeat stamp now if its storage works; returns whether it did.
+    fn write_heartbeat(&self, host: HostId) -> bool {
+        self.world.with_host(host, |h| {
+            if h.storage_ok {
+                h.heartbeat = Some(Instant::now());
+            }
+            h.storage_ok
+        }) == Some(true)
+    }
+
+    /// The host reboots itself: off now, on again after `sim.boot.time`.
+    async fn self_reboot(self: &Arc<Self>, host: HostId) {
+        self.power_off(host);
+        tokio::time::sleep(self.scenario.sim.boot_time).await;
+        self.power_on(host);
+    }
+
     /// The KVM agent's heartbeat writer (and, with `self_fence = independent`, a watchdog that
-    /// outlives the agent): every 60 s; a failed write is retried 5 times every 10 s, then the
-    /// host reboots itself.
+    /// outlives the agent): every `sim.heartbeat.interval`; a failed write is retried
+    /// `sim.heartbeat.write.retries` times every `sim.heartbeat.retry.interval`, then the host
+    /// reboots itself.
     async fn heartbeat_loop(self: Arc<Self>, host: HostId, offset: Duration) {
+        let t = self.scenario.sim;
         tokio::time::sleep(offset).await;
-        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        let mut ticker = tokio::time::interval(t.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             ticker.tick().await;
@@ -457,32 +529,45 @@ impl Cloud {
             if !writer(&self.world) {
                 continue;
             }
-            let mut written = self.world.with_host(host, |h| {
-                if h.storage_ok {
-                    h.heartbeat = Some(Instant::now());
-                }
-                h.storage_ok
-            }) == Some(true);
-            for _ in 0..5 {
+            let mut written = self.write_heartbeat(host);
+            for _ in 0..t.heartbeat_write_retries {
                 if written {
                     break;
                 }
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                tokio::time::sleep(t.heartbeat_retry_interval).await;
                 if !writer(&self.world) {
                     break;
                 }
-                written = self.world.with_host(host, |h| {
-                    if h.storage_ok {
-                        h.heartbeat = Some(Instant::now());
-                    }
-                    h.storage_ok
-                }) == Some(true);
+                written = self.write_heartbeat(host);
             }
             if !written && writer(&self.world) {
                 tracing::info!(host.id = %host, "heartbeat writes failed: the host reboots itself");
-                self.power_off(host);
-                tokio::time::sleep(BOOT_TIME).await;
-                self.power_on(host);
+                self.self_reboot(host).await;
+            }
+        }
+    }
+
+    /// A XenServer host's pool heartbeat (xapi's HA statefile, not the CloudStack agent): written
+    /// every `sim.xen.heartbeat.interval` while the host runs and its storage works; a host that
+    /// could not write it for `sim.xen.self.reboot.timeout` reboots itself.
+    async fn pool_heartbeat_loop(self: Arc<Self>, host: HostId, offset: Duration) {
+        let t = self.scenario.sim;
+        tokio::time::sleep(offset).await;
+        let mut ticker = tokio::time::interval(t.xen_heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_good = Instant::now();
+        loop {
+            ticker.tick().await;
+            if !self.world.host(host).is_some_and(|h| h.powered) {
+                last_good = Instant::now();
+                continue;
+            }
+            if self.write_heartbeat(host) {
+                last_good = Instant::now();
+            } else if last_good.elapsed() >= t.xen_self_reboot_timeout {
+                tracing::info!(host.id = %host, "pool heartbeat lost: the XenServer host reboots itself");
+                self.self_reboot(host).await;
+                last_good = Instant::now();
             }
         }
     }
@@ -500,7 +585,8 @@ impl Cloud {
             .collect();
         let now = Instant::now();
         for id in &ids {
-            lock(&self.faults_seen).push((*id, kind, now));
+            let last_ping = lock(&self.pings.0).get(id).copied();
+            lock(&self.faults_seen).push((*id, kind, now, last_ping));
         }
         tracing::info!(?kind, ?hosts, ?vms, "fault");
         for &id in &ids {
@@ -537,6 +623,7 @@ impl Cloud {
                 FaultKind::PingLoss => _ = self.world.with_host(id, |h| h.ping_loss = true),
                 FaultKind::PingDelay => _ = self.world.with_host(id, |h| h.ping_delay = delay),
                 FaultKind::BmcUnreachable => _ = self.world.with_host(id, |h| h.bmc_ok = false),
+                FaultKind::BmcOffFails => _ = self.world.with_host(id, |h| h.bmc_off_fails = true),
                 FaultKind::NoCapacity => _ = self.world.with_host(id, |h| h.no_capacity = true),
                 FaultKind::VmCrash | FaultKind::ManagerRestart => {}
             }
@@ -573,6 +660,7 @@ impl Cloud {
                 FaultKind::PingLoss => h.ping_loss = false,
                 FaultKind::PingDelay => h.ping_delay = None,
                 FaultKind::BmcUnreachable => h.bmc_ok = true,
+                FaultKind::BmcOffFails => h.bmc_off_fails = false,
                 FaultKind::NoCapacity => h.no_capacity = false,
                 _ => {}
             });
@@ -605,8 +693,22 @@ impl Cloud {
                         reason: c.reason.clone(),
                     })
                     .collect(),
+                bmc_calls: world.lock().bmc_calls.get(id).copied().unwrap_or(0),
             })
             .collect();
+        let mut proofs: BTreeMap<VmId, Vec<ProofReport>> = BTreeMap::new();
+        for item in self.work.list() {
+            if let Some(p) = &item.fence_proof {
+                proofs.entry(item.vm).or_default().push(ProofReport {
+                    at_s: at_s(world, p.at()),
+                    kind: p.kind().to_string(),
+                    host: host_name(p.host()),
+                    evidence: p.evidence().to_owned(),
+                    heartbeat_age_s: p.timings().map(|t| t.heartbeat_age.as_secs_f64()),
+                    deadline_s: p.timings().map(|t| t.deadline.as_secs_f64()),
+                });
+            }
+        }
         let state = world.lock();
         let vms: Vec<VmReport> = self
             .vm_names
@@ -634,6 +736,7 @@ impl Cloud {
                             to_host: host_name(Some(*to)).unwrap_or_default(),
                         })
                         .collect(),
+                    proofs: proofs.remove(id).unwrap_or_default(),
                 })
             })
             .collect();
@@ -659,7 +762,7 @@ impl Cloud {
             .collect();
         let detections = lock(&self.faults_seen)
             .iter()
-            .filter(|(_, k, _)| {
+            .filter(|(_, k, _, _)| {
                 matches!(
                     k,
                     FaultKind::PowerOff
@@ -670,13 +773,14 @@ impl Cloud {
                         | FaultKind::PingDelay
                 )
             })
-            .map(|(id, kind, at)| {
+            .map(|(id, kind, at, last_ping)| {
                 let changes = history.get(id).map(Vec::as_slice).unwrap_or_default();
                 let after: Vec<&StatusChange> = changes.iter().filter(|c| c.at >= *at).collect();
                 Detection {
                     host: host_name(Some(*id)).unwrap_or_default(),
                     fault: format!("{kind:?}"),
                     fault_at_s: at_s(world, *at),
+                    last_ping_s: last_ping.map(|t| at_s(world, t)),
                     flagged_at_s: after
                         .iter()
                         .find(|c| c.from != Some(c.to))
@@ -902,18 +1006,34 @@ impl Cloud {
                 }
                 Expect::AlertCount { kind, min, max } => {
                     let n = alerts.iter().filter(|a| &a.kind == kind).count() as u64;
-                    let ok = min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m);
-                    let range = match (min, max) {
-                        (Some(a), Some(b)) => format!("between {a} and {b}"),
-                        (Some(a), None) => format!("at least {a}"),
-                        (None, Some(b)) => format!("at most {b}"),
-                        (None, None) => "any number of".into(),
-                    };
-                    ExpectationResult {
-                        text: format!("{range} {kind} alerts"),
-                        ok,
-                        detail: format!("{n} raised"),
-                    }
+                    counted(format!("{kind} alerts"), n, *min, *max, format!("{n} raised"))
+                }
+                Expect::ProofCount { kind, min, max } => {
+                    let n = vms
+                        .iter()
+                        .flat_map(|v| &v.proofs)
+                        .filter(|p| &p.kind == kind)
+                        .count() as u64;
+                    counted(
+                        format!("HA work items with a {kind} proof"),
+                        n,
+                        *min,
+                        *max,
+                        format!("{n} recorded"),
+                    )
+                }
+                Expect::BmcCalls { host, min, max } => {
+                    let n = hosts
+                        .iter()
+                        .find(|h| &h.name == host)
+                        .map_or(0, |h| h.bmc_calls);
+                    counted(
+                        format!("calls to the BMC of {host}"),
+                        n,
+                        *min,
+                        *max,
+                        format!("{n} calls"),
+                    )
                 }
             })
             .collect()

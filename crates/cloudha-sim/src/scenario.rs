@@ -126,6 +126,9 @@ pub enum FaultKind {
     PingDelay,
     /// The host's BMC does not answer.
     BmcUnreachable,
+    /// The host's BMC carries out an Off but answers it with an error (a lost answer); power
+    /// status reads still work.
+    BmcOffFails,
     /// No VM can start on those hosts.
     NoCapacity,
     /// A VM process dies on a live host.
@@ -143,7 +146,11 @@ impl FaultKind {
             Self::MgmtPartition => Self::MgmtHeal,
             Self::NeighbourPartition => Self::NeighbourHeal,
             Self::StorageLoss => Self::StorageHeal,
-            Self::PingLoss | Self::PingDelay | Self::BmcUnreachable | Self::NoCapacity => {
+            Self::PingLoss
+            | Self::PingDelay
+            | Self::BmcUnreachable
+            | Self::BmcOffFails
+            | Self::NoCapacity => {
                 return None;
             }
             _ => return None,
@@ -197,6 +204,8 @@ struct RawExpect {
     restarted: Option<bool>,
     min: Option<u64>,
     max: Option<u64>,
+    proof: Option<String>,
+    bmc_calls: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +283,25 @@ pub enum Expect {
         /// VM name.
         vm: String,
     },
+    /// How many HA work items recorded a death proof of a kind.
+    ProofCount {
+        /// Proof kind (snake_case: power_fenced, pool_fenced, self_fenced, dead_verdict,
+        /// vm_reported_off, operator_word).
+        kind: String,
+        /// At least.
+        min: Option<u64>,
+        /// At most.
+        max: Option<u64>,
+    },
+    /// How many calls the host's BMC received (status, off, reset), in ground truth.
+    BmcCalls {
+        /// Host name.
+        host: String,
+        /// At least.
+        min: Option<u64>,
+        /// At most.
+        max: Option<u64>,
+    },
     /// How many alerts of a kind.
     AlertCount {
         /// Alert kind (snake_case).
@@ -284,6 +312,95 @@ pub enum Expect {
         max: Option<u64>,
     },
 }
+
+/// What the simulated hosts really do (the `sim.*` keys of `[config]`). The manager's own
+/// assumptions about the same timings are its `kvm.heartbeat.*` and `xen.heartbeat.*` keys;
+/// both default to the same values, and a scenario may make them disagree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimTimings {
+    /// `sim.heartbeat.interval`: a KVM host writes its storage heartbeat this often.
+    pub heartbeat_interval: Duration,
+    /// `sim.heartbeat.staleness`: a neighbour reads a KVM heartbeat older than this as dead.
+    pub heartbeat_staleness: Duration,
+    /// `sim.heartbeat.write.retries`: failed writes retried this often before the host reboots.
+    pub heartbeat_write_retries: u32,
+    /// `sim.heartbeat.retry.interval`: the pause between those retries.
+    pub heartbeat_retry_interval: Duration,
+    /// `sim.boot.time`: how long a host takes to boot after a self-reboot.
+    pub boot_time: Duration,
+    /// `sim.xen.heartbeat.interval`: a XenServer host writes its pool heartbeat this often.
+    pub xen_heartbeat_interval: Duration,
+    /// `sim.xen.heartbeat.staleness`: a pool member reads a pool heartbeat older than this as dead.
+    pub xen_heartbeat_staleness: Duration,
+    /// `sim.xen.self.reboot.timeout`: a XenServer host that could not write its pool heartbeat
+    /// for this long reboots itself.
+    pub xen_self_reboot_timeout: Duration,
+}
+
+impl Default for SimTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(60),
+            heartbeat_staleness: Duration::from_secs(60),
+            heartbeat_write_retries: 5,
+            heartbeat_retry_interval: Duration::from_secs(10),
+            boot_time: Duration::from_secs(300),
+            xen_heartbeat_interval: Duration::from_secs(10),
+            xen_heartbeat_staleness: Duration::from_secs(30),
+            xen_self_reboot_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SimTimings {
+    /// Sets one `sim.*` key (other than `sim.liveness.bound`); `Ok(false)`: not a timing key.
+    fn set(&mut self, key: &str, value: &toml::Value) -> Result<bool, String> {
+        let duration = |v: &toml::Value| -> Result<Duration, String> {
+            match v {
+                toml::Value::String(s) => cloudha_protocol::duration::parse(s).map_err(|e| e.to_string()),
+                toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
+                _ => Err("must be a duration such as \"60s\"".into()),
+            }
+        };
+        let slot = match key {
+            "sim.heartbeat.interval" => &mut self.heartbeat_interval,
+            "sim.heartbeat.staleness" => &mut self.heartbeat_staleness,
+            "sim.heartbeat.retry.interval" => &mut self.heartbeat_retry_interval,
+            "sim.boot.time" => &mut self.boot_time,
+            "sim.xen.heartbeat.interval" => &mut self.xen_heartbeat_interval,
+            "sim.xen.heartbeat.staleness" => &mut self.xen_heartbeat_staleness,
+            "sim.xen.self.reboot.timeout" => &mut self.xen_self_reboot_timeout,
+            "sim.heartbeat.write.retries" => {
+                self.heartbeat_write_retries = value
+                    .as_integer()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n <= 1000)
+                    .ok_or("must be a whole number from 0 to 1000")?;
+                return Ok(true);
+            }
+            _ => return Ok(false),
+        };
+        let d = duration(value)?;
+        if d.is_zero() && key != "sim.heartbeat.retry.interval" {
+            return Err("must be greater than zero".into());
+        }
+        *slot = d;
+        Ok(true)
+    }
+}
+
+/// The simulator's own keys, for error messages.
+pub const SIM_KEYS: &[&str] = &[
+    "sim.liveness.bound",
+    "sim.heartbeat.interval",
+    "sim.heartbeat.staleness",
+    "sim.heartbeat.write.retries",
+    "sim.heartbeat.retry.interval",
+    "sim.boot.time",
+    "sim.xen.heartbeat.interval",
+    "sim.xen.heartbeat.staleness",
+    "sim.xen.self.reboot.timeout",
+];
 
 /// A checked scenario.
 #[derive(Debug, Clone)]
@@ -300,6 +417,8 @@ pub struct Scenario {
     pub config: Config,
     /// `sim.liveness.bound`.
     pub liveness_bound: Duration,
+    /// What the simulated hosts really do (`sim.*` timing keys).
+    pub sim: SimTimings,
     /// Clusters.
     pub clusters: Vec<ClusterSpec>,
     /// Faults, by time.
@@ -307,6 +426,16 @@ pub struct Scenario {
     /// Expectations.
     pub expects: Vec<Expect>,
 }
+
+/// Proof kinds a `proof` expectation may name.
+pub const PROOF_KINDS: &[&str] = &[
+    "power_fenced",
+    "pool_fenced",
+    "self_fenced",
+    "dead_verdict",
+    "vm_reported_off",
+    "operator_word",
+];
 
 /// Alert kinds an expectation may name.
 pub const ALERT_KINDS: &[&str] = &[
@@ -320,6 +449,7 @@ pub const ALERT_KINDS: &[&str] = &[
     "ha_restart_failed",
     "fence_failed",
     "ha_gave_up",
+    "ha_disabled",
 ];
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -353,9 +483,25 @@ impl Scenario {
 
         // [config]: sim keys first, the rest through the manager's own loader.
         let mut liveness_bound = Duration::from_secs(20 * 60);
+        let mut sim = SimTimings::default();
         let mut table = toml::Table::new();
         for (key, value) in &raw.config {
             let line = line_of(text, value.span().start + 1);
+            if key.starts_with("sim.") && key != "sim.liveness.bound" {
+                match sim.set(key, value.get_ref()) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        return Err(err(
+                            line,
+                            format!(
+                                "[config]: unknown simulator key `{key}` (known: {})",
+                                SIM_KEYS.join(", ")
+                            ),
+                        ));
+                    }
+                    Err(why) => return Err(err(line, format!("[config]: `{key}` {why}"))),
+                }
+            }
             if key == "sim.liveness.bound" {
                 let Some(s) = value.get_ref().as_str() else {
                     return Err(err(
@@ -418,6 +564,15 @@ impl Scenario {
         if clusters.is_empty() {
             return Err(err(0, "a scenario needs at least one [[cluster]]".into()));
         }
+        config
+            .check_clusters(clusters.iter().map(|c| (c.name.as_str(), c.hosts as usize)))
+            .map_err(|e| {
+                let line = raw
+                    .config
+                    .get("ha.investigators.agreement")
+                    .map_or(0, |v| line_of(text, v.span().start + 1));
+                err(line, format!("[config]: {e}"))
+            })?;
 
         let mut faults = Vec::new();
         for f in &raw.fault {
@@ -479,6 +634,50 @@ impl Scenario {
                 .map(|d| dur(d, line, "after"))
                 .transpose()?
                 .unwrap_or_default();
+            let count = |what: &str| {
+                if r.min.is_none() && r.max.is_none() {
+                    return Err(err(line, format!("a {what} expectation needs `min` and/or `max`")));
+                }
+                if let (Some(a), Some(b)) = (r.min, r.max)
+                    && a > b
+                {
+                    return Err(err(line, format!("`min` ({a}) is above `max` ({b})")));
+                }
+                Ok(())
+            };
+            if let Some(kind) = &r.proof {
+                if r.host.is_some() || r.vm.is_some() || r.alert.is_some() || r.bmc_calls.is_some() {
+                    return Err(err(line, "a `proof` expectation takes only `min` and `max`".into()));
+                }
+                if !PROOF_KINDS.contains(&kind.as_str()) {
+                    return Err(err(
+                        line,
+                        format!("unknown proof kind `{kind}` (known: {})", PROOF_KINDS.join(", ")),
+                    ));
+                }
+                count("proof")?;
+                expects.push(Expect::ProofCount {
+                    kind: kind.clone(),
+                    min: r.min,
+                    max: r.max,
+                });
+                continue;
+            }
+            if let Some(host) = &r.bmc_calls {
+                if r.host.is_some() || r.vm.is_some() || r.alert.is_some() {
+                    return Err(err(line, "a `bmc_calls` expectation takes only `min` and `max`".into()));
+                }
+                if !host_names.contains(host) {
+                    return Err(err(line, format!("unknown host `{host}`")));
+                }
+                count("bmc_calls")?;
+                expects.push(Expect::BmcCalls {
+                    host: host.clone(),
+                    min: r.min,
+                    max: r.max,
+                });
+                continue;
+            }
             let expect =
                 match (&r.host, &r.vm, &r.alert) {
                     (Some(host), None, None) => {
@@ -591,6 +790,7 @@ impl Scenario {
             seed: raw.seed,
             config,
             liveness_bound,
+            sim,
             clusters,
             faults,
             expects,

@@ -6,6 +6,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use cloudha_protocol::{ClusterId, HostId, HypervisorType, VmId, VmState};
+
+use crate::scenario::SimTimings;
 use tokio::time::Instant;
 
 /// One simulated host's ground truth.
@@ -24,7 +26,10 @@ pub(crate) struct HostTruth {
     pub(crate) ping_loss: bool,
     pub(crate) ping_delay: Option<Duration>,
     pub(crate) bmc_ok: bool,
+    pub(crate) bmc_off_fails: bool,
     pub(crate) no_capacity: bool,
+    /// The newest stamp of the host's heartbeat: the storage heartbeat of a KVM host, the pool
+    /// heartbeat of a XenServer host (`None` for others).
     pub(crate) heartbeat: Option<Instant>,
 }
 
@@ -67,6 +72,8 @@ pub(crate) struct State {
     /// Which VM processes run on each host (an index of `VmTruth::running_on`).
     pub(crate) processes: BTreeMap<HostId, BTreeSet<VmId>>,
     pub(crate) violations: Vec<Violation>,
+    /// Calls each host's BMC received.
+    pub(crate) bmc_calls: BTreeMap<HostId, u64>,
 }
 
 impl State {
@@ -85,14 +92,16 @@ pub(crate) struct World {
     state: Mutex<State>,
     pub(crate) t0: Instant,
     pub(crate) force_ha: bool,
+    pub(crate) timings: SimTimings,
 }
 
 impl World {
-    pub(crate) fn new(t0: Instant, force_ha: bool) -> Self {
+    pub(crate) fn new(t0: Instant, force_ha: bool, timings: SimTimings) -> Self {
         Self {
             state: Mutex::new(State::default()),
             t0,
             force_ha,
+            timings,
         }
     }
 
@@ -133,12 +142,20 @@ impl World {
         self.lock().processes.get(&host).map_or(0, BTreeSet::len)
     }
 
-    /// Whether the storage heartbeat of `host` is fresh at `now` (the checker's rule: dead if
-    /// older than 60 s).
-    pub(crate) fn heartbeat_alive(&self, host: HostId, now: Instant) -> bool {
-        self.host(host)
-            .and_then(|h| h.heartbeat)
-            .is_some_and(|t| now.saturating_duration_since(t) <= Duration::from_secs(60))
+    /// The age of `host`'s newest heartbeat stamp at `now`, and whether a checker reads it as
+    /// alive (not older than the staleness of its kind: `sim.heartbeat.staleness` for KVM,
+    /// `sim.xen.heartbeat.staleness` for XenServer).
+    pub(crate) fn heartbeat(&self, host: HostId, now: Instant) -> (Option<Duration>, bool) {
+        let Some(h) = self.host(host) else {
+            return (None, false);
+        };
+        let staleness = if h.kvm() {
+            self.timings.heartbeat_staleness
+        } else {
+            self.timings.xen_heartbeat_staleness
+        };
+        let age = h.heartbeat.map(|t| now.saturating_duration_since(t));
+        (age, age.is_some_and(|a| a <= staleness))
     }
 
     /// A VM process starts on `host`: checks the invariants.

@@ -1,23 +1,26 @@
-//! Fencing (spec §6.3, §7.3, spec README "fencing proof"): the `Fencer` chain, the neighbour
-//! fencer and the power fencer over the `OutOfBandManagement` port.
+//! Fencing (spec §6.3, §7.3, spec README "fencing proof"): the `Fencer` chain; the KVM
+//! neighbour fencer and the XenServer pool fencer, which turn a heartbeat stale past the host's
+//! self-fence deadline into a proof; and the power fencer over [`Oobm`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudha_protocol::{Answer, Command, FenceAnswer, FenceCommand, HostId, Status};
+use cloudha_protocol::{Answer, Command, FenceAnswer, FenceCommand, HostId, HypervisorType, VmId};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 
+use super::proof::{DeathProof, SelfFenceTimings};
 use super::vm::VmRecord;
+use crate::config::Config;
 use crate::host::{HostRecord, HostStore};
-use crate::investigate::HostCommander;
+use crate::investigate::{HostCommander, Neighbours};
+use crate::oobm::{Oobm, PowerState};
 
 /// What a fencer achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FenceOutcome {
-    /// The VM's old copy cannot run any more; `evidence` says why we know.
-    Fenced {
-        /// The proof, in words.
-        evidence: String,
-    },
+    /// The VM's old copy cannot run any more: the proof.
+    Fenced(DeathProof),
     /// This fencer tried and could not fence.
     Failed {
         /// Why.
@@ -41,65 +44,125 @@ pub trait Fencer: Send + Sync {
     async fn fence(&self, vm: &VmRecord, host: &HostRecord) -> FenceOutcome;
 }
 
-/// A host's power as its BMC reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PowerState {
-    /// On.
-    On,
-    /// Off.
-    Off,
-    /// The BMC cannot tell.
-    Unknown,
-}
-
-/// An out-of-band management error (BMC unreachable, refused, ...).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("out-of-band management of host {host}: {reason}")]
-pub struct OobError {
-    /// The host.
-    pub host: HostId,
-    /// Why.
-    pub reason: String,
-}
-
-/// Out-of-band power management (IPMI, Redfish).
-#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
-#[async_trait::async_trait]
-pub trait OutOfBandManagement: Send + Sync {
-    /// The host's power state.
-    ///
-    /// # Errors
-    /// The BMC did not answer.
-    async fn power_status(&self, host: HostId) -> Result<PowerState, OobError>;
-
-    /// Powers the host off.
-    ///
-    /// # Errors
-    /// The BMC refused or did not answer.
-    async fn power_off(&self, host: HostId) -> Result<(), OobError>;
-
-    /// Resets the host.
-    ///
-    /// # Errors
-    /// The BMC refused or did not answer.
-    async fn power_reset(&self, host: HostId) -> Result<(), OobError>;
-}
-
 /// Wait of a FenceCommand to a neighbour.
 pub const FENCE_WAIT: Duration = Duration::from_secs(60);
 
-/// KVM's neighbour fencer (CloudStack's `KVMFencer`): asks the Up KVM neighbours whether the
-/// host's heartbeat is dead. A dead heartbeat is a proof only where the host fences itself
-/// independently of its agent; otherwise it is recorded and the chain goes on.
+/// What one neighbour said of the target's heartbeat in answer to a FenceCommand.
+enum Seen {
+    /// Dead, with the age it read (if it gave one).
+    Dead(Option<Duration>),
+    /// Still beating, or the neighbour could not check.
+    NotDead(String),
+}
+
+async fn ask_fence(
+    commander: &dyn HostCommander,
+    via: HostId,
+    target: HostId,
+    vm: Option<VmId>,
+) -> Seen {
+    let cmd = Command::Fence(FenceCommand {
+        target,
+        vm,
+    });
+    match commander.send(via, cmd, FENCE_WAIT).await {
+        Ok(Answer::Fence(FenceAnswer {
+            success: true,
+            alive: false,
+            heartbeat_age_ms,
+            ..
+        })) => Seen::Dead(heartbeat_age_ms.map(Duration::from_millis)),
+        Ok(Answer::Fence(a)) => Seen::NotDead(format!("host {via}: {}", a.details)),
+        Ok(other) => Seen::NotDead(format!("host {via}: unexpected answer {other:?}")),
+        Err(e) => Seen::NotDead(format!("host {via}: {e}")),
+    }
+}
+
+/// Asks one neighbour whether the target's heartbeat is dead and, if it is but not yet past
+/// `deadline`, waits until it must be and asks again: the proof needs the heartbeat stale past
+/// the self-fence deadline (a host reboots itself only after its write retries run out).
+async fn stale_past_deadline(
+    commander: &dyn HostCommander,
+    via: HostId,
+    target: HostId,
+    vm: Option<VmId>,
+    deadline: Duration,
+) -> Result<(Duration, String), String> {
+    let first = match ask_fence(commander, via, target, vm).await {
+        Seen::Dead(age) => age,
+        Seen::NotDead(why) => return Err(why),
+    };
+    if let Some(age) = first
+        && age > deadline
+    {
+        return Ok((age, format!("host {via} sees the heartbeat of host {target} dead")));
+    }
+    // Dead, but maybe not for long enough: the host may still be retrying its writes. Read it
+    // again once the deadline must have passed.
+    let wait = first.map_or(deadline, |age| deadline - age) + Duration::from_secs(1);
+    tokio::time::sleep(wait).await;
+    match ask_fence(commander, via, target, vm).await {
+        Seen::Dead(Some(age)) if age > deadline => Ok((
+            age,
+            format!("host {via} sees the heartbeat of host {target} dead, read again past the deadline"),
+        )),
+        Seen::Dead(None) => Ok((
+            first.unwrap_or(Duration::ZERO) + wait,
+            format!(
+                "host {via} sees the heartbeat of host {target} dead, and still dead {wait:?} later"
+            ),
+        )),
+        Seen::Dead(Some(age)) => Err(format!(
+            "host {via}: heartbeat only {age:?} old at the re-read (deadline {deadline:?})"
+        )),
+        Seen::NotDead(why) => Err(why),
+    }
+}
+
+/// Asks every neighbour at once; the first proof wins.
+async fn first_stale(
+    commander: &dyn HostCommander,
+    neighbours: &[HostId],
+    target: HostId,
+    vm: Option<VmId>,
+    deadline: Duration,
+) -> Result<(Duration, String), Vec<String>> {
+    let mut asks: FuturesUnordered<_> = neighbours
+        .iter()
+        .map(|n| stale_past_deadline(commander, *n, target, vm, deadline))
+        .collect();
+    let mut why = Vec::new();
+    while let Some(r) = asks.next().await {
+        match r {
+            Ok(found) => return Ok(found),
+            Err(e) => why.push(e),
+        }
+    }
+    Err(why)
+}
+
+/// KVM's neighbour fencer (CloudStack's `KVMFencer`, with cloudha's rule): asks the Up KVM
+/// neighbours whether the host's heartbeat is dead. That is a proof only where the host fences
+/// itself independently of its agent, and only once the heartbeat is stale past the self-fence
+/// deadline (`kvm.heartbeat.*`, [`Config::kvm_self_fence_deadline`]); otherwise the chain
+/// goes on (power).
 pub struct NeighbourFencer {
-    commander: Arc<dyn HostCommander>,
-    store: Arc<dyn HostStore>,
+    neighbours: Neighbours,
+    deadline: Duration,
 }
 
 impl NeighbourFencer {
-    /// Asks neighbours through `commander`; neighbours from `store`.
-    pub fn new(commander: Arc<dyn HostCommander>, store: Arc<dyn HostStore>) -> Self {
-        Self { commander, store }
+    /// Asks neighbours through `commander`; neighbours from `store`; timings from `config`.
+    pub fn new(commander: Arc<dyn HostCommander>, store: Arc<dyn HostStore>, config: &Config) -> Self {
+        Self {
+            neighbours: Neighbours {
+                commander,
+                store,
+                oobm: None,
+                agreement: 1,
+            },
+            deadline: config.kvm_self_fence_deadline(),
+        }
     }
 }
 
@@ -115,62 +178,122 @@ impl Fencer for NeighbourFencer {
                 reason: "not a KVM host".into(),
             };
         }
-        let Some(cluster) = host.cluster else {
+        if !host.self_fence_independent {
             return FenceOutcome::NotApplicable {
-                reason: "host has no cluster".into(),
+                reason: "its self-fence depends on its agent: a dead heartbeat proves no fence"
+                    .into(),
             };
-        };
-        let mut asked = 0;
-        for n in self.store.in_cluster(cluster) {
-            if n.id == host.id || n.status != Some(Status::Up) || !n.hypervisor.is_kvm_like() {
-                continue;
-            }
-            asked += 1;
-            let cmd = Command::Fence(FenceCommand {
-                target: host.id,
-                vm: Some(vm.id),
-            });
-            if let Ok(Answer::Fence(FenceAnswer {
-                success: true,
-                alive: false,
-                ..
-            })) = self.commander.send(n.id, cmd, FENCE_WAIT).await
-            {
-                let seen = format!("host {} sees the heartbeat of host {} dead", n.id, host.id);
-                return if host.self_fence_independent {
-                    FenceOutcome::Fenced {
-                        evidence: format!(
-                            "{seen}; the host fences itself independently of its agent"
-                        ),
-                    }
-                } else {
-                    FenceOutcome::NotApplicable {
-                        reason: format!(
-                            "{seen}, but its self-fence depends on its agent: no proof"
-                        ),
-                    }
-                };
-            }
         }
-        FenceOutcome::Failed {
-            reason: format!(
-                "unable to fence off host {} after asking {asked} hosts",
-                host.id
-            ),
+        let neighbours = self.neighbours.of(host, HypervisorType::is_kvm_like);
+        match first_stale(
+            &*self.neighbours.commander,
+            &neighbours,
+            host.id,
+            Some(vm.id),
+            self.deadline,
+        )
+        .await
+        {
+            Ok((age, seen)) => FenceOutcome::Fenced(DeathProof::self_fenced(
+                host.id,
+                format!("{seen}; the host fences itself independently of its agent"),
+                SelfFenceTimings {
+                    heartbeat_age: age,
+                    deadline: self.deadline,
+                },
+            )),
+            Err(why) => FenceOutcome::Failed {
+                reason: format!(
+                    "unable to fence off host {} after asking {} hosts: [{}]",
+                    host.id,
+                    neighbours.len(),
+                    why.join("; ")
+                ),
+            },
         }
     }
 }
 
-/// Fences by power: "already off" counts as fenced, "unknown" does not; an off is confirmed by
-/// reading the power state back.
+/// The XenServer pool fencer (CloudStack's `XenServerFencer`): an Up host of the same pool
+/// checks the host's pool heartbeat and resets the VM's power state in the pool (the
+/// FenceCommand). A proof only once the pool heartbeat is stale past the host's self-reboot
+/// window ([`Config::xen_self_fence_deadline`]).
+pub struct XenPoolFencer {
+    neighbours: Neighbours,
+    deadline: Duration,
+}
+
+impl XenPoolFencer {
+    /// Asks pool members through `commander`; members from `store`; timings from `config`.
+    pub fn new(commander: Arc<dyn HostCommander>, store: Arc<dyn HostStore>, config: &Config) -> Self {
+        Self {
+            neighbours: Neighbours {
+                commander,
+                store,
+                oobm: None,
+                agreement: 1,
+            },
+            deadline: config.xen_self_fence_deadline(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Fencer for XenPoolFencer {
+    fn name(&self) -> &'static str {
+        "XenPoolFencer"
+    }
+
+    async fn fence(&self, vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
+        if host.hypervisor != HypervisorType::XenServer {
+            return FenceOutcome::NotApplicable {
+                reason: "not a XenServer host".into(),
+            };
+        }
+        let members = self
+            .neighbours
+            .of(host, |h| h == HypervisorType::XenServer);
+        match first_stale(
+            &*self.neighbours.commander,
+            &members,
+            host.id,
+            Some(vm.id),
+            self.deadline,
+        )
+        .await
+        {
+            Ok((age, seen)) => FenceOutcome::Fenced(DeathProof::pool_fenced(
+                host.id,
+                format!("{seen} (pool heartbeat); the pool reset the VM's power state"),
+                SelfFenceTimings {
+                    heartbeat_age: age,
+                    deadline: self.deadline,
+                },
+            )),
+            Err(why) => FenceOutcome::Failed {
+                reason: format!(
+                    "unable to pool-fence host {} after asking {} pool members: [{}]",
+                    host.id,
+                    members.len(),
+                    why.join("; ")
+                ),
+            },
+        }
+    }
+}
+
+/// Fences by power: "already off" counts as fenced, "unknown" does not; an Off (whether it
+/// answered, errored or timed out) is confirmed only by reading the power state back. Reuses a
+/// fresh reading ([`crate::oobm::POWER_READING_FRESH`]) instead of asking again: at most three
+/// BMC calls per host and round, the investigation's reading included.
 pub struct PowerFencer {
-    oob: Arc<dyn OutOfBandManagement>,
+    oobm: Arc<Oobm>,
 }
 
 impl PowerFencer {
-    /// Fences through `oob`.
-    pub fn new(oob: Arc<dyn OutOfBandManagement>) -> Self {
-        Self { oob }
+    /// Fences through `oobm` (share it with the investigators).
+    pub fn new(oobm: Arc<Oobm>) -> Self {
+        Self { oobm }
     }
 }
 
@@ -181,15 +304,21 @@ impl Fencer for PowerFencer {
     }
 
     async fn fence(&self, _vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
-        match self.oob.power_status(host.id).await {
+        let h = host.id;
+        let reading = match self.oobm.fresh(h) {
+            Some(r) => Ok(r.state),
+            None => self.oobm.power_status(h).await,
+        };
+        match reading {
             Ok(PowerState::Off) => {
-                return FenceOutcome::Fenced {
-                    evidence: format!("BMC reports host {} already off", host.id),
-                };
+                return FenceOutcome::Fenced(DeathProof::power_fenced(
+                    h,
+                    format!("the BMC reports host {h} already off"),
+                ));
             }
             Ok(PowerState::Unknown) => {
                 return FenceOutcome::Failed {
-                    reason: format!("BMC of host {} reports power unknown: not fenced", host.id),
+                    reason: format!("the BMC of host {h} reports power unknown: not fenced"),
                 };
             }
             Err(e) => {
@@ -199,20 +328,22 @@ impl Fencer for PowerFencer {
             }
             Ok(PowerState::On) => {}
         }
-        if let Err(e) = self.oob.power_off(host.id).await {
-            return FenceOutcome::Failed {
-                reason: e.to_string(),
-            };
-        }
-        match self.oob.power_status(host.id).await {
-            Ok(PowerState::Off) => FenceOutcome::Fenced {
-                evidence: format!(
-                    "host {} powered off through its BMC, confirmed off",
-                    host.id
+        let off = self.oobm.power_off(h).await;
+        match (self.oobm.power_status(h).await, off) {
+            (Ok(PowerState::Off), Ok(())) => FenceOutcome::Fenced(DeathProof::power_fenced(
+                h,
+                format!("host {h} powered off through its BMC, read back off"),
+            )),
+            (Ok(PowerState::Off), Err(e)) => FenceOutcome::Fenced(DeathProof::power_fenced(
+                h,
+                format!("the power-off of host {h} failed ({e}), but the BMC reads it off"),
+            )),
+            (back, off) => FenceOutcome::Failed {
+                reason: format!(
+                    "power-off of host {h} not confirmed (off: {}, read back: {})",
+                    off.map_or_else(|e| e.to_string(), |()| "sent".into()),
+                    back.map_or_else(|e| e.to_string(), |s| format!("{s:?}"))
                 ),
-            },
-            other => FenceOutcome::Failed {
-                reason: format!("power-off of host {} not confirmed: {other:?}", host.id),
             },
         }
     }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::fence::{FenceOutcome, Fencer};
+use super::proof::DeathProof;
 use super::vm::{Planner, StartError, StartParams, VmKind, VmOrchestrator, VmRecord};
 use super::work::{HaWorkStore, OwnerId, WorkItem};
 use crate::alert::{Alert, AlertKind, AlertSink};
@@ -37,7 +38,8 @@ pub struct HaPorts {
     pub fencers: Vec<Arc<dyn Fencer>>,
     /// Where alerts go.
     pub alerts: Arc<dyn AlertSink>,
-    /// The hosts under investigation right now (they count as suspect for the brake).
+    /// The hosts the agent manager suspects (under investigation, or silent past their ping):
+    /// they count as suspect for the brake.
     pub investigations: Arc<Investigations>,
 }
 
@@ -65,6 +67,18 @@ struct HaInner {
     released: Mutex<HashSet<ClusterId>>,
     braked: Mutex<HashMap<ClusterId, HashSet<VmId>>>,
     missing: Mutex<HashMap<VmId, Instant>>,
+    /// One fence per failed host: the outcome of the last fence of each host, shared by all its
+    /// VMs (the async lock makes the VMs of one host wait for a fence under way, not repeat it).
+    fences: Mutex<HashMap<HostId, Arc<tokio::sync::Mutex<Option<HostFence>>>>>,
+}
+
+/// The last fence of a host.
+struct HostFence {
+    /// The host record's update counter then: any status change since (the host reconnected,
+    /// came back Up) makes the outcome stale.
+    update_count: u64,
+    /// The proof, or when and why the fence failed (reused for the rest of that retry round).
+    outcome: Result<DeathProof, (Instant, String)>,
 }
 
 /// The HA manager. Cheap to clone.
@@ -102,6 +116,7 @@ impl HaManager {
                 released: Mutex::new(HashSet::new()),
                 braked: Mutex::new(HashMap::new()),
                 missing: Mutex::new(HashMap::new()),
+                fences: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -237,6 +252,8 @@ impl HaScheduler for HaManager {
 }
 
 impl HaInner {
+    /// Raises an alert about `host` (cluster, pod and zone from its record) and/or a VM.
+    /// `vm.ha.alerts.enabled = false` mutes only the "VM-HA disabled" alerts (CloudStack).
     fn alert(
         &self,
         kind: AlertKind,
@@ -245,15 +262,19 @@ impl HaInner {
         cluster: Option<ClusterId>,
         message: String,
     ) {
-        if self.config.vm_ha_alerts_enabled || matches!(kind, AlertKind::BrakeHolds) {
-            self.ports.alerts.raise(Alert {
-                kind,
-                host,
-                vm,
-                cluster,
-                message,
-            });
+        if kind == AlertKind::HaDisabled && !self.config.vm_ha_alerts_enabled {
+            return;
         }
+        let rec = host.and_then(|h| self.ports.hosts.get(h));
+        self.ports.alerts.raise(Alert {
+            kind,
+            host,
+            vm,
+            cluster: cluster.or(rec.as_ref().and_then(|r| r.cluster)),
+            pod: rec.as_ref().and_then(|r| r.pod),
+            zone: rec.as_ref().and_then(|r| r.zone),
+            message,
+        });
     }
 
     fn retry_interval(&self, t: WorkType) -> Duration {
@@ -287,7 +308,7 @@ impl HaInner {
             .collect();
         if !self.config.vm_ha_enabled {
             self.alert(
-                AlertKind::HostDown,
+                AlertKind::HaDisabled,
                 Some(host.id),
                 None,
                 host.cluster,
@@ -378,8 +399,8 @@ impl HaInner {
         item.tries = tries;
         if !investigate {
             item.fence_proof = Some(match (reason, item.host) {
-                (WorkReason::HostDegraded, Some(h)) => format!("operator declared host {h} dead"),
-                _ => "VM reported off by its own Up host".into(),
+                (WorkReason::HostDegraded, Some(h)) => DeathProof::operator_word(h),
+                (_, h) => DeathProof::vm_reported_off(h),
             });
         }
         let id = self.ports.work.insert(item);
@@ -491,9 +512,11 @@ impl HaInner {
         let size = hosts.len();
         let suspect = hosts
             .iter()
-            .filter(|h| h.status != Some(Status::Up) || self.ports.investigations.contains(h.id))
+            .filter(|h| h.status != Some(Status::Up) || self.ports.investigations.suspect(h.id))
             .count();
-        if size > 0 && suspect as f64 > self.config.ha_brake_fraction * size as f64 {
+        // A correlated failure takes at least two hosts: one failed host of a one-host cluster
+        // (100 % suspect) is an ordinary failure, not a partition of the manager.
+        if suspect >= 2 && suspect as f64 > self.config.ha_brake_fraction * size as f64 {
             if released {
                 return None;
             }
@@ -856,7 +879,8 @@ impl HaInner {
         }
     }
 
-    /// Proves the VM's old copy cannot run: investigators, then fencers. Records the proof.
+    /// Proves the VM's old copy cannot run: investigators, then the host's fence (one per host,
+    /// shared by its VMs). Records the proof.
     async fn prove_dead(
         &self,
         item: &mut WorkItem,
@@ -865,8 +889,9 @@ impl HaInner {
     ) -> Result<(), Outcome> {
         let now = Instant::now();
         if item.reason == WorkReason::HostDegraded {
-            item.fence_proof = Some(format!("operator declared host {} dead", host.id));
-            item.note(now, "no fencing: the operator declared the host dead");
+            let proof = DeathProof::operator_word(host.id);
+            item.note(now, format!("no fencing: {proof}"));
+            item.fence_proof = Some(proof);
             return Ok(());
         }
         let (verdict, by) =
@@ -887,40 +912,88 @@ impl HaInner {
                 });
             }
             VmVerdict::Dead => {
-                item.fence_proof = Some(format!("VM found not running by {}", by.unwrap_or("?")));
+                let proof = DeathProof::dead_verdict(
+                    host.id,
+                    format!("{} found the VM not running on host {}", by.unwrap_or("?"), host.id),
+                );
+                item.note(now, format!("proof: {proof}"));
+                item.fence_proof = Some(proof);
                 return Ok(());
             }
             VmVerdict::Unknown => {}
         }
+        match self.fence_host(vm, host).await {
+            (Ok(proof), reused) => {
+                let how = if reused { "host already fenced" } else { "fenced" };
+                item.note(Instant::now(), format!("{how}: {proof}"));
+                item.fence_proof = Some(proof);
+                Ok(())
+            }
+            (Err(why), _) => {
+                item.note(Instant::now(), format!("not fenced: {why}"));
+                Err(self.retry(
+                    self.config.restart_retry_interval,
+                    format!("no fencer could fence the host: {why}"),
+                ))
+            }
+        }
+    }
+
+    /// Fences `host` once for all its VMs: a proof is reused until the host's status changes
+    /// (it reconnects or comes back Up); a failure is reused for the rest of its retry round,
+    /// so its "Unable to fence off host" alert is raised once per host and round. Returns the
+    /// outcome and whether it was reused.
+    async fn fence_host(&self, vm: &VmRecord, host: &HostRecord) -> (Result<DeathProof, String>, bool) {
+        let slot = Arc::clone(lock(&self.fences).entry(host.id).or_default());
+        let mut last = slot.lock().await;
+        let now = Instant::now();
+        let current = self
+            .ports
+            .hosts
+            .get(host.id)
+            .map_or(host.update_count, |h| h.update_count);
+        if let Some(f) = last.as_ref()
+            && f.update_count == current
+        {
+            match &f.outcome {
+                Ok(proof) => return (Ok(proof.clone()), true),
+                Err((at, why)) if now < *at + self.config.restart_retry_interval => {
+                    return (Err(why.clone()), true);
+                }
+                Err(_) => {}
+            }
+        }
+        let mut reasons = Vec::new();
+        let mut outcome = None;
         for fencer in &self.ports.fencers {
             match fencer.fence(vm, host).await {
-                FenceOutcome::Fenced { evidence } => {
-                    item.note(
-                        Instant::now(),
-                        format!("fenced by {}: {evidence}", fencer.name()),
-                    );
-                    item.fence_proof = Some(format!("{}: {evidence}", fencer.name()));
-                    return Ok(());
+                FenceOutcome::Fenced(proof) => {
+                    outcome = Some(proof);
+                    break;
                 }
                 FenceOutcome::Failed { reason } | FenceOutcome::NotApplicable { reason } => {
-                    item.note(Instant::now(), format!("{}: {reason}", fencer.name()));
+                    reasons.push(format!("{}: {reason}", fencer.name()));
                 }
             }
         }
-        self.alert(
-            AlertKind::FenceFailed,
-            Some(host.id),
-            Some(vm.id),
-            host.cluster,
-            format!(
-                "Unable to restart VM {} which was running on host {}: fencing failed",
-                vm.name, host.name
-            ),
-        );
-        Err(self.retry(
-            self.config.restart_retry_interval,
-            "no fencer could fence the host",
-        ))
+        let result = outcome.ok_or_else(|| reasons.join("; "));
+        if let Err(why) = &result {
+            self.alert(
+                AlertKind::FenceFailed,
+                Some(host.id),
+                None,
+                host.cluster,
+                format!(
+                    "Unable to fence off host {}: {why}; its HA VMs wait (next try in {:?})",
+                    host.name, self.config.restart_retry_interval
+                ),
+            );
+        }
+        *last = Some(HostFence {
+            update_count: current,
+            outcome: result.clone().map_err(|why| (now, why)),
+        });
+        (result, false)
     }
 
     async fn migrate(&self, item: &mut WorkItem) -> Outcome {

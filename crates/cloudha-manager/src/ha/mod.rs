@@ -3,12 +3,13 @@
 
 pub mod fence;
 mod manager;
+pub mod proof;
 pub mod vm;
 pub mod work;
 
-pub use fence::{
-    FenceOutcome, Fencer, NeighbourFencer, OobError, OutOfBandManagement, PowerFencer, PowerState,
-};
+pub use crate::oobm::{OobError, Oobm, OutOfBandManagement, PowerState};
+pub use fence::{FenceOutcome, Fencer, NeighbourFencer, PowerFencer, XenPoolFencer};
+pub use proof::{DeathProof, ProofKind, SelfFenceTimings};
 pub use manager::{HaManager, HaPorts};
 pub use vm::{
     InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmKind, VmOrchestrator,
@@ -17,7 +18,9 @@ pub use vm::{
 pub use work::{HaWorkStore, InMemoryHaWorkStore, OwnerId, WorkEvent, WorkItem};
 
 #[cfg(any(test, feature = "mock"))]
-pub use fence::{MockFencer, MockOutOfBandManagement};
+pub use crate::oobm::MockOutOfBandManagement;
+#[cfg(any(test, feature = "mock"))]
+pub use fence::MockFencer;
 #[cfg(any(test, feature = "mock"))]
 pub use vm::MockVmOrchestrator;
 #[cfg(any(test, feature = "mock"))]

@@ -7,6 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use cloudha_protocol::{HostId, VmId, VmState, WorkId, WorkReason, WorkStep, WorkType};
 use tokio::time::Instant;
 
+use super::proof::DeathProof;
 use super::vm::VmRecord;
 
 /// A management server (owner of claims). Keep it stable across restarts of the same server.
@@ -51,9 +52,9 @@ pub struct WorkItem {
     pub taken: Option<Instant>,
     /// Held by the correlated-failure brake: not taken until the brake lifts.
     pub braked: bool,
-    /// Why the VM's old copy cannot run any more (which fencer, what evidence; a dead verdict;
-    /// the operator's word), once known.
-    pub fence_proof: Option<String>,
+    /// Why the VM's old copy cannot run any more (a power, pool or self fence, a dead verdict,
+    /// the VM reported off by its Up host, the operator's word), once known.
+    pub fence_proof: Option<DeathProof>,
     /// Everything that happened to it.
     pub history: Vec<WorkEvent>,
 }
