@@ -231,3 +231,25 @@ fn fsm_and_config_subcommands() {
     assert!(text(&out).contains("ping.timeout"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn refused_scenarios_exit_2_naming_key_cluster_and_line() {
+    let dir = root().join("scenarios/refused");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for f in files {
+        let out = cloudha(&["simulate", "--quiet", f.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}: {}", f.display(), text(&out));
+        let t = text(&out);
+        if f.ends_with("agreement-beyond-cluster.toml") {
+            for needle in ["agreement-beyond-cluster.toml:6:", "ha.investigators.agreement", "`pair`"] {
+                assert!(t.contains(needle), "{needle} in {t}");
+            }
+        }
+    }
+}

@@ -36,7 +36,7 @@ mod run;
 mod scenario;
 mod world;
 
-pub use report::{Report, clock};
+pub use report::{Failover, Report, clock};
 pub use run::simulate;
 pub use scenario::{
     ALERT_KINDS, ClusterSpec, Expect, Fault, FaultKind, Hypervisor, PROOF_KINDS, SIM_KEYS,

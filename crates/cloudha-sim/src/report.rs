@@ -201,7 +201,50 @@ pub struct ExpectationResult {
     pub detail: String,
 }
 
+/// How fast one failed host was handled, in seconds from its last ping before the fault.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Failover {
+    /// The fault, after the last ping.
+    pub fault_s: f64,
+    /// Down, after the last ping (`None`: never Down).
+    pub down_s: Option<f64>,
+    /// The last of its HA VMs running elsewhere again, after the last ping (`None`: not all).
+    pub restarted_s: Option<f64>,
+}
+
 impl Report {
+    /// How fast the first fault of `host` was handled (measured from its last ping before it).
+    /// `None` when the host had no fault or no ping before it.
+    pub fn failover(&self, host: &str) -> Option<Failover> {
+        let d = self.detections.iter().find(|d| d.host == host)?;
+        let last = d.last_ping_s?;
+        let mut restarted = Some(f64::MIN);
+        for v in self.vms.iter().filter(|v| v.ha) {
+            let ran_here = v
+                .placements
+                .iter()
+                .rev()
+                .find(|p| p.at_s <= d.fault_at_s)
+                .is_some_and(|p| p.host.as_deref() == Some(host));
+            if !ran_here {
+                continue;
+            }
+            let back = v
+                .restarts
+                .iter()
+                .find(|r| r.at_s >= d.fault_at_s && r.from_host.as_deref() == Some(host));
+            restarted = match (restarted, back) {
+                (Some(t), Some(r)) => Some(t.max(r.at_s)),
+                _ => None,
+            };
+        }
+        Some(Failover {
+            fault_s: d.fault_at_s - last,
+            down_s: d.down_at_s.map(|t| t - last),
+            restarted_s: restarted.filter(|t| *t > f64::MIN).map(|t| t - last),
+        })
+    }
+
     /// Whether every invariant and expectation holds.
     pub fn ok(&self) -> bool {
         self.invariants.all().iter().all(|(_, i)| i.ok) && self.expectations.iter().all(|e| e.ok)
