@@ -35,6 +35,9 @@ pub struct HostRecord {
     pub last_ping: Option<Instant>,
     /// When it was last disconnected.
     pub disconnected_on: Option<Instant>,
+    /// When its agent last connected (`AgentConnected`): evidence older than this (a heartbeat
+    /// stamp, a power reading) says nothing about the host as it runs now.
+    pub connected_at: Option<Instant>,
     /// Optimistic-lock counter, incremented by every status update.
     pub update_count: u64,
     /// Host tags (for `ha.tag`).
@@ -61,6 +64,7 @@ impl HostRecord {
             resource_state: ResourceState::Enabled,
             last_ping: None,
             disconnected_on: None,
+            connected_at: None,
             update_count: 0,
             tags: Vec::new(),
             self_fence_independent: false,
@@ -188,6 +192,9 @@ impl HostStore for InMemoryHostStore {
         }
         h.status = Some(to);
         h.update_count += 1;
+        if event == Event::AgentConnected {
+            h.connected_at = Some(now);
+        }
         if matches!(event, Event::Ping | Event::AgentConnected) {
             h.last_ping = Some(now);
         }

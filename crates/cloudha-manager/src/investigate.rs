@@ -12,11 +12,11 @@
 //! - any neighbour sees the heartbeat alive ⇒ Disconnected (the first alive neighbour vetoes
 //!   Down, CloudStack's rule; with `ha.investigators.agreement` = m > 1 likewise);
 //! - the BMC reports the host Off ⇒ Down (evidence independent of the agent);
-//! - at least m neighbours answered, all "dead", and the heartbeat is evidence independent of
-//!   the agent (an independent self-fence, a XenServer pool heartbeat) ⇒ Down;
-//! - the same for a heartbeat the agent writes ⇒ Down only if at least one neighbour answered a
-//!   ping test to the host and none reached it (an agent restart stops the heartbeat of a live
-//!   host); otherwise Disconnected;
+//! - at least m neighbours answered, all "dead" ⇒ Down only if at least one neighbour answered
+//!   a ping test to the host and none reached it; otherwise Disconnected. Where the agent
+//!   writes the heartbeat, a restarting agent stops the heartbeat of a live host; where the
+//!   host's own watchdog (or XenServer's pool) writes it, a dead heartbeat on a reachable host
+//!   means its self-fence has not fired yet. Either way the host still runs: never Down.
 //! - nobody could vouch either way ⇒ Disconnected (CloudStack), never Down.
 
 use std::sync::Arc;
@@ -154,6 +154,9 @@ pub struct Evidence {
     pub beats: Vec<Beat>,
     /// The neighbours that answered a ping test to the host: (who, reached it).
     pub pings: Vec<(HostId, bool)>,
+    /// Each neighbour's ping test to another neighbour, its control: (who, reached it). A
+    /// neighbour that reaches nobody says nothing about the host by not reaching it.
+    pub controls: Vec<(HostId, bool)>,
     /// The BMC's reading, when it answered.
     pub power: Option<PowerState>,
 }
@@ -163,9 +166,6 @@ pub struct Evidence {
 pub struct Rules {
     /// `ha.investigators.agreement`: dead answers needed (no alive one allowed).
     pub agreement: usize,
-    /// The heartbeat is written independently of the agent (an independent self-fence, a
-    /// XenServer pool heartbeat): "dead" is then evidence of its own.
-    pub heartbeat_independent: bool,
 }
 
 /// The verdict the evidence supports (see the module docs), with the evidence in words.
@@ -185,25 +185,32 @@ pub fn judge(e: &Evidence, rules: Rules) -> Finding {
     }
     let dead = e.beats.len();
     let reached = e.pings.iter().filter(|(_, r)| *r).count();
+    // A "not reached" counts only from a neighbour that reached its control.
+    let missed = e
+        .pings
+        .iter()
+        .filter(|(by, r)| !*r && e.controls.contains(&(*by, true)))
+        .count();
     if dead >= m {
         let seen = format!("{dead} neighbour(s) see the heartbeat dead");
-        if rules.heartbeat_independent {
-            return Finding::new(HostVerdict::Down, seen);
-        }
-        if !e.pings.is_empty() && reached == 0 {
+        if reached == 0 && missed > 0 {
             return Finding::new(
                 HostVerdict::Down,
-                format!("{seen} and none of {} reaches the host", e.pings.len()),
+                format!(
+                    "{seen} and none reaches the host ({missed} that reach another host miss it)"
+                ),
             );
         }
         let why = if reached > 0 {
             format!("{reached} neighbour(s) reach the host")
-        } else {
+        } else if e.pings.is_empty() {
             "no neighbour could ping the host".to_owned()
+        } else {
+            "the neighbours that miss it reach no other host either".to_owned()
         };
         return Finding::new(
             HostVerdict::Disconnected,
-            format!("{seen}, but the agent writes it and {why}: no proof the host is dead"),
+            format!("{seen}, but {why}: no proof the host is dead"),
         );
     }
     Finding::new(
@@ -261,6 +268,7 @@ enum Probe {
     Own(Option<bool>),
     Beat(HostId, Option<(bool, Option<Duration>)>),
     Ping(HostId, Option<bool>),
+    Control(HostId, Option<bool>),
     Power(Option<PowerState>),
 }
 
@@ -317,6 +325,11 @@ impl Neighbours {
             probes.push(Box::pin(async move {
                 Probe::Ping(n, ping_test(commander, n, target).await)
             }));
+            if let Some(&control) = neighbours.iter().find(|c| **c != n) {
+                probes.push(Box::pin(async move {
+                    Probe::Control(n, ping_test(commander, n, control).await)
+                }));
+            }
         }
         if let Some(oobm) = &self.oobm {
             probes.push(Box::pin(async move {
@@ -336,6 +349,7 @@ impl Neighbours {
                     }
                 }
                 Probe::Ping(by, a) => e.pings.extend(a.map(|r| (by, r))),
+                Probe::Control(by, a) => e.controls.extend(a.map(|r| (by, r))),
                 Probe::Power(p) => e.power = p,
             }
             if decided(&e, pending_beats) {
@@ -433,7 +447,6 @@ impl Investigator for KvmInvestigator {
             &e,
             Rules {
                 agreement: self.neighbours.agreement,
-                heartbeat_independent: host.self_fence_independent,
             },
         ))
     }
@@ -494,7 +507,6 @@ impl Investigator for XenServerInvestigator {
             &e,
             Rules {
                 agreement: self.neighbours.agreement,
-                heartbeat_independent: true,
             },
         ))
     }
@@ -668,7 +680,8 @@ mod tests {
         pings: &'static [bool],
         power: Option<PowerState>,
         agreement: usize,
-        independent: bool,
+        /// Neighbours (by index) whose control ping fails: they reach nobody.
+        blind: &'static [usize],
         want: HostVerdict,
         settled: bool,
     }
@@ -681,7 +694,7 @@ mod tests {
             pings: &[],
             power: None,
             agreement: 1,
-            independent: false,
+            blind: &[],
             want,
             settled: false,
         }
@@ -701,7 +714,9 @@ mod tests {
             Row { beats: &[false, false], pings: &[true, false], power: Some(On), ..row("agent restart: heartbeat dead, host reachable, BMC on", Disconnected) },
             Row { beats: &[false], ..row("dead heartbeat, nobody could ping, agent writes it", Disconnected) },
             Row { beats: &[false], power: Some(Unknown), ..row("BMC unknown is no evidence", Disconnected) },
-            Row { beats: &[false], pings: &[true], independent: true, ..row("independent self-fence: dead heartbeat is evidence", Down) },
+            Row { beats: &[false], pings: &[true], ..row("whoever writes the heartbeat, a reachable host still runs (a self-fence not fired yet)", Disconnected) },
+            Row { beats: &[false], pings: &[false], blind: &[0], ..row("the only neighbour reaches nobody: its miss proves nothing", Disconnected) },
+            Row { beats: &[false, false], pings: &[false, false], blind: &[0], ..row("one blind neighbour, one that sees: Down", Down) },
             Row { beats: &[false], pings: &[false], agreement: 2, ..row("agreement 2: one dead answer is not enough", Disconnected) },
             Row { beats: &[false, false], pings: &[false], agreement: 2, ..row("agreement 2: two dead answers", Down) },
             Row { beats: &[false, false, true], pings: &[false], agreement: 2, ..row("agreement 2: an alive answer still vetoes", Disconnected) },
@@ -711,13 +726,15 @@ mod tests {
                 own: r.own,
                 beats: r.beats.iter().enumerate().map(|(i, a)| beat(i as u64 + 10, *a)).collect(),
                 pings: r.pings.iter().enumerate().map(|(i, a)| (HostId(i as u64 + 10), *a)).collect(),
+                controls: (0..r.pings.len())
+                    .map(|i| (HostId(i as u64 + 10), !r.blind.contains(&i)))
+                    .collect(),
                 power: r.power,
             };
             let f = judge(
                 &e,
                 Rules {
                     agreement: r.agreement,
-                    heartbeat_independent: r.independent,
                 },
             );
             assert_eq!(f.verdict, r.want, "{}: {}", r.name, f.evidence);

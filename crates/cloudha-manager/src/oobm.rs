@@ -120,7 +120,12 @@ impl Oobm {
         self.count(host);
         let state = tokio::time::timeout(self.wait, self.port.power_status(host))
             .await
-            .map_err(|_| self.timed_out(host, "power status"))??;
+            .map_err(|_| self.timed_out(host, "power status"))
+            .and_then(|r| r)
+            .inspect_err(|_| {
+                // No answer now: an older reading must not stand in for one.
+                lock(&self.readings).remove(&host);
+            })?;
         lock(&self.readings).insert(
             host,
             PowerReading {
@@ -131,12 +136,14 @@ impl Oobm {
         Ok(state)
     }
 
-    /// The last reading of `host` if it is younger than [`POWER_READING_FRESH`] (no BMC call).
-    pub fn fresh(&self, host: HostId) -> Option<PowerReading> {
+    /// The last reading of `host` if it is younger than [`POWER_READING_FRESH`] and was taken
+    /// after `since` (the host's last connect: a reading from before it came back says nothing
+    /// of it now). No BMC call.
+    pub fn fresh(&self, host: HostId, since: Option<Instant>) -> Option<PowerReading> {
         lock(&self.readings)
             .get(&host)
             .copied()
-            .filter(|r| r.at.elapsed() < POWER_READING_FRESH)
+            .filter(|r| r.at.elapsed() < POWER_READING_FRESH && since.is_none_or(|s| r.at > s))
     }
 
     /// Powers the host off (one BMC call, bounded). The last reading is forgotten: whatever

@@ -9,7 +9,7 @@ use cloudha_attache::{
     AgentStreamObj, CommandSink, ConnectedConfig, Connector, ServerResource, Tasks, accept_stream,
 };
 use cloudha_manager::ha::{
-    FenceOutcome, Fencer, InMemoryVms, OobError, OrchestratorError, OutOfBandManagement,
+    FenceOutcome, Fencer, HaWorkStore, InMemoryVms, OobError, OrchestratorError, OutOfBandManagement,
     PowerState, StartError, StartParams, VmOrchestrator, VmRecord,
 };
 use cloudha_manager::{Alert, AlertSink, HostRecord};
@@ -94,6 +94,7 @@ impl ServerResource for SimResource {
         let me = self.world.host(self.host).expect("known host");
         match command {
             Command::CheckOnHost(c) => {
+                self.world.probe(c.target);
                 let Some(target) = self.world.host(c.target) else {
                     return Answer::failure("unknown host");
                 };
@@ -107,7 +108,7 @@ impl ServerResource for SimResource {
                         details: "no heartbeat storage".into(),
                     });
                 }
-                let (age, alive) = self.world.heartbeat(c.target, now);
+                let (age, alive) = self.lie(&target, self.world.heartbeat(c.target, now));
                 Answer::CheckOnHost(CheckOnHostAnswer {
                     success: true,
                     alive,
@@ -116,9 +117,13 @@ impl ServerResource for SimResource {
                 })
             }
             Command::Fence(c) => {
-                let target_kvm = self.world.host(c.target).is_some_and(|t| t.kvm());
+                self.world.probe(c.target);
+                let Some(target) = self.world.host(c.target) else {
+                    return Answer::failure("unknown host");
+                };
+                let target_kvm = target.kvm();
                 let readable = me.storage_ok || !target_kvm;
-                let (age, alive) = self.world.heartbeat(c.target, now);
+                let (age, alive) = self.lie(&target, self.world.heartbeat(c.target, now));
                 let alive = readable && alive;
                 let success = readable && !alive;
                 let details = match (success, target_kvm) {
@@ -134,6 +139,7 @@ impl ServerResource for SimResource {
                 })
             }
             Command::PingTest(c) => {
+                self.world.probe(c.target);
                 let target = self.world.host(c.target);
                 let cut = me.neighbour_partitioned
                     || target
@@ -158,11 +164,31 @@ impl ServerResource for SimResource {
                     details: String::new(),
                 })
             }
+            Command::CheckHealth(_) => {
+                self.world.probe(self.host);
+                Answer::ok()
+            }
             _ => Answer::ok(),
         }
     }
 
     fn disconnected(&self) {}
+}
+
+impl SimResource {
+    /// A neighbour that lies about `target` (`neighbour_lies`) reports a fresh heartbeat dead,
+    /// with an age to match: ten minutes.
+    fn lie(
+        &self,
+        target: &crate::world::HostTruth,
+        truth: (Option<Duration>, bool),
+    ) -> (Option<Duration>, bool) {
+        if target.neighbours_lie && truth.1 {
+            (Some(Duration::from_secs(600)), false)
+        } else {
+            truth
+        }
+    }
 }
 
 /// Where the current manager accepts agent links (it changes when the manager restarts).
@@ -292,6 +318,7 @@ pub(crate) struct SimBmc {
 impl SimBmc {
     fn reach(&self, host: HostId) -> Result<crate::world::HostTruth, OobError> {
         *self.world.lock().bmc_calls.entry(host).or_default() += 1;
+        self.world.probe(host);
         match self.world.host(host) {
             Some(h) if h.bmc_ok => Ok(h),
             _ => Err(OobError {
@@ -306,16 +333,23 @@ impl SimBmc {
 impl OutOfBandManagement for SimBmc {
     async fn power_status(&self, host: HostId) -> Result<PowerState, OobError> {
         let h = self.reach(host)?;
-        Ok(if h.powered {
-            PowerState::On
-        } else {
+        Ok(if h.bmc_lies || (!h.bmc_stuck && !h.powered) {
             PowerState::Off
+        } else {
+            PowerState::On
         })
     }
 
     async fn power_off(&self, host: HostId) -> Result<(), OobError> {
         let h = self.reach(host)?;
-        if h.powered {
+        if h.powered && !h.bmc_lies && !h.bmc_stuck {
+            if self.world.live(host) {
+                self.world.lock().violations.push(crate::world::Violation {
+                    at: Instant::now(),
+                    invariant: "no_false_down",
+                    detail: format!("{} powered off by a fencer while powered and reachable", h.name),
+                });
+            }
             (self.on_power_off)(host);
         }
         if h.bmc_off_fails {
@@ -354,6 +388,9 @@ impl cloudha_registry::Listener for PingLog {
 pub(crate) struct SimVms {
     pub(crate) world: Arc<World>,
     pub(crate) records: Arc<InMemoryVms>,
+    /// The HA work store: an HA start's death proof is read from the item being processed
+    /// (what the manager claims), and judged against the truth.
+    pub(crate) work: Arc<cloudha_manager::ha::InMemoryHaWorkStore>,
 }
 
 impl SimVms {
@@ -379,8 +416,16 @@ impl SimVms {
                 candidates.len()
             )));
         };
+        let proof = ha
+            .then(|| {
+                self.work.for_vm(vm).into_iter().rev().find(|i| {
+                    i.work_type == WorkType::Ha && i.owner.is_some() && !i.step.is_final()
+                })
+            })
+            .flatten()
+            .and_then(|i| i.fence_proof);
         self.records.set_state(vm, VmState::Running, Some(host));
-        self.world.start_vm(vm, host, ha);
+        self.world.start_vm(vm, host, ha, proof.as_ref());
         Ok(host)
     }
 }
@@ -414,7 +459,9 @@ impl VmOrchestrator for SimVms {
                 reason: format!("host {h} unreachable"),
             });
         }
-        self.world.stop_vm(vm);
+        if let Some(h) = host {
+            self.world.stop_vm_on(vm, h);
+        }
         self.records.force_stop(vm).await
     }
 
@@ -429,12 +476,12 @@ impl VmOrchestrator for SimVms {
         candidates: Vec<HostId>,
     ) -> Result<HostId, StartError> {
         let c: Vec<HostId> = candidates.into_iter().filter(|h| *h != from).collect();
-        self.world.stop_vm(vm);
+        self.world.stop_vm_on(vm, from);
         self.place(vm, &c, false)
     }
 
     async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
-        self.world.stop_vm(vm);
+        self.world.kill_vm(vm, None);
         self.records.destroy(vm, expunge).await
     }
 }
@@ -490,6 +537,7 @@ impl Fencer for RecordingFencer {
             FenceOutcome::Fenced(proof) => ("fenced", proof.to_string()),
             FenceOutcome::Failed { reason } => ("failed", reason.clone()),
             FenceOutcome::NotApplicable { reason } => ("no_proof", reason.clone()),
+            FenceOutcome::Alive { reason } => ("alive", reason.clone()),
         };
         self.log
             .lock()

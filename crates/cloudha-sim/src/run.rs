@@ -11,7 +11,7 @@ use cloudha_manager::ha::{
 };
 use cloudha_registry::{Interest, ListenerRegistry};
 use cloudha_manager::{
-    AgentManager, AlertKind, HaManager, HaPorts, HostRecord, HostStore, InMemoryHostStore, Ports,
+    AgentManager, HaManager, HaPorts, HostRecord, HostStore, InMemoryHostStore, Ports,
     StatusChange,
 };
 use cloudha_protocol::*;
@@ -24,7 +24,7 @@ use crate::cloud::{
 };
 use crate::report::*;
 use crate::scenario::{Expect, FaultKind, Hypervisor, Scenario, SelfFence, Storage};
-use crate::world::{HostTruth, Placement, VmTruth, World};
+use crate::world::{Cause, Death, HostTruth, Placement, VmTruth, World};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -77,6 +77,14 @@ struct Cloud {
     /// Host faults: the host, the kind, when, and the host's last ping before it.
     faults_seen: Mutex<Vec<(HostId, FaultKind, Instant, Option<Instant>)>>,
     pings: Arc<PingLog>,
+    /// Every VM death of an HA VM the `ha_liveness` invariant judges, and the verdicts given
+    /// at their deadlines (`None`: the obligation was met or excused, with why).
+    deaths: Mutex<Vec<Death>>,
+    judged: Mutex<Vec<(Death, Result<String, String>)>>,
+    /// When each manager instance started (each start opens a startup grace).
+    starts: Mutex<Vec<Instant>>,
+    /// Each host's zone (static topology).
+    zones: BTreeMap<HostId, ZoneId>,
 }
 
 fn hypervisor(h: Hypervisor) -> HypervisorType {
@@ -118,6 +126,7 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
     let mut pods = BTreeMap::new();
     let mut zones = BTreeMap::new();
     let (mut next_host, mut next_vm) = (1u64, 1u64);
+    let mut host_zones = BTreeMap::new();
     for (ci, c) in scenario.clusters.iter().enumerate() {
         let cluster = ClusterId(ci as u64 + 1);
         let n = pods.len() as u64 + 1;
@@ -152,11 +161,15 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
                     ping_delay: None,
                     bmc_ok: true,
                     bmc_off_fails: false,
+                    bmc_lies: false,
+                    bmc_stuck: false,
+                    neighbours_lie: false,
                     no_capacity: false,
                     heartbeat: (hv.is_kvm_like() || hv == HypervisorType::XenServer)
                         .then_some(t0),
                 },
             );
+            host_zones.insert(id, zone);
             let mut record = HostRecord::new(id, name.clone(), hv);
             record.cluster = Some(cluster);
             record.pod = Some(pod);
@@ -189,7 +202,7 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
                     VmTruth {
                         name: vname,
                         ha,
-                        running_on: Some(id),
+                        copies: vec![id],
                         placements: vec![Placement {
                             at: t0,
                             host: Some(id),
@@ -222,9 +235,11 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
             );
         }
     }
+    let work = Arc::new(InMemoryHaWorkStore::new());
     let vms = Arc::new(SimVms {
         world: world.clone(),
         records: records.clone(),
+        work: work.clone(),
     });
     let cloud: Arc<Cloud> = Arc::new_cyclic(|weak: &std::sync::Weak<Cloud>| {
         let weak = weak.clone();
@@ -240,7 +255,7 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
             scenario: scenario.clone(),
             world: world.clone(),
             hosts,
-            work: Arc::new(InMemoryHaWorkStore::new()),
+            work,
             records,
             vms,
             alerts: Arc::new(RecordingAlerts::default()),
@@ -257,8 +272,13 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
             vm_names,
             faults_seen: Mutex::new(Vec::new()),
             pings: Arc::new(PingLog::default()),
+            deaths: Mutex::new(Vec::new()),
+            judged: Mutex::new(Vec::new()),
+            starts: Mutex::new(Vec::new()),
+            zones: host_zones,
         }
     });
+    cloud.world.update_reach();
 
     cloud.start_manager(true).await;
     let kvm: Vec<HostId> = cloud
@@ -421,6 +441,7 @@ impl Cloud {
                 }
             }
         }
+        lock(&self.starts).push(Instant::now());
         agent.start().await;
         ha.start().await;
         self.slot.set(Some((agent.sink(), tasks.clone())));
@@ -478,8 +499,30 @@ impl Cloud {
     }
 
     fn power_off(self: &Arc<Self>, host: HostId) {
-        self.world.power_off(host);
+        let deaths = self.world.power_off(host);
         self.stop_agent(host);
+        self.after_change(deaths);
+    }
+
+    /// After any change of the truth: the hosts' reach is recorded, the VMs of hosts that just
+    /// became cut off die (for `ha_liveness`), and every death gets its judge.
+    fn after_change(self: &Arc<Self>, mut deaths: Vec<Death>) {
+        for host in self.world.update_reach() {
+            for vm in self.world.running_on(host) {
+                deaths.push(self.world.death(vm, host, Cause::CutOff));
+            }
+        }
+        for d in deaths {
+            if !self.obliged(&d) {
+                continue;
+            }
+            lock(&self.deaths).push(d);
+            let me = Arc::clone(self);
+            self.sim_tasks
+                .spawn(self.sim_tasks.token().child_token(), async move {
+                    me.judge(d).await
+                });
+        }
     }
 
     fn power_on(self: &Arc<Self>, host: HostId) {
@@ -492,6 +535,7 @@ impl Cloud {
                 self.start_agent(host);
             }
         }
+        self.after_change(Vec::new());
     }
 
     /// Writes `host`'s heartbeat stamp now if its storage works; returns whether it did.
@@ -624,20 +668,23 @@ impl Cloud {
                 FaultKind::PingDelay => _ = self.world.with_host(id, |h| h.ping_delay = delay),
                 FaultKind::BmcUnreachable => _ = self.world.with_host(id, |h| h.bmc_ok = false),
                 FaultKind::BmcOffFails => _ = self.world.with_host(id, |h| h.bmc_off_fails = true),
+                FaultKind::BmcLies => _ = self.world.with_host(id, |h| h.bmc_lies = true),
+                FaultKind::BmcStuck => _ = self.world.with_host(id, |h| h.bmc_stuck = true),
+                FaultKind::NeighbourLies => _ = self.world.with_host(id, |h| h.neighbours_lie = true),
                 FaultKind::NoCapacity => _ = self.world.with_host(id, |h| h.no_capacity = true),
                 FaultKind::VmCrash | FaultKind::ManagerRestart => {}
             }
         }
+        let mut deaths = Vec::new();
         match kind {
             FaultKind::VmCrash => {
                 for v in vms {
                     if let Some(id) = self.vm_names.get(v) {
-                        self.world.stop_vm(*id);
+                        deaths.extend(self.world.kill_vm(*id, Some(Cause::Crash)));
                     }
                 }
             }
             FaultKind::ManagerRestart => {
-                let c = Arc::clone(self);
                 let downtime = self
                     .scenario
                     .faults
@@ -647,10 +694,16 @@ impl Cloud {
                             && f.at == now.saturating_duration_since(self.world.t0)
                     })
                     .and_then(|f| f.duration);
-                c.restart_manager(downtime).await;
+                // In its own task: the faults timed during the downtime happen at their instant.
+                let c = Arc::clone(self);
+                self.sim_tasks
+                    .spawn(self.sim_tasks.token().child_token(), async move {
+                        c.restart_manager(downtime).await;
+                    });
             }
             _ => {}
         }
+        self.after_change(deaths);
     }
 
     /// Ends a state fault after its duration.
@@ -661,6 +714,9 @@ impl Cloud {
                 FaultKind::PingDelay => h.ping_delay = None,
                 FaultKind::BmcUnreachable => h.bmc_ok = true,
                 FaultKind::BmcOffFails => h.bmc_off_fails = false,
+                FaultKind::BmcLies => h.bmc_lies = false,
+                FaultKind::BmcStuck => h.bmc_stuck = false,
+                FaultKind::NeighbourLies => h.neighbours_lie = false,
                 FaultKind::NoCapacity => h.no_capacity = false,
                 _ => {}
             });
@@ -798,18 +854,20 @@ impl Cloud {
             let inv = match v.invariant {
                 "no_double_run" => &mut invariants.no_double_run,
                 "no_unsafe_start" => &mut invariants.no_unsafe_start,
+                "no_false_down" => &mut invariants.no_false_down,
                 _ => &mut invariants.no_unwanted_restart,
             };
             inv.violations
                 .push(format!("at {}: {}", clock(at_s(world, v.at)), v.detail));
         }
-        invariants.ha_liveness.violations = self.liveness(&state, &history, &alerts_raw);
-        for inv in [
-            &mut invariants.no_double_run,
-            &mut invariants.no_unsafe_start,
-            &mut invariants.ha_liveness,
-            &mut invariants.no_unwanted_restart,
-        ] {
+        invariants
+            .no_false_down
+            .violations
+            .extend(self.false_downs(&state, &history));
+        let (broken, not_judged) = self.liveness(&state);
+        invariants.ha_liveness.violations = broken;
+        invariants.ha_liveness.not_judged = not_judged;
+        for (_, inv) in invariants.all_mut() {
             inv.ok = inv.violations.is_empty();
         }
         let expectations = self.expectations(&hosts, &vms, &alerts);
@@ -829,70 +887,219 @@ impl Cloud {
         }
     }
 
-    fn liveness(
+    /// `ha_liveness`: the verdicts given at the deadlines, and the deaths whose deadline the
+    /// run did not reach ("not judged", never silently passed).
+    fn liveness(&self, state: &crate::world::State) -> (Vec<String>, Vec<String>) {
+        let judged = lock(&self.judged);
+        let broken = judged
+            .iter()
+            .filter_map(|(_, v)| v.as_ref().err().cloned())
+            .collect();
+        let not_judged = lock(&self.deaths)
+            .iter()
+            .filter(|d| !judged.iter().any(|(j, _)| j == *d))
+            .map(|d| {
+                format!(
+                    "{} ({:?} on {} at {})",
+                    state.vms.get(&d.vm).map_or("?", |v| v.name.as_str()),
+                    d.cause,
+                    state.hosts.get(&d.host).map_or("?", |h| h.name.as_str()),
+                    clock(at_s(&self.world, d.at))
+                )
+            })
+            .collect();
+        (broken, not_judged)
+    }
+
+    /// Whether a death is an obligation at all: an HA VM, whose restart elsewhere the rules
+    /// allow (shared root disk, no hypervisor HA of its own, VM-HA enabled; a crash on a live
+    /// host only with `ha.vm.restart.hostup`).
+    fn obliged(&self, d: &Death) -> bool {
+        let config = &self.scenario.config;
+        let Some(rec) = self.records.get(d.vm) else {
+            return false;
+        };
+        let ha = self.world.lock().vms.get(&d.vm).is_some_and(|v| v.ha);
+        ha && config.vm_ha_enabled
+            && !rec.local_root_disk
+            && !rec.hypervisor.has_native_ha()
+            && (d.cause != Cause::Crash || config.ha_vm_restart_hostup)
+    }
+
+    /// Waits for the death's deadline (`sim.liveness.bound`, paused while the startup grace or
+    /// the brake's own condition holds in truth) and judges it on the truth then.
+    async fn judge(self: Arc<Self>, d: Death) {
+        let bound = self.scenario.liveness_bound;
+        let mut deadline = d.at + bound;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            let next = d.at + bound + self.paused(&d, deadline);
+            if next <= deadline {
+                break;
+            }
+            deadline = next;
+        }
+        let verdict = self.obligation(&d);
+        lock(&self.judged).push((d, verdict));
+    }
+
+    /// How long, between the death and `until`, the clock of its obligation was paused: the
+    /// startup grace after each manager start, and the brake's condition holding in truth for
+    /// the VM's cluster (more than `ha.brake.fraction` of its hosts, and at least two, really
+    /// without power or cut off).
+    fn paused(&self, d: &Death, until: Instant) -> Duration {
+        let grace = self.scenario.config.ha_startup_grace;
+        let starts = lock(&self.starts).clone();
+        let cluster = self
+            .records
+            .get(d.vm)
+            .and_then(|r| r.cluster)
+            .or_else(|| self.world.host(d.host).map(|h| h.cluster));
+        let state = self.world.lock();
+        let members: Vec<HostId> = state
+            .hosts
+            .iter()
+            .filter(|(_, h)| Some(h.cluster) == cluster)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut cuts: Vec<Instant> = vec![d.at, until];
+        for s in &starts {
+            cuts.push(*s);
+            cuts.push(*s + grace);
+        }
+        for m in &members {
+            cuts.extend(state.reach.get(m).into_iter().flatten().map(|r| r.since));
+        }
+        cuts.retain(|t| *t >= d.at && *t <= until);
+        cuts.sort();
+        cuts.dedup();
+        let failed_at = |m: &HostId, t: Instant| {
+            state
+                .reach
+                .get(m)
+                .and_then(|log| log.iter().rev().find(|r| r.since <= t))
+                .is_some_and(|r| !r.powered || r.cut_off)
+        };
+        let fraction = self.scenario.config.ha_brake_fraction;
+        let mut paused = Duration::ZERO;
+        for w in cuts.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let in_grace = starts.iter().any(|s| a >= *s && a < *s + grace);
+            let failed = members.iter().filter(|m| failed_at(m, a)).count();
+            let braked = failed >= 2 && failed as f64 > fraction * members.len() as f64;
+            if in_grace || braked {
+                paused += b - a;
+            }
+        }
+        paused
+    }
+
+    /// The obligation of a death at its deadline, judged on the truth now: met (the VM ran
+    /// again, or its cut-off host is back with the VM on it), excused (no host can take it; no
+    /// proof is obtainable under the spec's rules), or broken.
+    fn obligation(&self, d: &Death) -> Result<String, String> {
+        let state = self.world.lock();
+        let (Some(v), Some(host)) = (state.vms.get(&d.vm), state.hosts.get(&d.host)) else {
+            return Ok("gone".into());
+        };
+        let when = clock(at_s(&self.world, d.at));
+        if let Some(p) = v.placements[d.placements_before.min(v.placements.len())..]
+            .iter()
+            .find(|p| p.state == VmState::Running)
+        {
+            return Ok(format!("running again at {}", clock(at_s(&self.world, p.at))));
+        }
+        let cut_now = state
+            .reach
+            .get(&d.host)
+            .and_then(|l| l.last())
+            .is_some_and(|r| r.cut_off);
+        if d.cause == Cause::CutOff && v.copies.contains(&d.host) && !cut_now {
+            return Ok("its host is reachable again, the VM on it".into());
+        }
+        // Excuse: no host of its zone and hypervisor can take it, in truth.
+        let zone = self.zones.get(&d.host);
+        let room = state.hosts.iter().any(|(id, h)| {
+            *id != d.host
+                && self.zones.get(id) == zone
+                && h.hypervisor == host.hypervisor
+                && h.powered
+                && h.agent_alive
+                && !h.mgmt_partitioned
+                && !h.no_capacity
+                && (state.processes.get(id).map_or(0, |p| p.len()) as u32) < h.capacity
+        });
+        if !room {
+            return Ok("excused: no host can take it".into());
+        }
+        // Excuse: no proof obtainable under the spec's rules (the BMC unreachable and no
+        // self-fence that a neighbour could vouch for; the host not back).
+        let back = host.powered && host.agent_alive && !host.mgmt_partitioned;
+        let neighbour_up = |storage: bool| {
+            state.hosts.iter().any(|(id, h)| {
+                *id != d.host
+                    && h.cluster == host.cluster
+                    && h.powered
+                    && !h.neighbour_partitioned
+                    && (!storage || h.storage_ok)
+            })
+        };
+        let self_fence = !host.powered
+            && ((host.kvm() && host.independent_self_fence && neighbour_up(true))
+                || (host.hypervisor == HypervisorType::XenServer && neighbour_up(false)));
+        let judgeable = host.kvm() || host.hypervisor == HypervisorType::XenServer || back;
+        if !judgeable {
+            return Ok("excused: no investigator can prove a host of this hypervisor down".into());
+        }
+        if !(back || host.bmc_ok || self_fence) {
+            return Ok("excused: no proof obtainable (BMC unreachable, no self-fence to vouch for)".into());
+        }
+        Err(format!(
+            "{} ({:?} on {} at {when}) not running again within {}",
+            v.name,
+            d.cause,
+            host.name,
+            cloudha_protocol::duration::format(self.scenario.liveness_bound)
+        ))
+    }
+
+    /// `no_false_down`: a host declared Down although it stayed powered and reachable for the
+    /// whole window from the investigation's first probe to the verdict.
+    fn false_downs(
         &self,
         state: &crate::world::State,
         history: &BTreeMap<HostId, Vec<StatusChange>>,
-        alerts: &[crate::cloud::TimedAlert],
     ) -> Vec<String> {
-        let bound = self.scenario.liveness_bound;
-        let end = self.world.t0 + self.scenario.duration;
+        /// How far back an investigation's probes may start (CheckHealth's 50 s, and slack).
+        const WINDOW: Duration = Duration::from_secs(55);
         let mut out = Vec::new();
-        if !self.scenario.config.vm_ha_enabled {
-            return out;
-        }
         for (host, changes) in history {
-            for down in changes
+            for c in changes
                 .iter()
                 .filter(|c| c.to == Status::Down && c.from != Some(Status::Down))
             {
-                let t = down.at;
-                if t + bound > end {
-                    continue;
-                }
-                let truth = &state.hosts[host];
-                if truth.hypervisor.has_native_ha() {
-                    continue;
-                }
-                let braked = alerts.iter().any(|a| {
-                    a.alert.kind == AlertKind::BrakeHolds
-                        && a.alert.cluster == Some(truth.cluster)
-                        && a.at <= t + bound
-                });
-                if braked {
-                    continue;
-                }
-                for (vm_id, v) in &state.vms {
-                    if !v.ha {
-                        continue;
-                    }
-                    let at_t = v.placements.iter().rev().find(|p| p.at <= t);
-                    if at_t.and_then(|p| p.host) != Some(*host) {
-                        continue;
-                    }
-                    let rec = self.records.get(*vm_id);
-                    if rec.as_ref().is_some_and(|r| r.local_root_disk) {
-                        continue;
-                    }
-                    let no_capacity = alerts.iter().any(|a| {
-                        a.alert.vm == Some(*vm_id) && a.alert.kind == AlertKind::HaRestartFailed
-                    });
-                    if no_capacity {
-                        continue;
-                    }
-                    let back = v
-                        .placements
-                        .iter()
-                        .any(|p| p.at >= t && p.at <= t + bound && p.state == VmState::Running);
-                    if !back {
-                        out.push(format!(
-                            "{} of {} (Down at {}) not running again within {}",
-                            v.name,
-                            truth.name,
-                            clock(at_s(&self.world, t)),
-                            cloudha_protocol::duration::format(bound)
-                        ));
-                    }
+                let t = c.at;
+                let start = state
+                    .probes
+                    .get(host)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|p| *p <= t && *p + WINDOW >= t)
+                    .min()
+                    .unwrap_or(t);
+                let log = state.reach.get(host).map(Vec::as_slice).unwrap_or_default();
+                let at_start = log.iter().rev().find(|r| r.since <= start);
+                let within = log.iter().filter(|r| r.since > start && r.since <= t);
+                let live = |r: &crate::world::Reach| r.powered && r.reachable;
+                if at_start.is_some_and(live) && within.clone().all(live) {
+                    out.push(format!(
+                        "at {}: {} declared Down although powered and reachable since {} ({})",
+                        clock(at_s(&self.world, t)),
+                        state.hosts.get(host).map_or("?", |h| h.name.as_str()),
+                        clock(at_s(&self.world, start)),
+                        c.reason
+                    ));
                 }
             }
         }

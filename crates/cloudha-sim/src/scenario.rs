@@ -129,6 +129,13 @@ pub enum FaultKind {
     /// The host's BMC carries out an Off but answers it with an error (a lost answer); power
     /// status reads still work.
     BmcOffFails,
+    /// Lying part: the BMCs of those hosts report Off and accept Off while the hosts run on.
+    BmcLies,
+    /// Lying part: every neighbour reports the heartbeat of those hosts dead (CheckOnHost and
+    /// Fence answers, ages included) while it is fresh.
+    NeighbourLies,
+    /// Lying part: the BMCs of those hosts report On and ignore Off, whatever the truth.
+    BmcStuck,
     /// No VM can start on those hosts.
     NoCapacity,
     /// A VM process dies on a live host.
@@ -150,6 +157,9 @@ impl FaultKind {
             | Self::PingDelay
             | Self::BmcUnreachable
             | Self::BmcOffFails
+            | Self::BmcLies
+            | Self::NeighbourLies
+            | Self::BmcStuck
             | Self::NoCapacity => {
                 return None;
             }
@@ -157,7 +167,7 @@ impl FaultKind {
         })
     }
 
-    fn needs(self) -> Target {
+    pub(crate) fn needs(self) -> Target {
         match self {
             Self::VmCrash => Target::Vms,
             Self::ManagerRestart => Target::Nothing,
@@ -167,7 +177,7 @@ impl FaultKind {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Target {
+pub(crate) enum Target {
     Hosts,
     Vms,
     Nothing,
@@ -225,6 +235,9 @@ struct RawScenario {
     fault: Vec<Spanned<RawFault>>,
     #[serde(default)]
     expect: Vec<Spanned<RawExpect>>,
+    /// `[explore]`: read by `cloudha explore` (explore.rs); a run ignores it.
+    #[serde(default, rename = "explore")]
+    _explore: Option<serde::de::IgnoredAny>,
 }
 
 /// One fault, resolved.
@@ -579,6 +592,17 @@ impl Scenario {
             let line = line_of(text, f.span().start + 1);
             let r = f.get_ref();
             let at = dur(&r.at, line, "at")?;
+            if at > duration {
+                return Err(err(
+                    line,
+                    format!(
+                        "fault `{:?}` at {} is after the scenario's `duration` ({})",
+                        r.kind,
+                        cloudha_protocol::duration::format(at),
+                        cloudha_protocol::duration::format(duration)
+                    ),
+                ));
+            }
             let need = r.kind.needs();
             match need {
                 Target::Hosts if r.hosts.is_empty() => {

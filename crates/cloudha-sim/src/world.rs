@@ -1,14 +1,18 @@
-//! Ground truth: which hosts are powered, which agents live, which VM process runs where, and
-//! the continuous invariant checks on every change.
+//! Ground truth: which hosts are powered, which agents live, which VM processes run where, what
+//! happened to each host over time, and the invariant checks judged on that truth alone.
+//!
+//! Nothing here reads what the manager believes, with one exception made on purpose: a start's
+//! death proof (what the manager claims) is judged against the truth at that instant.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use cloudha_manager::ha::{DeathProof, ProofKind};
 use cloudha_protocol::{ClusterId, HostId, HypervisorType, VmId, VmState};
+use tokio::time::Instant;
 
 use crate::scenario::SimTimings;
-use tokio::time::Instant;
 
 /// One simulated host's ground truth.
 #[derive(Debug, Clone)]
@@ -27,6 +31,13 @@ pub(crate) struct HostTruth {
     pub(crate) ping_delay: Option<Duration>,
     pub(crate) bmc_ok: bool,
     pub(crate) bmc_off_fails: bool,
+    /// Lying parts: the BMC reports Off and accepts Off while the host runs on.
+    pub(crate) bmc_lies: bool,
+    /// Lying parts: the BMC reports On and ignores Off, whatever the truth.
+    pub(crate) bmc_stuck: bool,
+    /// Lying parts: every neighbour reports this host's heartbeat dead (and old) while it is
+    /// fresh.
+    pub(crate) neighbours_lie: bool,
     pub(crate) no_capacity: bool,
     /// The newest stamp of the host's heartbeat: the storage heartbeat of a KVM host, the pool
     /// heartbeat of a XenServer host (`None` for others).
@@ -52,7 +63,8 @@ pub(crate) struct Placement {
 pub(crate) struct VmTruth {
     pub(crate) name: String,
     pub(crate) ha: bool,
-    pub(crate) running_on: Option<HostId>,
+    /// Its live processes, one entry per copy (a host twice is two copies on one host).
+    pub(crate) copies: Vec<HostId>,
     pub(crate) placements: Vec<Placement>,
     pub(crate) restarts: Vec<(Instant, Option<HostId>, HostId)>,
 }
@@ -65,24 +77,89 @@ pub(crate) struct Violation {
     pub(crate) detail: String,
 }
 
+/// Why a VM's process stopped serving, in truth: the obligation `ha_liveness` judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// Its host lost power (a fault, a self-reboot, a fence).
+    Power,
+    /// Its host is cut off: neither the manager (through the agent) nor any neighbour reaches it.
+    CutOff,
+    /// The VM process crashed on a live host.
+    Crash,
+}
+
+/// One VM death, judged at its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Death {
+    pub(crate) vm: VmId,
+    pub(crate) host: HostId,
+    pub(crate) at: Instant,
+    pub(crate) cause: Cause,
+    /// Placements of the VM recorded before the death (a restart is a Running one after).
+    pub(crate) placements_before: usize,
+}
+
+/// A host's truth over time: (since, powered, reachable, cut off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reach {
+    pub(crate) since: Instant,
+    pub(crate) powered: bool,
+    /// Reachable from a neighbour, or (with no neighbour to ask) from the management network.
+    pub(crate) reachable: bool,
+    /// Powered, but neither the manager (through its agent) nor a neighbour reaches it.
+    pub(crate) cut_off: bool,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub(crate) hosts: BTreeMap<HostId, HostTruth>,
     pub(crate) vms: BTreeMap<VmId, VmTruth>,
-    /// Which VM processes run on each host (an index of `VmTruth::running_on`).
+    /// Which VMs have a live process on each host (an index of `VmTruth::copies`).
     pub(crate) processes: BTreeMap<HostId, BTreeSet<VmId>>,
     pub(crate) violations: Vec<Violation>,
     /// Calls each host's BMC received.
     pub(crate) bmc_calls: BTreeMap<HostId, u64>,
+    /// When each host lost power.
+    pub(crate) power_offs: BTreeMap<HostId, Vec<Instant>>,
+    /// Each host's reach over time (a new entry on every change).
+    pub(crate) reach: BTreeMap<HostId, Vec<Reach>>,
+    /// When each host was probed (by a neighbour, the BMC, or itself), newest last.
+    pub(crate) probes: BTreeMap<HostId, Vec<Instant>>,
 }
 
 impl State {
     /// Adds a VM that runs on `host` from the start.
     pub(crate) fn add_vm(&mut self, id: VmId, vm: VmTruth) {
-        if let Some(h) = vm.running_on {
-            self.processes.entry(h).or_default().insert(id);
+        for h in &vm.copies {
+            self.processes.entry(*h).or_default().insert(id);
         }
         self.vms.insert(id, vm);
+    }
+
+    fn others_reachable(&self, host: HostId, cluster: ClusterId) -> bool {
+        self.hosts.iter().any(|(id, h)| {
+            *id != host && h.cluster == cluster && h.powered && !h.neighbour_partitioned
+        })
+    }
+
+    /// The host's reach now.
+    fn reach_of(&self, host: HostId, now: Instant) -> Option<Reach> {
+        let h = self.hosts.get(&host)?;
+        let neighbours = self.others_reachable(host, h.cluster);
+        let reachable = h.powered
+            && if neighbours {
+                !h.neighbour_partitioned
+            } else {
+                !h.mgmt_partitioned
+            };
+        let manager_sees = h.agent_alive && !h.mgmt_partitioned;
+        let neighbour_sees = neighbours && !h.neighbour_partitioned;
+        Some(Reach {
+            since: now,
+            powered: h.powered,
+            reachable,
+            cut_off: h.powered && !manager_sees && !neighbour_sees,
+        })
     }
 }
 
@@ -128,7 +205,7 @@ impl World {
             .is_some_and(|h| h.powered && h.agent_alive && !h.mgmt_partitioned)
     }
 
-    /// The VMs whose process runs on `host`.
+    /// The VMs with a live process on `host`.
     pub(crate) fn running_on(&self, host: HostId) -> Vec<VmId> {
         self.lock()
             .processes
@@ -158,51 +235,95 @@ impl World {
         (age, age.is_some_and(|a| a <= staleness))
     }
 
-    /// A VM process starts on `host`: checks the invariants.
-    pub(crate) fn start_vm(&self, vm: VmId, host: HostId, ha_restart: bool) {
+    /// Someone probed `host` (a neighbour's check, its BMC, itself).
+    pub(crate) fn probe(&self, host: HostId) {
+        self.lock()
+            .probes
+            .entry(host)
+            .or_default()
+            .push(Instant::now());
+    }
+
+    /// Records every host's reach where it changed (after any change of power, agents or
+    /// partitions). Returns the hosts that just became cut off.
+    pub(crate) fn update_reach(&self) -> Vec<HostId> {
         let now = Instant::now();
         let mut s = self.lock();
-        let powered = |s: &State, h: HostId| s.hosts.get(&h).is_some_and(|h| h.powered);
+        let ids: Vec<HostId> = s.hosts.keys().copied().collect();
+        let mut cut = Vec::new();
+        for id in ids {
+            let Some(r) = s.reach_of(id, now) else { continue };
+            let log = s.reach.entry(id).or_default();
+            let last = log.last().copied();
+            let changed = last.is_none_or(|l| {
+                (l.powered, l.reachable, l.cut_off) != (r.powered, r.reachable, r.cut_off)
+            });
+            if changed {
+                if r.cut_off && !last.is_some_and(|l| l.cut_off) {
+                    cut.push(id);
+                }
+                log.push(r);
+            }
+        }
+        cut
+    }
+
+    /// Whether `host` is powered and reachable now (see [`Reach`]).
+    pub(crate) fn live(&self, host: HostId) -> bool {
+        let s = self.lock();
+        s.reach_of(host, Instant::now())
+            .is_some_and(|r| r.powered && r.reachable)
+    }
+
+    /// A VM process starts on `host`: checks `no_double_run`, `no_unwanted_restart` and, for an
+    /// HA restart, that the death proof the manager recorded is true now (`no_unsafe_start`).
+    pub(crate) fn start_vm(&self, vm: VmId, host: HostId, ha_restart: bool, proof: Option<&DeathProof>) {
+        let now = Instant::now();
+        let mut s = self.lock();
         let Some(v) = s.vms.get(&vm).cloned() else {
             return;
         };
+        let name_of = |s: &State, h: HostId| s.hosts.get(&h).map_or(h.to_string(), |h| h.name.clone());
+        let new_name = name_of(&s, host);
         let mut violations = Vec::new();
-        if let Some(old) = v.running_on
-            && old != host
-            && powered(&s, old)
-        {
-            let (old_name, new_name) = (s.hosts[&old].name.clone(), s.hosts[&host].name.clone());
+        if !v.copies.is_empty() {
+            let old: Vec<String> = v.copies.iter().map(|h| name_of(&s, *h)).collect();
             violations.push(Violation {
                 at: now,
                 invariant: "no_double_run",
-                detail: format!("{} runs on {old_name} and {new_name}", v.name),
-            });
-            violations.push(Violation {
-                at: now,
-                invariant: "no_unsafe_start",
                 detail: format!(
-                    "{} started on {new_name} while its copy on {old_name} still runs",
-                    v.name
+                    "{} starts on {new_name} while a copy runs on {}",
+                    v.name,
+                    old.join(", ")
                 ),
             });
         }
-        if ha_restart && !v.ha && !self.force_ha {
-            violations.push(Violation {
-                at: now,
-                invariant: "no_unwanted_restart",
-                detail: format!("{} has no HA but was restarted", v.name),
-            });
+        if ha_restart {
+            if let Some(why) = Self::false_proof(&s, &v, proof) {
+                violations.push(Violation {
+                    at: now,
+                    invariant: "no_unsafe_start",
+                    detail: format!("{} started on {new_name}: {why}", v.name),
+                });
+            }
+            if !v.ha && !self.force_ha {
+                violations.push(Violation {
+                    at: now,
+                    invariant: "no_unwanted_restart",
+                    detail: format!("{} has no HA but was restarted", v.name),
+                });
+            }
         }
         s.violations.extend(violations);
-        let from = v.placements.last().and_then(|p| p.host);
-        if let Some(old) = v.running_on
-            && let Some(set) = s.processes.get_mut(&old)
-        {
-            set.remove(&vm);
-        }
+        let from = v
+            .placements
+            .iter()
+            .rev()
+            .find(|p| p.state == VmState::Running)
+            .and_then(|p| p.host);
         s.processes.entry(host).or_default().insert(vm);
         let v = s.vms.get_mut(&vm).expect("checked");
-        v.running_on = Some(host);
+        v.copies.push(host);
         v.placements.push(Placement {
             at: now,
             host: Some(host),
@@ -213,28 +334,115 @@ impl World {
         }
     }
 
-    /// A VM process stops (killed, crashed, its host lost power).
-    pub(crate) fn stop_vm(&self, vm: VmId) {
+    /// Why `proof` is false in truth now (`None`: it holds), per kind of proof.
+    fn false_proof(s: &State, v: &VmTruth, proof: Option<&DeathProof>) -> Option<String> {
+        let Some(proof) = proof else {
+            return Some("no death proof was recorded".into());
+        };
+        let last_run = v
+            .placements
+            .iter()
+            .rev()
+            .find(|p| p.state == VmState::Running);
+        match proof.kind() {
+            ProofKind::OperatorWord => None,
+            ProofKind::DeadVerdict | ProofKind::VmReportedOff => (!v.copies.is_empty())
+                .then(|| format!("the proof ({}) says it is not running, but it runs", proof.kind())),
+            ProofKind::PowerFenced | ProofKind::PoolFenced | ProofKind::SelfFenced => {
+                let Some(h) = proof.host() else {
+                    return Some(format!("the proof ({}) names no host", proof.kind()));
+                };
+                let Some(run) = last_run else {
+                    return None;
+                };
+                if run.host != Some(h) {
+                    return Some(format!(
+                        "the proof ({}) is about host {h}, but its last copy started elsewhere",
+                        proof.kind()
+                    ));
+                }
+                let cycled = s
+                    .power_offs
+                    .get(&h)
+                    .is_some_and(|offs| offs.iter().any(|t| *t >= run.at));
+                (!cycled).then(|| {
+                    format!(
+                        "the proof ({}: {}) is false: host {h} has not been off since the copy started",
+                        proof.kind(),
+                        proof.evidence()
+                    )
+                })
+            }
+            _ => Some(format!("unknown proof kind {}", proof.kind())),
+        }
+    }
+
+    /// Every process of the VM on `host` stops (the orchestrator stopped it there).
+    pub(crate) fn stop_vm_on(&self, vm: VmId, host: HostId) {
         let now = Instant::now();
         let mut s = self.lock();
         let Some(v) = s.vms.get_mut(&vm) else { return };
-        let Some(h) = v.running_on.take() else { return };
+        if !v.copies.contains(&host) {
+            return;
+        }
+        v.copies.retain(|h| *h != host);
         v.placements.push(Placement {
             at: now,
-            host: Some(h),
+            host: Some(host),
             state: VmState::Stopped,
         });
-        if let Some(set) = s.processes.get_mut(&h) {
+        if let Some(set) = s.processes.get_mut(&host) {
             set.remove(&vm);
         }
     }
 
-    /// The host loses power: its VM processes die.
-    pub(crate) fn power_off(&self, host: HostId) {
-        for vm in self.running_on(host) {
-            self.stop_vm(vm);
+    /// Every process of the VM stops (it crashed, it was destroyed). Returns the deaths to judge
+    /// when `cause` is given.
+    pub(crate) fn kill_vm(&self, vm: VmId, cause: Option<Cause>) -> Vec<Death> {
+        let hosts: Vec<HostId> = self
+            .lock()
+            .vms
+            .get(&vm)
+            .map(|v| v.copies.clone())
+            .unwrap_or_default();
+        let mut deaths = Vec::new();
+        for h in hosts {
+            if let Some(cause) = cause {
+                deaths.push(self.death(vm, h, cause));
+            }
+            self.stop_vm_on(vm, h);
+        }
+        deaths
+    }
+
+    /// A death of `vm` on `host`, now.
+    pub(crate) fn death(&self, vm: VmId, host: HostId, cause: Cause) -> Death {
+        let placements_before = self.lock().vms.get(&vm).map_or(0, |v| v.placements.len());
+        Death {
+            vm,
+            host,
+            at: Instant::now(),
+            cause,
+            placements_before,
+        }
+    }
+
+    /// The host loses power: its VM processes die. Returns their deaths.
+    pub(crate) fn power_off(&self, host: HostId) -> Vec<Death> {
+        let mut deaths = Vec::new();
+        if self.host(host).is_some_and(|h| h.powered) {
+            for vm in self.running_on(host) {
+                deaths.push(self.death(vm, host, Cause::Power));
+                self.stop_vm_on(vm, host);
+            }
+            self.lock()
+                .power_offs
+                .entry(host)
+                .or_default()
+                .push(Instant::now());
         }
         // The heartbeat file keeps its last stamp: it goes stale, it does not vanish.
         self.with_host(host, |h| h.powered = false);
+        deaths
     }
 }

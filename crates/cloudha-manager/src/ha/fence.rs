@@ -8,6 +8,7 @@ use std::time::Duration;
 use cloudha_protocol::{Answer, Command, FenceAnswer, FenceCommand, HostId, HypervisorType, VmId};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use tokio::time::Instant;
 
 use super::proof::{DeathProof, SelfFenceTimings};
 use super::vm::VmRecord;
@@ -31,6 +32,12 @@ pub enum FenceOutcome {
         /// Why.
         reason: String,
     },
+    /// The host shows signs of life (a neighbour sees its heartbeat beating): nothing may fence
+    /// it now, and the chain stops; the work is retried after a new investigation.
+    Alive {
+        /// Who saw what.
+        reason: String,
+    },
 }
 
 /// One link of the fence chain (CloudStack's `FenceBuilder`).
@@ -51,8 +58,10 @@ pub const FENCE_WAIT: Duration = Duration::from_secs(60);
 enum Seen {
     /// Dead, with the age it read (if it gave one).
     Dead(Option<Duration>),
-    /// Still beating, or the neighbour could not check.
-    NotDead(String),
+    /// Still beating.
+    Alive(String),
+    /// The neighbour could not check (no storage, no answer).
+    Unknown(String),
 }
 
 async fn ask_fence(
@@ -61,10 +70,7 @@ async fn ask_fence(
     target: HostId,
     vm: Option<VmId>,
 ) -> Seen {
-    let cmd = Command::Fence(FenceCommand {
-        target,
-        vm,
-    });
+    let cmd = Command::Fence(FenceCommand { target, vm });
     match commander.send(via, cmd, FENCE_WAIT).await {
         Ok(Answer::Fence(FenceAnswer {
             success: true,
@@ -72,73 +78,123 @@ async fn ask_fence(
             heartbeat_age_ms,
             ..
         })) => Seen::Dead(heartbeat_age_ms.map(Duration::from_millis)),
-        Ok(Answer::Fence(a)) => Seen::NotDead(format!("host {via}: {}", a.details)),
-        Ok(other) => Seen::NotDead(format!("host {via}: unexpected answer {other:?}")),
-        Err(e) => Seen::NotDead(format!("host {via}: {e}")),
+        Ok(Answer::Fence(a)) if a.alive => Seen::Alive(format!("host {via}: {}", a.details)),
+        Ok(Answer::Fence(a)) => Seen::Unknown(format!("host {via}: {}", a.details)),
+        Ok(other) => Seen::Unknown(format!("host {via}: unexpected answer {other:?}")),
+        Err(e) => Seen::Unknown(format!("host {via}: {e}")),
     }
 }
 
+/// One neighbour's verdict on a self-fence.
+enum Stale {
+    /// The heartbeat is stale past the deadline (its age then), with the words.
+    Proof(Duration, String),
+    /// The neighbour sees the heartbeat beating.
+    Alive(String),
+    /// No proof from this neighbour, and why.
+    NoProof(String),
+}
+
 /// Asks one neighbour whether the target's heartbeat is dead and, if it is but not yet past
-/// `deadline`, waits until it must be and asks again: the proof needs the heartbeat stale past
-/// the self-fence deadline (a host reboots itself only after its write retries run out).
+/// `deadline`, waits until it must be and asks again. A proof needs the heartbeat's age, read
+/// past the deadline (an age-less "dead" proves no timing: the heartbeat may have come back and
+/// died again in between), and a stamp written after the host's last connect (`since`: a stamp
+/// from before it came back says nothing of its watchdog now).
 async fn stale_past_deadline(
     commander: &dyn HostCommander,
     via: HostId,
     target: HostId,
     vm: Option<VmId>,
     deadline: Duration,
-) -> Result<(Duration, String), String> {
+    since: Option<Instant>,
+) -> Stale {
+    let before_connect = |age: Duration| {
+        since.is_some_and(|c| Instant::now().checked_sub(age).is_none_or(|stamp| stamp < c))
+    };
     let first = match ask_fence(commander, via, target, vm).await {
         Seen::Dead(age) => age,
-        Seen::NotDead(why) => return Err(why),
+        Seen::Alive(why) => return Stale::Alive(why),
+        Seen::Unknown(why) => return Stale::NoProof(why),
     };
-    if let Some(age) = first
-        && age > deadline
-    {
-        return Ok((age, format!("host {via} sees the heartbeat of host {target} dead")));
+    if let Some(age) = first {
+        if before_connect(age) {
+            return Stale::NoProof(format!(
+                "host {via}: the heartbeat ({age:?} old) predates the host's last connect"
+            ));
+        }
+        if age > deadline {
+            return Stale::Proof(
+                age,
+                format!("host {via} sees the heartbeat of host {target} dead"),
+            );
+        }
     }
     // Dead, but maybe not for long enough: the host may still be retrying its writes. Read it
     // again once the deadline must have passed.
-    let wait = first.map_or(deadline, |age| deadline - age) + Duration::from_secs(1);
+    let wait = first.map_or(deadline, |age| deadline.saturating_sub(age)) + Duration::from_secs(1);
     tokio::time::sleep(wait).await;
     match ask_fence(commander, via, target, vm).await {
-        Seen::Dead(Some(age)) if age > deadline => Ok((
+        Seen::Dead(Some(age)) if age > deadline && !before_connect(age) => Stale::Proof(
             age,
-            format!("host {via} sees the heartbeat of host {target} dead, read again past the deadline"),
-        )),
-        Seen::Dead(None) => Ok((
-            first.unwrap_or(Duration::ZERO) + wait,
             format!(
-                "host {via} sees the heartbeat of host {target} dead, and still dead {wait:?} later"
+                "host {via} sees the heartbeat of host {target} dead, read again past the deadline"
             ),
+        ),
+        Seen::Dead(Some(age)) => Stale::NoProof(format!(
+            "host {via}: heartbeat {age:?} old at the re-read (deadline {deadline:?})"
         )),
-        Seen::Dead(Some(age)) => Err(format!(
-            "host {via}: heartbeat only {age:?} old at the re-read (deadline {deadline:?})"
+        Seen::Dead(None) => Stale::NoProof(format!(
+            "host {via}: no heartbeat age given: the self-fence timing cannot be proven"
         )),
-        Seen::NotDead(why) => Err(why),
+        Seen::Alive(why) => Stale::Alive(why),
+        Seen::Unknown(why) => Stale::NoProof(why),
     }
 }
 
-/// Asks every neighbour at once; the first proof wins.
-async fn first_stale(
+/// Asks every neighbour at once and judges as investigation does: any neighbour seeing the
+/// heartbeat alive vetoes; a proof needs `agreement` neighbours seeing it stale past the
+/// deadline. Returns the youngest age among the proofs (the weakest, so the safest to report).
+async fn neighbours_agree(
     commander: &dyn HostCommander,
     neighbours: &[HostId],
     target: HostId,
     vm: Option<VmId>,
     deadline: Duration,
-) -> Result<(Duration, String), Vec<String>> {
+    since: Option<Instant>,
+    agreement: usize,
+) -> Result<(Duration, String), FenceOutcome> {
     let mut asks: FuturesUnordered<_> = neighbours
         .iter()
-        .map(|n| stale_past_deadline(commander, *n, target, vm, deadline))
+        .map(|n| stale_past_deadline(commander, *n, target, vm, deadline, since))
         .collect();
-    let mut why = Vec::new();
+    let (mut proofs, mut why) = (Vec::new(), Vec::new());
     while let Some(r) = asks.next().await {
         match r {
-            Ok(found) => return Ok(found),
-            Err(e) => why.push(e),
+            Stale::Proof(age, words) => proofs.push((age, words)),
+            Stale::Alive(who) => {
+                return Err(FenceOutcome::Alive {
+                    reason: format!("{who}: the heartbeat of host {target} beats"),
+                });
+            }
+            Stale::NoProof(e) => why.push(e),
         }
     }
-    Err(why)
+    if proofs.len() >= agreement.max(1) {
+        let (age, words) = proofs
+            .into_iter()
+            .min_by_key(|(age, _)| *age)
+            .expect("at least one");
+        return Ok((age, words));
+    }
+    Err(FenceOutcome::Failed {
+        reason: format!(
+            "unable to fence off host {target} after asking {} hosts ({} proof(s), {} needed): [{}]",
+            neighbours.len(),
+            proofs.len(),
+            agreement.max(1),
+            why.join("; ")
+        ),
+    })
 }
 
 /// KVM's neighbour fencer (CloudStack's `KVMFencer`, with cloudha's rule): asks the Up KVM
@@ -159,7 +215,7 @@ impl NeighbourFencer {
                 commander,
                 store,
                 oobm: None,
-                agreement: 1,
+                agreement: config.ha_investigators_agreement as usize,
             },
             deadline: config.kvm_self_fence_deadline(),
         }
@@ -185,12 +241,14 @@ impl Fencer for NeighbourFencer {
             };
         }
         let neighbours = self.neighbours.of(host, HypervisorType::is_kvm_like);
-        match first_stale(
+        match neighbours_agree(
             &*self.neighbours.commander,
             &neighbours,
             host.id,
             Some(vm.id),
             self.deadline,
+            host.connected_at,
+            self.neighbours.agreement,
         )
         .await
         {
@@ -202,14 +260,7 @@ impl Fencer for NeighbourFencer {
                     deadline: self.deadline,
                 },
             )),
-            Err(why) => FenceOutcome::Failed {
-                reason: format!(
-                    "unable to fence off host {} after asking {} hosts: [{}]",
-                    host.id,
-                    neighbours.len(),
-                    why.join("; ")
-                ),
-            },
+            Err(outcome) => outcome,
         }
     }
 }
@@ -231,7 +282,7 @@ impl XenPoolFencer {
                 commander,
                 store,
                 oobm: None,
-                agreement: 1,
+                agreement: config.ha_investigators_agreement as usize,
             },
             deadline: config.xen_self_fence_deadline(),
         }
@@ -253,12 +304,14 @@ impl Fencer for XenPoolFencer {
         let members = self
             .neighbours
             .of(host, |h| h == HypervisorType::XenServer);
-        match first_stale(
+        match neighbours_agree(
             &*self.neighbours.commander,
             &members,
             host.id,
             Some(vm.id),
             self.deadline,
+            host.connected_at,
+            self.neighbours.agreement,
         )
         .await
         {
@@ -270,14 +323,7 @@ impl Fencer for XenPoolFencer {
                     deadline: self.deadline,
                 },
             )),
-            Err(why) => FenceOutcome::Failed {
-                reason: format!(
-                    "unable to pool-fence host {} after asking {} pool members: [{}]",
-                    host.id,
-                    members.len(),
-                    why.join("; ")
-                ),
-            },
+            Err(outcome) => outcome,
         }
     }
 }
@@ -305,7 +351,7 @@ impl Fencer for PowerFencer {
 
     async fn fence(&self, _vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
         let h = host.id;
-        let reading = match self.oobm.fresh(h) {
+        let reading = match self.oobm.fresh(h, host.connected_at) {
             Some(r) => Ok(r.state),
             None => self.oobm.power_status(h).await,
         };

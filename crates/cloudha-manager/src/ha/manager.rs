@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::fence::{FenceOutcome, Fencer};
-use super::proof::DeathProof;
+use super::proof::{DeathProof, ProofKind};
 use super::vm::{Planner, StartError, StartParams, VmKind, VmOrchestrator, VmRecord};
 use super::work::{HaWorkStore, OwnerId, WorkItem};
 use crate::alert::{Alert, AlertKind, AlertSink};
@@ -974,6 +974,11 @@ impl HaInner {
                 FenceOutcome::Failed { reason } | FenceOutcome::NotApplicable { reason } => {
                     reasons.push(format!("{}: {reason}", fencer.name()));
                 }
+                FenceOutcome::Alive { reason } => {
+                    // Signs of life: no fencer may act on this host now.
+                    reasons.push(format!("{}: {reason}; the chain stops", fencer.name()));
+                    break;
+                }
             }
         }
         let result = outcome.ok_or_else(|| reasons.join("; "));
@@ -989,10 +994,13 @@ impl HaInner {
                 ),
             );
         }
-        *last = Some(HostFence {
-            update_count: current,
-            outcome: result.clone().map_err(|why| (now, why)),
-        });
+        // A pool fence resets the power state of one VM in the pool: each VM needs its own.
+        if !matches!(&result, Ok(p) if p.kind() == ProofKind::PoolFenced) {
+            *last = Some(HostFence {
+                update_count: current,
+                outcome: result.clone().map_err(|why| (now, why)),
+            });
+        }
         (result, false)
     }
 
