@@ -2,7 +2,8 @@
 //!
 //! Runtime-free: it works on [`bytes::BytesMut`] buffers, so any I/O layer (tokio, blocking,
 //! a simulator) can drive it. A frame whose prefix announces more than the limit is refused
-//! before its body is buffered. Decoding never panics.
+//! before its body is buffered; below the limit, the buffer grows with the bytes that arrive,
+//! never with what the prefix promises. Decoding never panics.
 
 use bytes::{Buf, BufMut, BytesMut};
 
@@ -14,6 +15,11 @@ use crate::{Answer, Command};
 pub const PREFIX_LEN: usize = 4;
 /// Default maximum body length: 4 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 4 << 20;
+/// The room [`FrameCodec::decode`] makes for the rest of an incomplete frame: at most this much
+/// beyond what has arrived. `BytesMut` grows its allocation geometrically when it must, so a
+/// big frame still costs a logarithmic number of reallocations, while a prefix promising 4 MiB
+/// costs 8 KiB until the bytes come.
+const RESERVE_AHEAD: usize = 8 << 10;
 
 /// Encoder and decoder of envelope frames.
 #[derive(Debug, Clone, Copy)]
@@ -91,9 +97,11 @@ impl FrameCodec {
 
     /// Takes one frame from the front of `src` if it is complete.
     ///
-    /// `Ok(None)`: more bytes are needed. A complete frame is consumed even when its body is
-    /// invalid ([`FrameError::is_recoverable`]); [`FrameError::TooLarge`] consumes nothing and
-    /// the stream cannot go on.
+    /// `Ok(None)`: more bytes are needed; `src` then has room for some of them (8 KiB ahead; the
+    /// allocation grows geometrically with what has arrived), never for the whole body the prefix
+    /// announces. A complete frame is consumed even when its body is invalid
+    /// ([`FrameError::is_recoverable`]); [`FrameError::TooLarge`] consumes nothing and the
+    /// stream cannot go on.
     ///
     /// # Errors
     /// [`FrameError`] saying what is wrong with the frame.
@@ -101,8 +109,10 @@ impl FrameCodec {
         let Some(len) = self.body_len(src)? else {
             return Ok(None);
         };
-        if src.len() < PREFIX_LEN + len {
-            src.reserve(PREFIX_LEN + len - src.len());
+        let missing = (PREFIX_LEN + len).saturating_sub(src.len());
+        if missing > 0 {
+            // The prefix is the peer's promise: the buffer grows with the bytes that arrive.
+            src.reserve(missing.min(RESERVE_AHEAD));
             return Ok(None);
         }
         src.advance(PREFIX_LEN);

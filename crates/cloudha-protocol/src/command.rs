@@ -2,11 +2,13 @@
 //!
 //! Both are serde enums, internally tagged by `type` in snake_case:
 //! `{"type":"ping_routing","host_id":7,...}`. Unknown fields are ignored on receipt (forward
-//! compatibility); an unknown `type` is a typed error ([`crate::ItemError::UnknownType`]).
+//! compatibility), whatever JSON value they hold; an unknown `type` is a typed error
+//! ([`crate::ItemError::UnknownType`]), and so is a second `type` key
+//! ([`crate::ItemError::DuplicateType`]).
 //! The codec decodes each item with [`Command::from_json`] / [`Answer::from_json`], which read the
-//! tag first and then decode the payload struct directly (no intermediate buffering).
+//! tag first and then decode the payload struct directly (no intermediate buffering), and agree
+//! with serde's derive on every input.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,25 +18,6 @@ use crate::error::ItemError;
 use crate::host::{HostType, HypervisorType};
 use crate::ids::{ClusterId, HostId, PodId, VmId, ZoneId};
 use crate::vm::{VmPowerState, VmStateReport};
-
-#[derive(Deserialize)]
-struct TagOnly<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-}
-
-/// The `type` tag of a JSON object. Fast path for our own encoding, which writes the tag first
-/// (`{"type":"ping",...`); anything else is read by a full scan.
-fn read_tag(raw: &str) -> Result<Cow<'_, str>, serde_json::Error> {
-    if let Some(rest) = raw.strip_prefix(r#"{"type":""#)
-        && let Some(end) = rest.find('"')
-        && !rest[..end].contains('\\')
-    {
-        return Ok(Cow::Borrowed(&rest[..end]));
-    }
-    let tag: TagOnly<'_> = serde_json::from_str(raw)?;
-    Ok(tag.kind)
-}
 
 macro_rules! tagged_enum {
     (
@@ -62,18 +45,50 @@ macro_rules! tagged_enum {
                 }
             }
 
-            /// Decodes one JSON object. Reads the tag, then the payload struct.
+            /// Decodes one JSON object, as serde's derive would (the two agree on every input;
+            /// `tests/agreement.rs` checks it).
+            ///
+            /// An item that starts with its tag, as we encode it (`{"type":"ping",...`), is read
+            /// directly: the tag from the text, then the payload struct, with no buffering of the
+            /// item. Any other shape (the tag elsewhere, the sequence form `["ping",7]`), and any
+            /// item the direct read refuses, is decided by serde's derive itself.
             ///
             /// # Errors
-            /// [`ItemError`] for invalid JSON, a missing or unknown `type`, or a bad payload.
+            /// [`ItemError`] for invalid JSON, a missing, unknown or repeated `type`, or a bad
+            /// payload (unknown fields are ignored, whatever JSON value they hold, as long as
+            /// serde_json can read it as a value).
             pub fn from_json(raw: &str) -> Result<Self, ItemError> {
-                let tag = read_tag(raw)
-                    .map_err(|source| ItemError::MissingType { what: $what, source })?;
-                match tag.as_ref() {
-                    $( $tag => serde_json::from_str::<$payload>(raw)
-                        .map(Self::$variant)
-                        .map_err(|source| ItemError::Invalid { what: $what, type_name: $tag, source }), )+
-                    other => Err(ItemError::UnknownType { what: $what, type_name: other.to_owned() }),
+                let mut direct_error = None;
+                if let Some(tag) = crate::item::leading_tag(raw) {
+                    match tag {
+                        $( $tag => match crate::item::payload::<$payload>(raw) {
+                            Ok(p) => return Ok(Self::$variant(p)),
+                            Err(crate::item::PayloadError::DuplicateType) => {
+                                return Err(ItemError::DuplicateType { what: $what, type_name: $tag });
+                            }
+                            Err(crate::item::PayloadError::Json(e)) => direct_error = Some(e),
+                        }, )+
+                        other => {
+                            return Err(ItemError::UnknownType { what: $what, type_name: other.to_owned() });
+                        }
+                    }
+                }
+                match serde_json::from_str::<Self>(raw) {
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(Self::item_error(raw, direct_error.unwrap_or(e))),
+                }
+            }
+
+            /// Names what is wrong with an item serde's derive refused.
+            fn item_error(raw: &str, source: serde_json::Error) -> ItemError {
+                let scan = crate::item::scan_tags(raw);
+                let Some(first) = scan.first else {
+                    return ItemError::MissingType { what: $what, source };
+                };
+                match Self::TYPE_NAMES.iter().find(|t| **t == first) {
+                    None => ItemError::UnknownType { what: $what, type_name: first },
+                    Some(type_name) if scan.duplicate => ItemError::DuplicateType { what: $what, type_name },
+                    Some(type_name) => ItemError::Invalid { what: $what, type_name, source },
                 }
             }
         }

@@ -53,6 +53,14 @@ pub enum ItemError {
         /// The unknown tag.
         type_name: String,
     },
+    /// The item has a second `type` key (serde's derive refuses it too): which one is meant?
+    #[error("{what} `{type_name}` has a second `type` tag")]
+    DuplicateType {
+        /// "command" or "answer".
+        what: &'static str,
+        /// The first tag.
+        type_name: &'static str,
+    },
     /// The tag is known but the payload does not match it.
     #[error("invalid {what} `{type_name}`: {source}")]
     Invalid {

@@ -33,6 +33,7 @@ pub mod envelope;
 pub mod error;
 pub mod host;
 pub mod ids;
+mod item;
 pub mod status;
 pub mod vm;
 

@@ -219,6 +219,216 @@ fn unknown_fields_are_tolerated() {
     );
 }
 
+/// Both decoders of commands on one item: the fast one and serde's derive.
+fn both_decoders(
+    item: &str,
+) -> (
+    Result<Command, ItemError>,
+    Result<Command, serde_json::Error>,
+) {
+    (
+        Command::from_json(item),
+        serde_json::from_str::<Command>(item),
+    )
+}
+
+#[test]
+fn unknown_fields_are_ignored_by_both_decoders_whatever_they_hold() {
+    let values = [
+        "null",
+        "true",
+        "0",
+        "-17",
+        "18446744073709551616",
+        "123456789012345678901234567890",
+        "-0.0",
+        "2.5e-3",
+        "1E+300",
+        r#""""#,
+        r#""tab\t quote\" backslash\\ slash\/ \u00e9 \ud83d\ude00 \u0000""#,
+        r#""\"type\":\"ready\"""#,
+        "[]",
+        r#"[1,"two",null,[3.5,{"four":4}]]"#,
+        "{}",
+        r#"{"type":"ready","host_id":"not a number","nested":{"a":[{"b":null}]}}"#,
+        &format!("{}1{}", "[".repeat(100), "]".repeat(100)),
+    ];
+    let ping = Command::Ping(PingCommand { host_id: HostId(2) });
+    let routing = Command::PingRouting(PingRoutingCommand {
+        host_id: HostId(2),
+        vm_states: vec![VmStateReport {
+            vm: VmId(1),
+            power: VmPowerState::PowerOn,
+        }],
+        gateway_accessible: true,
+    });
+    for v in values {
+        for (item, expected) in [
+            // our own shape (read directly) and others (left to the derive)
+            (
+                format!(r#"{{"type":"ping","future":{v},"host_id":2}}"#),
+                &ping,
+            ),
+            (
+                format!(r#"{{"host_id":2,"future":{v},"type":"ping"}}"#),
+                &ping,
+            ),
+            (
+                format!(r#"{{ "type" : "ping", "host_id" : 2, "future" : {v} }}"#),
+                &ping,
+            ),
+            // below the top: in a verbose VM state report
+            (
+                format!(
+                    r#"{{"type":"ping_routing","host_id":2,"vm_states":[{{"vm":1,"future":{v},"power":"PowerOn"}}]}}"#
+                ),
+                &routing,
+            ),
+        ] {
+            let (fast, derive) = both_decoders(&item);
+            assert_eq!(
+                fast.as_ref().ok(),
+                Some(expected),
+                "fast decoder on {item}: {fast:?}"
+            );
+            assert_eq!(
+                derive.as_ref().ok(),
+                Some(expected),
+                "derive on {item}: {derive:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn values_serde_json_cannot_read_are_refused_by_both_decoders_even_when_unknown() {
+    // serde's derive buffers every field, so it reads (and refuses) what serde_json cannot hold
+    // as a value; the fast decoder reads ignored values the same way instead of skipping them.
+    let deep = format!("{}1{}", "[".repeat(130), "]".repeat(130));
+    for v in ["1e400", "-1e400", r#""\ud800""#, r#""\udc00x""#, &deep] {
+        for item in [
+            format!(r#"{{"type":"ping","host_id":2,"future":{v}}}"#),
+            format!(r#"{{"host_id":2,"future":{v},"type":"ping"}}"#),
+            format!(
+                r#"{{"type":"ping_routing","host_id":2,"vm_states":[{{"vm":1,"power":"PowerOn","future":{v}}}]}}"#
+            ),
+        ] {
+            let (fast, derive) = both_decoders(&item);
+            assert!(derive.is_err(), "derive on {item}: {derive:?}");
+            assert!(
+                matches!(fast, Err(ItemError::Invalid { .. })),
+                "fast decoder on {item}: {fast:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_second_type_tag_is_refused_by_both_decoders_as_a_typed_item_error() {
+    for item in [
+        r#"{"type":"ping","type":"ping","host_id":2}"#,
+        r#"{"type":"ping","host_id":2,"type":"ready"}"#,
+        r#"{"type":"ping","host_id":2,"t\u0079pe":"ping"}"#,
+        r#"{"host_id":2,"type":"ping","type":"ready"}"#,
+        r#"{"type":"ping","host_id":"bad","type":"ready"}"#,
+        r#"{ "type":"ping", "type":5 }"#,
+    ] {
+        let (fast, derive) = both_decoders(item);
+        let derive = derive.expect_err(item).to_string();
+        assert!(
+            derive.starts_with("duplicate field `type`"),
+            "{item}: {derive}"
+        );
+        let fast = fast.expect_err(item);
+        assert!(
+            matches!(
+                fast,
+                ItemError::DuplicateType {
+                    what: "command",
+                    type_name: "ping"
+                }
+            ),
+            "{item}: {fast:?}"
+        );
+        assert_eq!(fast.to_string(), "command `ping` has a second `type` tag");
+    }
+    // in a batch: rejected alone, the rest of the batch and the stream go on
+    let mut b = frame(
+        r#"{"seq":1,"commands":[{"type":"ping","host_id":1},{"type":"ping","type":"stop_vm","vm":9,"host_id":2},{"type":"ping","host_id":3}]}"#,
+    );
+    b.extend_from_slice(&frame(
+        r#"{"seq":2,"answers":[{"type":"answer","type":"answer","success":true}]}"#,
+    ));
+    b.extend_from_slice(&frame(
+        r#"{"seq":3,"commands":[{"type":"ping","host_id":4}]}"#,
+    ));
+    let codec = FrameCodec::default();
+    let d = codec.decode(&mut b).unwrap().unwrap();
+    assert_eq!(
+        d.envelope.body,
+        Body::Commands(vec![
+            Command::Ping(PingCommand { host_id: HostId(1) }),
+            Command::Ping(PingCommand { host_id: HostId(3) }),
+        ])
+    );
+    assert_eq!(d.rejected.len(), 1);
+    assert_eq!(d.rejected[0].index, 1);
+    assert!(matches!(
+        d.rejected[0].error,
+        ItemError::DuplicateType {
+            type_name: "ping",
+            ..
+        }
+    ));
+    let d = codec.decode(&mut b).unwrap().unwrap();
+    assert_eq!(d.envelope.body, Body::Answers(vec![]));
+    assert_eq!(
+        d.rejected[0].error.to_string(),
+        "answer `answer` has a second `type` tag"
+    );
+    assert_eq!(
+        codec.decode(&mut b).unwrap().unwrap().envelope.seq,
+        Sequence(3)
+    );
+}
+
+#[test]
+fn shapes_the_derive_accepts_are_accepted_alike() {
+    let routing = |host_type| {
+        Command::Startup(StartupCommand {
+            host_id: HostId(1),
+            host_type: Some(host_type),
+            ..StartupCommand::default()
+        })
+    };
+    for (item, expected) in [
+        (
+            r#"["ping",7]"#,
+            Command::Ping(PingCommand { host_id: HostId(7) }),
+        ),
+        (
+            r#"["check_health"]"#,
+            Command::CheckHealth(CheckHealthCommand {}),
+        ),
+        (
+            r#"{"type":"startup","host_id":1,"host_type":{"Routing":null}}"#,
+            routing(HostType::Routing),
+        ),
+        (
+            r#"{"type":"startup","host_id":1,"host_type":{"Routing":{}}}"#,
+            routing(HostType::Routing),
+        ),
+        (
+            r#"{"t\u0079pe":"ping","host_id":7}"#,
+            Command::Ping(PingCommand { host_id: HostId(7) }),
+        ),
+    ] {
+        let (fast, derive) = both_decoders(item);
+        assert_eq!(derive.ok().as_ref(), Some(&expected), "derive on {item}");
+        assert_eq!(fast.ok(), Some(expected), "fast decoder on {item}");
+    }
+}
+
 #[test]
 fn unknown_command_in_a_batch_is_reported_and_the_stream_goes_on() {
     let mut b = frame(
@@ -319,6 +529,71 @@ fn oversized_frame_is_refused_from_its_prefix() {
         Err(FrameError::TooLarge { .. })
     ));
     assert_eq!(&out[..], b"keep");
+}
+
+#[test]
+fn the_buffer_grows_with_the_bytes_that_arrive_not_with_the_prefix() {
+    let codec = FrameCodec::default();
+    let big = Envelope::request(
+        Sequence(1),
+        Flags::NONE,
+        vec![Command::Shutdown(ShutdownCommand {
+            reason: ShutdownReason::Requested,
+            details: "x".repeat(DEFAULT_MAX_FRAME_LEN - 200),
+        })],
+    );
+    let frame = codec.encode_to_vec(&big).unwrap();
+    let body = frame.len() - 4;
+    assert!(
+        body > DEFAULT_MAX_FRAME_LEN - 1024 && body <= DEFAULT_MAX_FRAME_LEN,
+        "{body}"
+    );
+
+    // the prefix promises 4 MiB, a few bytes have come: the buffer stays small
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&frame[..4 + 10]);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(buf.capacity() < 64 << 10, "capacity {}", buf.capacity());
+    assert!(
+        codec.decode(&mut buf).unwrap().is_none(),
+        "asking again changes nothing"
+    );
+    assert!(buf.capacity() < 64 << 10, "capacity {}", buf.capacity());
+
+    // the rest comes in small reads into the room left (as `read_buf` does): the buffer grows
+    // with what arrived, and the frame decodes when it is all there
+    let mut fed = 14;
+    let decoded = loop {
+        if buf.capacity() == buf.len() {
+            buf.reserve(64); // what `BytesMut` does for a read into a full buffer
+        }
+        let n = (buf.capacity() - buf.len())
+            .min(1500)
+            .min(frame.len() - fed);
+        buf.extend_from_slice(&frame[fed..fed + n]);
+        fed += n;
+        assert!(
+            buf.capacity() <= 2 * buf.len() + (64 << 10),
+            "{} bytes buffered in a capacity of {}",
+            buf.len(),
+            buf.capacity()
+        );
+        if let Some(d) = codec.decode(&mut buf).unwrap() {
+            break d;
+        }
+        assert!(fed < frame.len(), "complete frame not decoded");
+    };
+    assert_eq!(decoded.envelope, big);
+    assert!(buf.is_empty());
+
+    // over the limit: refused from the prefix alone, nothing reserved
+    let mut buf = BytesMut::from(&((DEFAULT_MAX_FRAME_LEN + 1) as u32).to_be_bytes()[..]);
+    let cap = buf.capacity();
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(FrameError::TooLarge { len, .. }) if len == DEFAULT_MAX_FRAME_LEN + 1
+    ));
+    assert_eq!(buf.capacity(), cap);
 }
 
 #[test]
