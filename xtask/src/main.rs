@@ -1,8 +1,10 @@
 //! Project automation, run as `cargo xtask <task>`:
 //!
 //! - `ci`: format check, clippy (warnings denied, all targets), every test, rustdoc (warnings
-//!   denied) and the tidy check. This is what `.ci/run` runs.
+//!   denied), the tidy check, and `cloudha explore` with a few hundred schedules on each explore
+//!   base. This is what `.ci/run` runs.
 //! - `bench`: every benchmark at full size, then a summary table.
+//! - `soak`: `cloudha explore` (release build) with 10,000 schedules on each explore base.
 //! - `tidy`: only the tidy check (crate edges, `//!` docs).
 
 mod bench;
@@ -16,8 +18,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
+        Some("soak") => soak(),
         Some("tidy") => tidy::check(&root()).map_err(|problems| problems.join("\n")),
-        _ => Err("usage: cargo xtask <ci | bench [FILTER] | tidy>".to_owned()),
+        _ => Err("usage: cargo xtask <ci | bench [FILTER] | soak | tidy>".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,10 +68,86 @@ fn ci() -> Result<(), String> {
             &[("RUSTDOCFLAGS", "-D warnings")],
         )
     })?;
+    step("explore", || explore_all(CI_SCHEDULES, "ci", false))?;
     eprintln!("xtask ci: all steps passed");
     // The closing line CI reads: every test binary's counts added up.
     println!("tests: {} passed, {} failed", totals.0, totals.1);
     Ok(())
+}
+
+/// The base scenarios `cloudha explore` runs on in `ci` and `soak`.
+const EXPLORE_BASES: &[&str] = &[
+    "scenarios/kvm-host-power-loss.toml",
+    "scenarios/explore/mixed-base.toml",
+];
+
+/// Schedules per base in `ci` (the debug binary the tests built) and in `soak` (release).
+const CI_SCHEDULES: u32 = 300;
+const SOAK_SCHEDULES: u32 = 10_000;
+
+fn soak() -> Result<(), String> {
+    explore_all(SOAK_SCHEDULES, "soak", true)?;
+    eprintln!("xtask soak: no schedule violated an invariant");
+    Ok(())
+}
+
+/// [`explore`] on every base (all of them, even after a failure); the failures, one a line.
+fn explore_all(schedules: u32, what: &str, release: bool) -> Result<(), String> {
+    let mut failed = Vec::new();
+    for base in EXPLORE_BASES {
+        eprintln!("xtask {what}: explore {base}, {schedules} schedules");
+        if let Err(e) = explore(base, schedules, what, release) {
+            failed.push(e);
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("\n"))
+    }
+}
+
+/// `cloudha explore BASE --schedules N --seed 1`, its minimal failing scenarios written to
+/// `target/explore/<what>/<base name>/` (emptied first); fails when explore exits non-zero.
+fn explore(base: &str, schedules: u32, what: &str, release: bool) -> Result<(), String> {
+    let stem = Path::new(base)
+        .file_stem()
+        .map_or_else(|| "base".into(), |s| s.to_string_lossy().into_owned());
+    let out = root().join("target/explore").join(what).join(stem);
+    let _ = std::fs::remove_dir_all(&out);
+    let out = out.display().to_string();
+    let n = schedules.to_string();
+    let mut args = vec!["run", "--quiet", "-p", "cloudha-cli"];
+    if release {
+        args.push("--release");
+    }
+    args.extend([
+        "--",
+        "explore",
+        base,
+        "--schedules",
+        &n,
+        "--seed",
+        "1",
+        "--out",
+        &out,
+    ]);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .args(&args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(1) => Err(format!(
+            "explore on {base}: an invariant was violated; minimal scenarios in {out}"
+        )),
+        _ => Err(format!(
+            "explore on {base}: cargo {} exited with {status}",
+            args.join(" ")
+        )),
+    }
 }
 
 /// Runs `cargo test`, echoing its output, and adds up the `test result:` lines.

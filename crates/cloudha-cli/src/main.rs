@@ -3,6 +3,9 @@
 //! - `cloudha simulate SCENARIO.toml [--json OUT] [--seed N | --seeds A..B] [--quiet]`: runs a
 //!   scenario on the simulated cloud; exit 0 when every expectation and invariant holds, 1 when
 //!   one failed, 2 on bad input.
+//! - `cloudha explore BASE.toml --schedules N [--seed S] [--out DIR] [--allow-lies]`: random
+//!   fault schedules on the base scenario's cloud, judged on the invariants; every violation is
+//!   shrunk to a minimal scenario file in DIR. Exit 0 when none, 1 when one, 2 on bad input.
 //! - `cloudha fsm host-status [--format table|json]`: the host status transition table.
 //! - `cloudha config --defaults` / `cloudha config --check FILE`.
 
@@ -10,6 +13,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod explore;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +45,31 @@ enum Cmd {
         /// Print only the summary.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Draw random fault schedules on a base scenario's cloud, judge the invariants, and shrink
+    /// every violation to a minimal scenario file.
+    Explore {
+        /// The base scenario (TOML; its optional `[explore]` table narrows what is drawn; its
+        /// faults and expectations are ignored).
+        base: PathBuf,
+        /// How many schedules to draw and run.
+        #[arg(long)]
+        schedules: usize,
+        /// The seed the schedules are drawn from (default: the scenario's, else 1).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where minimal failing scenarios are written (created when needed).
+        #[arg(long, default_value = "explore-out")]
+        out: PathBuf,
+        /// Also draw the lying fault kinds (bmc_lies, neighbour_lies, bmc_stuck).
+        #[arg(long)]
+        allow_lies: bool,
+        /// Worker threads (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Shrink at most this many violating schedules per invariant (the first ones).
+        #[arg(long, default_value_t = 20)]
+        shrink_limit: usize,
     },
     /// State machines.
     Fsm {
@@ -83,6 +113,23 @@ fn main() -> ExitCode {
             seeds,
             quiet,
         } => simulate(&scenario, json.as_deref(), seed, seeds.as_deref(), quiet),
+        Cmd::Explore {
+            base,
+            schedules,
+            seed,
+            out,
+            allow_lies,
+            jobs,
+            shrink_limit,
+        } => explore::run(&explore::Args {
+            base,
+            schedules,
+            seed,
+            out,
+            allow_lies,
+            jobs,
+            shrink_limit,
+        }),
         Cmd::Fsm {
             which: Fsm::HostStatus { format },
         } => {

@@ -244,12 +244,355 @@ fn refused_scenarios_exit_2_naming_key_cluster_and_line() {
     assert!(!files.is_empty());
     for f in files {
         let out = cloudha(&["simulate", "--quiet", f.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(2), "{}: {}", f.display(), text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}: {}",
+            f.display(),
+            text(&out)
+        );
         let t = text(&out);
         if f.ends_with("agreement-beyond-cluster.toml") {
-            for needle in ["agreement-beyond-cluster.toml:6:", "ha.investigators.agreement", "`pair`"] {
+            for needle in [
+                "agreement-beyond-cluster.toml:6:",
+                "ha.investigators.agreement",
+                "`pair`",
+            ] {
                 assert!(t.contains(needle), "{needle} in {t}");
             }
         }
+    }
+}
+
+/// `cloudha explore`: exit codes, summary, determinism, and minimal scenarios that `simulate`
+/// reproduces. Self-contained: its own helpers and temporary directories.
+mod explore {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    fn cloudha(args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cloudha"))
+            .args(args)
+            .output()
+            .expect("the binary runs")
+    }
+
+    fn stdout(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn all(o: &Output) -> String {
+        format!("{}{}", stdout(o), String::from_utf8_lossy(&o.stderr))
+    }
+
+    /// A fresh directory of this test's own.
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("cloudha-explore-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    fn files(dir: &Path) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            std::fs::read_to_string(e.path()).unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Power losses and agent crashes of KVM hosts, after the startup grace: handled safely.
+    const CLEAN: &str = r#"
+name = "clean base"
+duration = "20m"
+
+[[cluster]]
+name = "kvm"
+hypervisor = "kvm"
+hosts = 4
+vms_per_host = 2
+capacity_per_host = 10
+
+[[expect]]
+alert = "host_down"
+min = 99
+
+[explore]
+faults = [1, 2]
+kinds = ["power_off", "agent_crash"]
+at = ["6m", "9m"]
+"#;
+
+    /// A liveness bound no failover can meet: every power loss of a host with HA VMs violates
+    /// `ha_liveness`, the shortest such schedule being one power loss.
+    const TIGHT: &str = r#"
+name = "tight liveness bound"
+duration = "20m"
+
+[config]
+"sim.liveness.bound" = "1m"
+
+[[cluster]]
+name = "kvm"
+hypervisor = "kvm"
+hosts = 3
+vms_per_host = 2
+capacity_per_host = 10
+
+[explore]
+faults = [1, 3]
+kinds = ["power_off", "ping_loss", "no_capacity"]
+at = ["6m", "12m"]
+"#;
+
+    #[test]
+    fn explore_exits_0_when_no_schedule_violates_an_invariant() {
+        let dir = scratch("clean");
+        let base = write(&dir, "clean.toml", CLEAN);
+        let out_dir = dir.join("out");
+        let out = cloudha(&[
+            "explore",
+            &base,
+            "--schedules",
+            "16",
+            "--seed",
+            "3",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        let t = stdout(&out);
+        assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+        assert!(
+            t.contains("(seed 3): 16 schedules run, 0 violated an invariant"),
+            "{t}"
+        );
+        for name in [
+            "no_double_run",
+            "no_unsafe_start",
+            "ha_liveness",
+            "no_unwanted_restart",
+        ] {
+            assert!(t.contains(&format!("  {name}: ok\n")), "{name}: {t}");
+        }
+        assert!(
+            t.contains("files written: none") && t.ends_with("result: ok\n"),
+            "{t}"
+        );
+        assert!(
+            !out_dir.exists(),
+            "no directory without a file to put in it"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn explore_exits_1_on_a_violation_and_its_minimal_scenario_reproduces_it() {
+        let dir = scratch("tight");
+        let base = write(&dir, "tight.toml", TIGHT);
+        let out_dir = dir.join("found");
+        let out = cloudha(&[
+            "explore",
+            &base,
+            "--schedules",
+            "12",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        let t = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{}", all(&out));
+        assert!(t.contains("  ha_liveness: violated by "), "{t}");
+        assert!(t.ends_with("result: FAILED\n"), "{t}");
+        let written = files(&out_dir);
+        assert!(!written.is_empty(), "{t}");
+        assert!(
+            t.contains(&format!(
+                "files written: {} in {}",
+                written.len(),
+                out_dir.display()
+            )),
+            "{t}"
+        );
+        for (name, text) in &written {
+            assert!(t.contains(&format!("  {name}: ")), "{name} listed: {t}");
+            let invariant = name.split('-').next().unwrap();
+            if invariant == "ha_liveness" {
+                assert_eq!(
+                    text.matches("[[fault]]").count(),
+                    1,
+                    "shrunk to one fault:\n{text}"
+                );
+                assert!(
+                    text.contains("kind = \"power_off\"") && text.contains("at = \"6m\""),
+                    "{text}"
+                );
+            }
+            let file = out_dir.join(name);
+            let sim = cloudha(&["simulate", "--quiet", file.to_str().unwrap()]);
+            assert_eq!(sim.status.code(), Some(1), "{name}:\n{}", all(&sim));
+            assert!(
+                stdout(&sim).contains(&format!("invariant {invariant}: FAILED")),
+                "{name}:\n{}",
+                all(&sim)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn explore_is_deterministic_for_a_seed_whatever_the_threads() {
+        let dir = scratch("determinism");
+        let base = write(&dir, "tight.toml", TIGHT);
+        let run = |jobs: &str| {
+            let out_dir = dir.join(format!("out-{jobs}"));
+            let out = cloudha(&[
+                "explore",
+                &base,
+                "--schedules",
+                "20",
+                "--seed",
+                "9",
+                "--jobs",
+                jobs,
+                "--out",
+                out_dir.to_str().unwrap(),
+            ]);
+            assert_eq!(out.status.code(), Some(1), "{}", all(&out));
+            let summary = stdout(&out).replace(out_dir.to_str().unwrap(), "OUT");
+            (summary, files(&out_dir))
+        };
+        let (one, two, again) = (run("1"), run("2"), run("3"));
+        assert_eq!(one, two);
+        assert_eq!(one, again);
+        let other = cloudha(&[
+            "explore",
+            &base,
+            "--schedules",
+            "20",
+            "--seed",
+            "10",
+            "--out",
+            dir.join("other").to_str().unwrap(),
+        ]);
+        assert_ne!(
+            stdout(&other).replace("seed 10", "seed 9"),
+            one.0,
+            "the seed matters"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn explore_exits_2_on_bad_input_naming_the_problem() {
+        let dir = scratch("bad");
+        let base = write(&dir, "clean.toml", CLEAN);
+        let tight = write(&dir, "tight.toml", TIGHT);
+        let explore_line = CLEAN.lines().position(|l| l == "[explore]").unwrap() + 1;
+        let typo = write(
+            &dir,
+            "typo.toml",
+            &CLEAN.replace("faults = [1, 2]", "fautls = [1, 2]"),
+        );
+        let liar = write(
+            &dir,
+            "liar.toml",
+            &CLEAN.replace("\"agent_crash\"]", "\"agent_crash\", \"bmc_lies\"]"),
+        );
+        let host = write(&dir, "host.toml", &format!("{CLEAN}hosts = [\"kvm-h7\"]\n"));
+        let broken = write(
+            &dir,
+            "broken.toml",
+            &CLEAN.replace("hosts = 4", "hosts = 0"),
+        );
+        let not_a_dir = write(&dir, "plain-file", "");
+        let cases: Vec<(Vec<&str>, Vec<String>)> = vec![
+            (
+                vec!["explore", "/nonexistent/base.toml", "--schedules", "5"],
+                vec!["/nonexistent/base.toml".into()],
+            ),
+            (
+                vec!["explore", &typo, "--schedules", "5"],
+                vec![
+                    format!("typo.toml:{}", explore_line + 1),
+                    "unknown field `fautls`".into(),
+                ],
+            ),
+            (
+                vec!["explore", &liar, "--schedules", "5"],
+                vec!["liar.toml:".into(), "bmc_lies".into()],
+            ),
+            (
+                vec!["explore", &host, "--schedules", "5"],
+                vec!["host.toml:".into(), "unknown host `kvm-h7`".into()],
+            ),
+            (
+                vec!["explore", &broken, "--schedules", "5"],
+                vec!["broken.toml:".into(), "`hosts` must be at least 1".into()],
+            ),
+            (
+                vec!["explore", &base, "--schedules", "0"],
+                vec!["--schedules must be at least 1".into()],
+            ),
+            (vec!["explore", &base], vec!["--schedules".into()]),
+            (
+                vec!["explore", &tight, "--schedules", "3", "--out", &not_a_dir],
+                vec!["plain-file".into()],
+            ),
+        ];
+        for (args, needles) in cases {
+            let out = cloudha(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", all(&out));
+            for n in needles {
+                assert!(
+                    all(&out).contains(&n),
+                    "{args:?}: `{n}` not in {}",
+                    all(&out)
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn must_fail_scenarios_exit_1_with_their_invariant_broken() {
+    let dir = root().join("scenarios/must-fail");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        let text_of_file = std::fs::read_to_string(&f).unwrap();
+        let named = text_of_file
+            .lines()
+            .find_map(|l| l.strip_prefix("violates = "))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("{} names no invariant", f.display()));
+        let out = cloudha(&["simulate", "--quiet", f.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}: {}", f.display(), text(&out));
+        assert!(
+            text(&out).contains(&format!("invariant {named}: FAILED")),
+            "{}: {named} not broken:\n{}",
+            f.display(),
+            text(&out)
+        );
     }
 }

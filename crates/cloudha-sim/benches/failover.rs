@@ -6,7 +6,10 @@
 use cloudha_sim::{Scenario, simulate};
 
 fn main() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios/kvm-failover-at-defaults.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scenarios/kvm-failover-at-defaults.toml"
+    );
     let text = std::fs::read_to_string(path).expect("the scenario");
     let scenario = Scenario::parse(&text, path).expect("a valid scenario");
     let t = scenario.config.ping_deadline().as_secs_f64();

@@ -9,8 +9,8 @@ use cloudha_attache::{
     AgentStreamObj, CommandSink, ConnectedConfig, Connector, ServerResource, Tasks, accept_stream,
 };
 use cloudha_manager::ha::{
-    FenceOutcome, Fencer, HaWorkStore, InMemoryVms, OobError, OrchestratorError, OutOfBandManagement,
-    PowerState, StartError, StartParams, VmOrchestrator, VmRecord,
+    FenceOutcome, Fencer, HaWorkStore, InMemoryVms, OobError, OrchestratorError,
+    OutOfBandManagement, PowerState, StartError, StartParams, VmOrchestrator, VmRecord,
 };
 use cloudha_manager::{Alert, AlertSink, HostRecord};
 use cloudha_protocol::*;
@@ -113,7 +113,12 @@ impl ServerResource for SimResource {
                     success: true,
                     alive,
                     heartbeat_age_ms: age.map(|a| a.as_millis() as u64),
-                    details: if target.kvm() { "storage heartbeat" } else { "pool heartbeat" }.into(),
+                    details: if target.kvm() {
+                        "storage heartbeat"
+                    } else {
+                        "pool heartbeat"
+                    }
+                    .into(),
                 })
             }
             Command::Fence(c) => {
@@ -347,7 +352,10 @@ impl OutOfBandManagement for SimBmc {
                 self.world.lock().violations.push(crate::world::Violation {
                     at: Instant::now(),
                     invariant: "no_false_down",
-                    detail: format!("{} powered off by a fencer while powered and reachable", h.name),
+                    detail: format!(
+                        "{} powered off by a fencer while powered and reachable",
+                        h.name
+                    ),
                 });
             }
             (self.on_power_off)(host);
@@ -391,6 +399,17 @@ pub(crate) struct SimVms {
     /// The HA work store: an HA start's death proof is read from the item being processed
     /// (what the manager claims), and judged against the truth.
     pub(crate) work: Arc<cloudha_manager::ha::InMemoryHaWorkStore>,
+    /// An injected fault (test harness only): the records claim every VM is HA-enabled.
+    pub(crate) ha_flag_lies: bool,
+}
+
+impl SimVms {
+    fn lie(&self, mut r: VmRecord) -> VmRecord {
+        if self.ha_flag_lies {
+            r.ha_enabled = true;
+        }
+        r
+    }
 }
 
 impl SimVms {
@@ -433,11 +452,15 @@ impl SimVms {
 #[async_trait::async_trait]
 impl VmOrchestrator for SimVms {
     fn get(&self, vm: VmId) -> Option<VmRecord> {
-        self.records.get(vm)
+        self.records.get(vm).map(|r| self.lie(r))
     }
 
     fn vms_on_host(&self, host: HostId) -> Vec<VmRecord> {
-        self.records.vms_on_host(host)
+        self.records
+            .vms_on_host(host)
+            .into_iter()
+            .map(|r| self.lie(r))
+            .collect()
     }
 
     fn running_on(&self, host: HostId) -> Vec<VmId> {

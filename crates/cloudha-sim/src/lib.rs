@@ -31,14 +31,22 @@
 //! ```
 
 mod cloud;
+mod explore;
 mod report;
 mod run;
 mod scenario;
+mod scenario_toml;
 mod world;
 
+pub use explore::{
+    ExploreOptions, Explorer, Finding, Outcome, Phase, Progress, SIMULATOR_PANIC, Schedule,
+    Violation, is_lying,
+};
 pub use report::{Failover, Report, clock};
-pub use run::simulate;
+pub use run::{Injected, simulate};
+#[cfg(feature = "fault-injection")]
+pub use run::simulate_with;
 pub use scenario::{
-    ALERT_KINDS, ClusterSpec, Expect, Fault, FaultKind, Hypervisor, PROOF_KINDS, SIM_KEYS,
+    ALERT_KINDS, ClusterSpec, Expect, Fault, FaultKind, Hypervisor, INVARIANTS, PROOF_KINDS, SIM_KEYS,
     Scenario, ScenarioError, SelfFence, SimTimings, Storage,
 };

@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use cloudha_attache::{AgentClient, AgentConfig, AgentHandle, ServerResource, Tasks};
 use cloudha_manager::ha::{
-    Fencer, HaWorkStore, InMemoryHaWorkStore, InMemoryVms, NeighbourFencer, Oobm, OwnerId, PowerFencer,
-    VmKind, VmOrchestrator, VmRecord, XenPoolFencer,
+    Fencer, HaWorkStore, InMemoryHaWorkStore, InMemoryVms, NeighbourFencer, Oobm, OwnerId,
+    PowerFencer, VmKind, VmOrchestrator, VmRecord, XenPoolFencer,
 };
-use cloudha_registry::{Interest, ListenerRegistry};
 use cloudha_manager::{
-    AgentManager, HaManager, HaPorts, HostRecord, HostStore, InMemoryHostStore, Ports,
-    StatusChange,
+    AgentManager, HaManager, HaPorts, HostRecord, HostStore, InMemoryHostStore, Ports, StatusChange,
 };
 use cloudha_protocol::*;
 use cloudha_registry::Registry;
+use cloudha_registry::{Interest, ListenerRegistry};
 use tokio::time::Instant;
 
 use crate::cloud::{
@@ -111,10 +110,40 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Report {
         .start_paused(true)
         .build()
         .expect("a runtime");
-    rt.block_on(run(scenario.clone(), seed))
+    rt.block_on(run(scenario.clone(), seed, Injected::default()))
 }
 
-async fn run(scenario: Scenario, seed: u64) -> Report {
+/// Faulty ports a test harness may inject, to see an invariant fail that no lying part of a
+/// scenario can break (only with the `fault-injection` feature; never in the `cloudha` binary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Injected {
+    /// The VM orchestrator's records claim every VM is HA-enabled.
+    pub ha_flag_lies: bool,
+}
+
+impl Injected {
+    /// The orchestrator's records claim every VM is HA-enabled.
+    pub fn ha_flag_lies() -> Self {
+        Self { ha_flag_lies: true }
+    }
+}
+
+/// [`simulate`] with faulty ports injected.
+///
+/// # Panics
+/// If the runtime cannot be built.
+#[cfg(feature = "fault-injection")]
+pub fn simulate_with(scenario: &Scenario, seed: u64, injected: Injected) -> Report {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    rt.block_on(run(scenario.clone(), seed, injected))
+}
+
+async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
     let t0 = Instant::now();
     let world = Arc::new(World::new(t0, scenario.config.force_ha, scenario.sim));
     let hosts = Arc::new(InMemoryHostStore::new());
@@ -165,8 +194,7 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
                     bmc_stuck: false,
                     neighbours_lie: false,
                     no_capacity: false,
-                    heartbeat: (hv.is_kvm_like() || hv == HypervisorType::XenServer)
-                        .then_some(t0),
+                    heartbeat: (hv.is_kvm_like() || hv == HypervisorType::XenServer).then_some(t0),
                 },
             );
             host_zones.insert(id, zone);
@@ -240,6 +268,7 @@ async fn run(scenario: Scenario, seed: u64) -> Report {
         world: world.clone(),
         records: records.clone(),
         work: work.clone(),
+        ha_flag_lies: injected.ha_flag_lies,
     });
     let cloud: Arc<Cloud> = Arc::new_cyclic(|weak: &std::sync::Weak<Cloud>| {
         let weak = weak.clone();
@@ -670,7 +699,9 @@ impl Cloud {
                 FaultKind::BmcOffFails => _ = self.world.with_host(id, |h| h.bmc_off_fails = true),
                 FaultKind::BmcLies => _ = self.world.with_host(id, |h| h.bmc_lies = true),
                 FaultKind::BmcStuck => _ = self.world.with_host(id, |h| h.bmc_stuck = true),
-                FaultKind::NeighbourLies => _ = self.world.with_host(id, |h| h.neighbours_lie = true),
+                FaultKind::NeighbourLies => {
+                    _ = self.world.with_host(id, |h| h.neighbours_lie = true)
+                }
                 FaultKind::NoCapacity => _ = self.world.with_host(id, |h| h.no_capacity = true),
                 FaultKind::VmCrash | FaultKind::ManagerRestart => {}
             }
@@ -1007,7 +1038,10 @@ impl Cloud {
             .iter()
             .find(|p| p.state == VmState::Running)
         {
-            return Ok(format!("running again at {}", clock(at_s(&self.world, p.at))));
+            return Ok(format!(
+                "running again at {}",
+                clock(at_s(&self.world, p.at))
+            ));
         }
         let cut_now = state
             .reach
@@ -1052,7 +1086,9 @@ impl Cloud {
             return Ok("excused: no investigator can prove a host of this hypervisor down".into());
         }
         if !(back || host.bmc_ok || self_fence) {
-            return Ok("excused: no proof obtainable (BMC unreachable, no self-fence to vouch for)".into());
+            return Ok(
+                "excused: no proof obtainable (BMC unreachable, no self-fence to vouch for)".into(),
+            );
         }
         Err(format!(
             "{} ({:?} on {} at {when}) not running again within {}",
@@ -1213,7 +1249,13 @@ impl Cloud {
                 }
                 Expect::AlertCount { kind, min, max } => {
                     let n = alerts.iter().filter(|a| &a.kind == kind).count() as u64;
-                    counted(format!("{kind} alerts"), n, *min, *max, format!("{n} raised"))
+                    counted(
+                        format!("{kind} alerts"),
+                        n,
+                        *min,
+                        *max,
+                        format!("{n} raised"),
+                    )
                 }
                 Expect::ProofCount { kind, min, max } => {
                     let n = vms

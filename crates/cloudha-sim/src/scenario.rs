@@ -235,6 +235,8 @@ struct RawScenario {
     fault: Vec<Spanned<RawFault>>,
     #[serde(default)]
     expect: Vec<Spanned<RawExpect>>,
+    #[serde(default)]
+    violates: Option<Spanned<String>>,
     /// `[explore]`: read by `cloudha explore` (explore.rs); a run ignores it.
     #[serde(default, rename = "explore")]
     _explore: Option<serde::de::IgnoredAny>,
@@ -370,7 +372,9 @@ impl SimTimings {
     fn set(&mut self, key: &str, value: &toml::Value) -> Result<bool, String> {
         let duration = |v: &toml::Value| -> Result<Duration, String> {
             match v {
-                toml::Value::String(s) => cloudha_protocol::duration::parse(s).map_err(|e| e.to_string()),
+                toml::Value::String(s) => {
+                    cloudha_protocol::duration::parse(s).map_err(|e| e.to_string())
+                }
                 toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
                 _ => Err("must be a duration such as \"60s\"".into()),
             }
@@ -438,7 +442,19 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     /// Expectations.
     pub expects: Vec<Expect>,
+    /// `violates`: a must-fail scenario names an invariant it must break (`cloudha simulate`
+    /// still exits 1 on it; the must-fail test checks the invariant is among the broken).
+    pub violates: Option<String>,
 }
+
+/// The invariants a `violates` key may name.
+pub const INVARIANTS: &[&str] = &[
+    "no_double_run",
+    "no_unsafe_start",
+    "ha_liveness",
+    "no_unwanted_restart",
+    "no_false_down",
+];
 
 /// Proof kinds a `proof` expectation may name.
 pub const PROOF_KINDS: &[&str] = &[
@@ -660,7 +676,10 @@ impl Scenario {
                 .unwrap_or_default();
             let count = |what: &str| {
                 if r.min.is_none() && r.max.is_none() {
-                    return Err(err(line, format!("a {what} expectation needs `min` and/or `max`")));
+                    return Err(err(
+                        line,
+                        format!("a {what} expectation needs `min` and/or `max`"),
+                    ));
                 }
                 if let (Some(a), Some(b)) = (r.min, r.max)
                     && a > b
@@ -670,13 +689,20 @@ impl Scenario {
                 Ok(())
             };
             if let Some(kind) = &r.proof {
-                if r.host.is_some() || r.vm.is_some() || r.alert.is_some() || r.bmc_calls.is_some() {
-                    return Err(err(line, "a `proof` expectation takes only `min` and `max`".into()));
+                if r.host.is_some() || r.vm.is_some() || r.alert.is_some() || r.bmc_calls.is_some()
+                {
+                    return Err(err(
+                        line,
+                        "a `proof` expectation takes only `min` and `max`".into(),
+                    ));
                 }
                 if !PROOF_KINDS.contains(&kind.as_str()) {
                     return Err(err(
                         line,
-                        format!("unknown proof kind `{kind}` (known: {})", PROOF_KINDS.join(", ")),
+                        format!(
+                            "unknown proof kind `{kind}` (known: {})",
+                            PROOF_KINDS.join(", ")
+                        ),
                     ));
                 }
                 count("proof")?;
@@ -689,7 +715,10 @@ impl Scenario {
             }
             if let Some(host) = &r.bmc_calls {
                 if r.host.is_some() || r.vm.is_some() || r.alert.is_some() {
-                    return Err(err(line, "a `bmc_calls` expectation takes only `min` and `max`".into()));
+                    return Err(err(
+                        line,
+                        "a `bmc_calls` expectation takes only `min` and `max`".into(),
+                    ));
                 }
                 if !host_names.contains(host) {
                     return Err(err(line, format!("unknown host `{host}`")));
@@ -807,6 +836,20 @@ impl Scenario {
             expects.push(expect);
         }
 
+        let violates = match raw.violates {
+            None => None,
+            Some(v) if INVARIANTS.contains(&v.get_ref().as_str()) => Some(v.into_inner()),
+            Some(v) => {
+                return Err(err(
+                    line_of(text, v.span().start + 1),
+                    format!(
+                        "`violates` names no invariant: `{}` (known: {})",
+                        v.get_ref(),
+                        INVARIANTS.join(", ")
+                    ),
+                ));
+            }
+        };
         Ok(Scenario {
             name: raw.name,
             description: raw.description,
@@ -818,6 +861,7 @@ impl Scenario {
             clusters,
             faults,
             expects,
+            violates,
         })
     }
 }

@@ -252,7 +252,9 @@ impl World {
         let ids: Vec<HostId> = s.hosts.keys().copied().collect();
         let mut cut = Vec::new();
         for id in ids {
-            let Some(r) = s.reach_of(id, now) else { continue };
+            let Some(r) = s.reach_of(id, now) else {
+                continue;
+            };
             let log = s.reach.entry(id).or_default();
             let last = log.last().copied();
             let changed = last.is_none_or(|l| {
@@ -277,13 +279,20 @@ impl World {
 
     /// A VM process starts on `host`: checks `no_double_run`, `no_unwanted_restart` and, for an
     /// HA restart, that the death proof the manager recorded is true now (`no_unsafe_start`).
-    pub(crate) fn start_vm(&self, vm: VmId, host: HostId, ha_restart: bool, proof: Option<&DeathProof>) {
+    pub(crate) fn start_vm(
+        &self,
+        vm: VmId,
+        host: HostId,
+        ha_restart: bool,
+        proof: Option<&DeathProof>,
+    ) {
         let now = Instant::now();
         let mut s = self.lock();
         let Some(v) = s.vms.get(&vm).cloned() else {
             return;
         };
-        let name_of = |s: &State, h: HostId| s.hosts.get(&h).map_or(h.to_string(), |h| h.name.clone());
+        let name_of =
+            |s: &State, h: HostId| s.hosts.get(&h).map_or(h.to_string(), |h| h.name.clone());
         let new_name = name_of(&s, host);
         let mut violations = Vec::new();
         if !v.copies.is_empty() {
@@ -346,8 +355,14 @@ impl World {
             .find(|p| p.state == VmState::Running);
         match proof.kind() {
             ProofKind::OperatorWord => None,
-            ProofKind::DeadVerdict | ProofKind::VmReportedOff => (!v.copies.is_empty())
-                .then(|| format!("the proof ({}) says it is not running, but it runs", proof.kind())),
+            ProofKind::DeadVerdict | ProofKind::VmReportedOff => {
+                (!v.copies.is_empty()).then(|| {
+                    format!(
+                        "the proof ({}) says it is not running, but it runs",
+                        proof.kind()
+                    )
+                })
+            }
             ProofKind::PowerFenced | ProofKind::PoolFenced | ProofKind::SelfFenced => {
                 let Some(h) = proof.host() else {
                     return Some(format!("the proof ({}) names no host", proof.kind()));
