@@ -84,6 +84,7 @@ impl ServerResource for Resource {
                 Answer::CheckOnHost(CheckOnHostAnswer {
                     success: true,
                     alive: heartbeat,
+                    heartbeat_age_ms: None,
                     details: String::new(),
                 })
             }
@@ -106,6 +107,51 @@ struct Fleet {
     world: Arc<World>,
     registry: Arc<Registry>,
     ha: Arc<Ha>,
+    alerts: Arc<Alerts>,
+}
+
+/// Records alerts.
+#[derive(Default)]
+struct Alerts(Mutex<Vec<Alert>>);
+
+impl AlertSink for Alerts {
+    fn raise(&self, alert: Alert) {
+        self.0.lock().unwrap().push(alert);
+    }
+}
+
+impl Alerts {
+    fn kinds(&self, host: u64) -> Vec<AlertKind> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.host == Some(HostId(host)))
+            .map(|a| a.kind)
+            .collect()
+    }
+}
+
+/// A BMC over the world: a host reads On while powered; an Off switches it off.
+struct WorldBmc(Arc<World>);
+
+#[async_trait::async_trait]
+impl OutOfBandManagement for WorldBmc {
+    async fn power_status(&self, host: HostId) -> Result<PowerState, OobError> {
+        let (powered, _, _) = self.0.get(host);
+        Ok(if powered {
+            PowerState::On
+        } else {
+            PowerState::Off
+        })
+    }
+    async fn power_off(&self, host: HostId) -> Result<(), OobError> {
+        self.0.set(host, false, false, false);
+        Ok(())
+    }
+    async fn power_reset(&self, _: HostId) -> Result<(), OobError> {
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -120,18 +166,31 @@ impl HaScheduler for Ha {
 }
 
 async fn fleet(hypervisor: HypervisorType, n: u64, config: Config) -> Fleet {
+    fleet_with_bmc(hypervisor, n, config, false).await
+}
+
+/// A fleet; with `bmc`, the manager reads power through a BMC over the world.
+async fn fleet_with_bmc(hypervisor: HypervisorType, n: u64, config: Config, bmc: bool) -> Fleet {
     let world = Arc::new(World::default());
     let registry = Arc::new(Registry::default());
     let ha = Arc::new(Ha::default());
+    let alerts = Arc::new(Alerts::default());
     let store = Arc::new(InMemoryHostStore::new());
+    let oobm = bmc.then(|| {
+        Arc::new(Oobm::new(
+            Arc::new(WorldBmc(world.clone())),
+            config.oobm_action_timeout,
+        ))
+    });
     let manager = AgentManager::new(
         config,
         Ports {
             store,
             registry: registry.clone(),
-            alerts: Arc::new(LogAlerts),
+            alerts: alerts.clone(),
             ha: Some(ha.clone()),
             investigators: None,
+            oobm,
         },
         Tasks::new(),
     )
@@ -161,6 +220,7 @@ async fn fleet(hypervisor: HypervisorType, n: u64, config: Config) -> Fleet {
         world,
         registry,
         ha,
+        alerts,
     }
 }
 
@@ -227,26 +287,69 @@ async fn a_kvm_host_whose_agent_dies_with_its_heartbeat_alive_is_never_down() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_lone_host_nobody_can_vouch_for_goes_to_alert_after_alert_wait() {
-    // One host: no neighbour can tell; unknown never becomes Down.
-    let config = Config {
-        alert_wait: Duration::from_secs(900),
-        ..Config::default()
-    };
-    let f = fleet(HypervisorType::XenServer, 1, config).await;
+async fn a_lone_host_nobody_can_vouch_for_goes_to_alert_at_detection() {
+    // One host: no neighbour can tell. CloudStack answers Disconnected (Alert with a "host
+    // disconnected" alert within minutes), never Down, and does not wait for alert.wait.
+    let f = fleet(HypervisorType::XenServer, 1, Config::default()).await;
     f.world.set(HostId(1), false, false, false);
-    sleep(Duration::from_secs(600)).await;
-    assert_eq!(
-        f.status(1),
-        Some(Status::Up),
-        "undeterminable: nothing done before alert.wait"
+    sleep(Duration::from_secs(60 + 150 + 2)).await;
+    assert_eq!(f.status(1), Some(Status::Alert));
+    let alert = f.manager.history(HostId(1)).pop().unwrap();
+    assert_eq!(alert.event, Event::AgentDisconnected, "{}", alert.reason);
+    assert!(
+        alert
+            .reason
+            .contains("Disconnected by XenServerInvestigator"),
+        "{}",
+        alert.reason
     );
-    sleep(Duration::from_secs(400)).await;
+    assert_eq!(f.alerts.kinds(1), [AlertKind::HostDisconnected]);
+    // Re-investigated while in Alert, never Down: nobody can vouch for it.
+    sleep(Duration::from_secs(1800)).await;
     assert_eq!(f.status(1), Some(Status::Alert));
     assert!(f.ha.0.lock().unwrap().is_empty());
     // It powers back on: the direct scan reconnects it.
     f.world.set(HostId(1), true, true, true);
     sleep(Duration::from_secs(91)).await;
     assert_eq!(f.status(1), Some(Status::Up));
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kvm_agent_restart_on_a_live_host_ends_in_alert_and_comes_back_up() {
+    // The agent writes the heartbeat: while it is down the heartbeat is dead, but the host is
+    // powered (the BMC reads On) and its neighbours reach it. That is no proof of death.
+    let f = fleet_with_bmc(HypervisorType::Kvm, 3, Config::default(), true).await;
+    f.world.set(HostId(2), true, false, false);
+    sleep(Duration::from_secs(60 + 150 + 2)).await;
+    assert_eq!(f.status(2), Some(Status::Alert));
+    assert_eq!(f.alerts.kinds(2), [AlertKind::HostDisconnected]);
+    // Five minutes of Alert re-investigation: never Down, never handed to VM-HA.
+    sleep(Duration::from_secs(300)).await;
+    assert_eq!(f.status(2), Some(Status::Alert));
+    assert!(
+        f.manager
+            .history(HostId(2))
+            .iter()
+            .all(|c| c.to != Status::Down)
+    );
+    assert!(
+        f.ha.0.lock().unwrap().is_empty(),
+        "a live host is never fenced"
+    );
+    assert_eq!(
+        f.world.get(HostId(2)),
+        (true, false, false),
+        "still powered"
+    );
+    // The agent is back: the direct scan reconnects the host.
+    f.world.set(HostId(2), true, true, true);
+    sleep(Duration::from_secs(91)).await;
+    assert_eq!(f.status(2), Some(Status::Up));
+    // Then it really loses power: the BMC reads Off, Down at the next detection.
+    f.world.set(HostId(2), false, false, false);
+    sleep(Duration::from_secs(60 + 150 + 2)).await;
+    assert_eq!(f.status(2), Some(Status::Down));
+    assert_eq!(*f.ha.0.lock().unwrap(), vec![HostId(2)]);
     f.stop().await;
 }

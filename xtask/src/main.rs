@@ -5,6 +5,9 @@
 //!   base. This is what `.ci/run` runs.
 //! - `bench`: every benchmark at full size, then a summary table.
 //! - `soak`: `cloudha explore` (release build) with 10,000 schedules on each explore base.
+//! - `mutants [FILE...]`: cargo-mutants over the liveness and HA code (verdicts, the fence
+//!   chain, the proof, the brake, work processing), tested by the whole workspace's tests; one
+//!   to two hours here, so never part of `ci`. Installs cargo-mutants when it is missing.
 //! - `tidy`: only the tidy check (crate edges, `//!` docs).
 
 mod bench;
@@ -19,8 +22,11 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
         Some("soak") => soak(),
+        Some("mutants") => mutants(&args[1..]),
         Some("tidy") => tidy::check(&root()).map_err(|problems| problems.join("\n")),
-        _ => Err("usage: cargo xtask <ci | bench [FILTER] | soak | tidy>".to_owned()),
+        _ => Err(
+            "usage: cargo xtask <ci | bench [FILTER] | soak | mutants [FILE...] | tidy>".to_owned(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,6 +90,58 @@ const EXPLORE_BASES: &[&str] = &[
 /// Schedules per base in `ci` (the debug binary the tests built) and in `soak` (release).
 const CI_SCHEDULES: u32 = 300;
 const SOAK_SCHEDULES: u32 = 10_000;
+
+/// The files `mutants` mutates by default: where verdicts, fences, proofs, the brake and the
+/// processing of HA work live.
+const MUTANT_FILES: &[&str] = &[
+    "crates/cloudha-manager/src/investigate.rs",
+    "crates/cloudha-manager/src/oobm.rs",
+    "crates/cloudha-manager/src/ha/fence.rs",
+    "crates/cloudha-manager/src/ha/proof.rs",
+    "crates/cloudha-manager/src/ha/manager.rs",
+];
+
+/// `cargo mutants` on `files` (default [`MUTANT_FILES`]), every mutant tested by the whole
+/// workspace (the simulator's scenarios catch what a unit test does not). The surviving
+/// mutants are in `mutants.out/missed.txt`.
+fn mutants(files: &[String]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let installed = Command::new(&cargo)
+        .args(["mutants", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!("xtask mutants: installing cargo-mutants from crates.io");
+        let status = Command::new(&cargo)
+            .args(["install", "cargo-mutants", "--locked"])
+            .status()
+            .map_err(|e| format!("cannot run cargo install: {e}"))?;
+        if !status.success() {
+            return Err("cargo install cargo-mutants failed".into());
+        }
+    }
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["mutants", "--test-workspace=true", "--no-shuffle"])
+        .current_dir(root());
+    let files: Vec<&str> = if files.is_empty() {
+        MUTANT_FILES.to_vec()
+    } else {
+        files.iter().map(String::as_str).collect()
+    };
+    for f in files {
+        cmd.args(["--file", f]);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run cargo mutants: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cargo mutants exited with {status}: the surviving mutants are in mutants.out/missed.txt"
+        ))
+    }
+}
 
 fn soak() -> Result<(), String> {
     explore_all(SOAK_SCHEDULES, "soak", true)?;

@@ -587,7 +587,13 @@ fn must_fail_scenarios_exit_1_with_their_invariant_broken() {
             .map(|v| v.trim_matches('"').to_owned())
             .unwrap_or_else(|| panic!("{} names no invariant", f.display()));
         let out = cloudha(&["simulate", "--quiet", f.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(1), "{}: {}", f.display(), text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: {}",
+            f.display(),
+            text(&out)
+        );
         assert!(
             text(&out).contains(&format!("invariant {named}: FAILED")),
             "{}: {named} not broken:\n{}",

@@ -17,7 +17,7 @@ impl Investigator for Unknown {
     fn name(&self) -> &'static str {
         "Unknown"
     }
-    async fn host_status(&self, _: &HostRecord) -> Option<HostVerdict> {
+    async fn host_status(&self, _: &HostRecord) -> Option<Finding> {
         None
     }
     async fn vm_alive(&self, _: VmId, _: &HostRecord) -> VmVerdict {
@@ -31,10 +31,8 @@ impl Fencer for Fenced {
     fn name(&self) -> &'static str {
         "Instant"
     }
-    async fn fence(&self, _: &VmRecord, _: &HostRecord) -> FenceOutcome {
-        FenceOutcome::Fenced {
-            evidence: "instant".into(),
-        }
+    async fn fence(&self, _: &VmRecord, host: &HostRecord) -> FenceOutcome {
+        FenceOutcome::Fenced(DeathProof::power_fenced(host.id, "instant"))
     }
 }
 

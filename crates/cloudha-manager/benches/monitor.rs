@@ -50,6 +50,7 @@ fn ingestion(hosts: u64, rounds: u64) {
             alerts: Arc::new(LogAlerts),
             ha: None,
             investigators: Some(Vec::new()),
+            oobm: None,
         },
         Tasks::new(),
     )

@@ -391,7 +391,8 @@ impl Config {
     /// the whole write-retry window (`kvm.heartbeat.write.retries × kvm.heartbeat.retry.interval`).
     /// The last good write is at most this long ago when the host still runs.
     pub fn kvm_self_fence_deadline(&self) -> Duration {
-        self.kvm_heartbeat_interval.max(self.kvm_heartbeat_staleness)
+        self.kvm_heartbeat_interval
+            .max(self.kvm_heartbeat_staleness)
             + self
                 .kvm_heartbeat_retry_interval
                 .saturating_mul(self.kvm_heartbeat_write_retries)

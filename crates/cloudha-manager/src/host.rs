@@ -123,10 +123,18 @@ pub trait HostStore: Send + Sync {
     fn set_last_ping(&self, id: HostId, at: Instant) -> Result<(), StoreError>;
 }
 
-/// A `HostStore` in memory.
+/// A `HostStore` in memory, indexed by cluster and pod (HA asks for a cluster's hosts for every
+/// work item: a scan of every host would cost a fleet dearly).
 #[derive(Debug, Default)]
 pub struct InMemoryHostStore {
-    hosts: Mutex<HashMap<HostId, HostRecord>>,
+    hosts: Mutex<Hosts>,
+}
+
+#[derive(Debug, Default)]
+struct Hosts {
+    by_id: HashMap<HostId, HostRecord>,
+    by_cluster: HashMap<ClusterId, std::collections::BTreeSet<HostId>>,
+    by_pod: HashMap<PodId, std::collections::BTreeSet<HostId>>,
 }
 
 impl InMemoryHostStore {
@@ -135,41 +143,70 @@ impl InMemoryHostStore {
         Self::default()
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, HostRecord>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hosts> {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The hosts matching `pick`, by id.
-    fn matching(&self, pick: impl Fn(&HostRecord) -> bool) -> Vec<HostRecord> {
-        let mut v: Vec<_> = self.map().values().filter(|h| pick(h)).cloned().collect();
+    /// Every host, by id.
+    fn all(&self) -> Vec<HostRecord> {
+        let mut v: Vec<_> = self.lock().by_id.values().cloned().collect();
         v.sort_by_key(|h| h.id);
         v
+    }
+
+    /// The hosts of an index entry, by id.
+    fn indexed(
+        &self,
+        pick: impl Fn(&Hosts) -> Option<&std::collections::BTreeSet<HostId>>,
+    ) -> Vec<HostRecord> {
+        let hosts = self.lock();
+        pick(&hosts)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| hosts.by_id.get(id).cloned())
+            .collect()
     }
 }
 
 impl HostStore for InMemoryHostStore {
     fn get(&self, id: HostId) -> Option<HostRecord> {
-        self.map().get(&id).cloned()
+        self.lock().by_id.get(&id).cloned()
     }
 
     fn status(&self, id: HostId) -> Option<Status> {
-        self.map().get(&id).and_then(|h| h.status)
+        self.lock().by_id.get(&id).and_then(|h| h.status)
     }
 
     fn list(&self) -> Vec<HostRecord> {
-        self.matching(|_| true)
+        self.all()
     }
 
     fn in_cluster(&self, cluster: ClusterId) -> Vec<HostRecord> {
-        self.matching(|h| h.cluster == Some(cluster))
+        self.indexed(|h| h.by_cluster.get(&cluster))
     }
 
     fn in_pod(&self, pod: PodId) -> Vec<HostRecord> {
-        self.matching(|h| h.pod == Some(pod))
+        self.indexed(|h| h.by_pod.get(&pod))
     }
 
     fn upsert(&self, record: HostRecord) {
-        self.map().insert(record.id, record);
+        let mut hosts = self.lock();
+        let id = record.id;
+        if let Some(old) = hosts.by_id.get(&id).map(|o| (o.cluster, o.pod)) {
+            if let Some(c) = old.0 {
+                hosts.by_cluster.entry(c).or_default().remove(&id);
+            }
+            if let Some(p) = old.1 {
+                hosts.by_pod.entry(p).or_default().remove(&id);
+            }
+        }
+        if let Some(c) = record.cluster {
+            hosts.by_cluster.entry(c).or_default().insert(id);
+        }
+        if let Some(p) = record.pod {
+            hosts.by_pod.entry(p).or_default().insert(id);
+        }
+        hosts.by_id.insert(id, record);
     }
 
     fn update_status(
@@ -181,8 +218,11 @@ impl HostStore for InMemoryHostStore {
         event: Event,
         now: Instant,
     ) -> Result<HostRecord, StoreError> {
-        let mut map = self.map();
-        let h = map.get_mut(&id).ok_or(StoreError::UnknownHost(id))?;
+        let mut hosts = self.lock();
+        let h = hosts
+            .by_id
+            .get_mut(&id)
+            .ok_or(StoreError::UnknownHost(id))?;
         if h.status != expected || h.update_count != update_count {
             return Err(StoreError::Conflict {
                 host: id,
@@ -205,7 +245,8 @@ impl HostStore for InMemoryHostStore {
     }
 
     fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {
-        self.map()
+        self.lock()
+            .by_id
             .get_mut(&id)
             .ok_or(StoreError::UnknownHost(id))?
             .resource_state = state;
@@ -213,7 +254,8 @@ impl HostStore for InMemoryHostStore {
     }
 
     fn set_last_ping(&self, id: HostId, at: Instant) -> Result<(), StoreError> {
-        self.map()
+        self.lock()
+            .by_id
             .get_mut(&id)
             .ok_or(StoreError::UnknownHost(id))?
             .last_ping = Some(at);

@@ -172,7 +172,10 @@ pub struct Rules {
 pub fn judge(e: &Evidence, rules: Rules) -> Finding {
     let m = rules.agreement.max(1);
     if e.own == Some(true) {
-        return Finding::settled(HostVerdict::Up, "the host's own heartbeat check answers alive");
+        return Finding::settled(
+            HostVerdict::Up,
+            "the host's own heartbeat check answers alive",
+        );
     }
     if let Some(b) = e.beats.iter().find(|b| b.alive) {
         return Finding::new(
@@ -264,6 +267,44 @@ async fn ping_test(commander: &dyn HostCommander, via: HostId, target: HostId) -
         .map(|a| a.success())
 }
 
+/// Which hosts each neighbour pings as its controls (two at most; one answer is enough): the
+/// other neighbours in turn from the next one (so one blind neighbour does not blind the
+/// others), then the rest of the cluster and the pod. A neighbour that reaches none of its
+/// controls cannot show that it reaches anyone: its misses prove nothing.
+struct Controls {
+    ring: Vec<HostId>,
+    others: Vec<HostId>,
+}
+
+/// Controls pinged per neighbour.
+const CONTROLS: usize = 2;
+
+impl Controls {
+    fn new(neighbours: &[HostId], others: Vec<HostId>) -> Self {
+        Self {
+            ring: neighbours.to_vec(),
+            others,
+        }
+    }
+
+    fn controls_for(&self, n: HostId) -> Vec<HostId> {
+        let Some(i) = self.ring.iter().position(|h| *h == n) else {
+            return Vec::new();
+        };
+        let ring = (1..self.ring.len()).map(|k| self.ring[(i + k) % self.ring.len()]);
+        let mut out: Vec<HostId> = Vec::with_capacity(CONTROLS);
+        for h in ring.chain(self.others.iter().copied()) {
+            if out.len() == CONTROLS {
+                break;
+            }
+            if h != n && !out.contains(&h) {
+                out.push(h);
+            }
+        }
+        out
+    }
+}
+
 enum Probe {
     Own(Option<bool>),
     Beat(HostId, Option<(bool, Option<Duration>)>),
@@ -299,6 +340,23 @@ impl Neighbours {
             .collect()
     }
 
+    /// Controls of last resort: the other routing hosts of the host's cluster, whatever their
+    /// status (a control only has to answer a ping), then the Up routing hosts of its pod.
+    fn control_hosts(&self, host: &HostRecord) -> Vec<HostId> {
+        let cluster = host
+            .cluster
+            .map_or_else(Vec::new, |c| self.store.in_cluster(c));
+        let pod = host.pod.map_or_else(Vec::new, |p| self.store.in_pod(p));
+        let pod_up = pod.into_iter().filter(|n| n.status == Some(Status::Up));
+        let mut out: Vec<HostId> = Vec::new();
+        for n in cluster.into_iter().chain(pod_up) {
+            if n.id != host.id && n.host_type == HostType::Routing && !out.contains(&n.id) {
+                out.push(n.id);
+            }
+        }
+        out
+    }
+
     /// Sends every probe at once and collects answers until the evidence decides or every
     /// probe has answered or timed out (each is bounded).
     async fn gather(
@@ -310,12 +368,17 @@ impl Neighbours {
         let commander = &*self.commander;
         let target = host.id;
         let neighbours = self.of(host, same_kind);
+        let controls = Controls::new(&neighbours, self.control_hosts(host));
         let mut probes: FuturesUnordered<
             std::pin::Pin<Box<dyn std::future::Future<Output = Probe> + Send + '_>>,
         > = FuturesUnordered::new();
         if ask_self {
             probes.push(Box::pin(async move {
-                Probe::Own(check_on_host(commander, target, target).await.map(|(a, _)| a))
+                Probe::Own(
+                    check_on_host(commander, target, target)
+                        .await
+                        .map(|(a, _)| a),
+                )
             }));
         }
         for &n in &neighbours {
@@ -325,7 +388,7 @@ impl Neighbours {
             probes.push(Box::pin(async move {
                 Probe::Ping(n, ping_test(commander, n, target).await)
             }));
-            if let Some(&control) = neighbours.iter().find(|c| **c != n) {
+            for control in controls.controls_for(n) {
                 probes.push(Box::pin(async move {
                     Probe::Control(n, ping_test(commander, n, control).await)
                 }));
@@ -333,8 +396,9 @@ impl Neighbours {
         }
         if let Some(oobm) = &self.oobm {
             probes.push(Box::pin(async move {
-                let reading = tokio::time::timeout(PROBE_WAIT, oobm.power_status(target)).await;
-                Probe::Power(reading.ok().and_then(Result::ok))
+                // Bounded by the Oobm's own bound: a reading cut short here would be read
+                // again by the fence, one BMC call too many.
+                Probe::Power(oobm.power_status(target).await.ok())
             }));
         }
         let mut e = Evidence::default();
@@ -705,27 +769,120 @@ mod tests {
         use HostVerdict::*;
         use PowerState::*;
         let rows = [
-            Row { own: Some(true), beats: &[false], power: Some(Off), settled: true, ..row("own alive: Up whatever else", Up) },
-            Row { beats: &[false, true, false], pings: &[false], power: Some(Off), ..row("first alive neighbour vetoes Down, even with the BMC off", Disconnected) },
-            Row { power: Some(Off), settled: true, ..row("nobody answers but the BMC says off: Down", Down) },
-            Row { ..row("nobody answers: Disconnected, never Down (CloudStack)", Disconnected) },
-            Row { own: Some(false), ..row("the host's own 'dead' proves nothing alone", Disconnected) },
-            Row { beats: &[false], pings: &[false], ..row("dead heartbeat and unreachable: Down", Down) },
-            Row { beats: &[false, false], pings: &[true, false], power: Some(On), ..row("agent restart: heartbeat dead, host reachable, BMC on", Disconnected) },
-            Row { beats: &[false], ..row("dead heartbeat, nobody could ping, agent writes it", Disconnected) },
-            Row { beats: &[false], power: Some(Unknown), ..row("BMC unknown is no evidence", Disconnected) },
-            Row { beats: &[false], pings: &[true], ..row("whoever writes the heartbeat, a reachable host still runs (a self-fence not fired yet)", Disconnected) },
-            Row { beats: &[false], pings: &[false], blind: &[0], ..row("the only neighbour reaches nobody: its miss proves nothing", Disconnected) },
-            Row { beats: &[false, false], pings: &[false, false], blind: &[0], ..row("one blind neighbour, one that sees: Down", Down) },
-            Row { beats: &[false], pings: &[false], agreement: 2, ..row("agreement 2: one dead answer is not enough", Disconnected) },
-            Row { beats: &[false, false], pings: &[false], agreement: 2, ..row("agreement 2: two dead answers", Down) },
-            Row { beats: &[false, false, true], pings: &[false], agreement: 2, ..row("agreement 2: an alive answer still vetoes", Disconnected) },
+            Row {
+                own: Some(true),
+                beats: &[false],
+                power: Some(Off),
+                settled: true,
+                ..row("own alive: Up whatever else", Up)
+            },
+            Row {
+                beats: &[false, true, false],
+                pings: &[false],
+                power: Some(Off),
+                ..row(
+                    "first alive neighbour vetoes Down, even with the BMC off",
+                    Disconnected,
+                )
+            },
+            Row {
+                power: Some(Off),
+                settled: true,
+                ..row("nobody answers but the BMC says off: Down", Down)
+            },
+            Row {
+                ..row(
+                    "nobody answers: Disconnected, never Down (CloudStack)",
+                    Disconnected,
+                )
+            },
+            Row {
+                own: Some(false),
+                ..row("the host's own 'dead' proves nothing alone", Disconnected)
+            },
+            Row {
+                beats: &[false],
+                pings: &[false],
+                ..row("dead heartbeat and unreachable: Down", Down)
+            },
+            Row {
+                beats: &[false, false],
+                pings: &[true, false],
+                power: Some(On),
+                ..row(
+                    "agent restart: heartbeat dead, host reachable, BMC on",
+                    Disconnected,
+                )
+            },
+            Row {
+                beats: &[false],
+                ..row(
+                    "dead heartbeat, nobody could ping, agent writes it",
+                    Disconnected,
+                )
+            },
+            Row {
+                beats: &[false],
+                power: Some(Unknown),
+                ..row("BMC unknown is no evidence", Disconnected)
+            },
+            Row {
+                beats: &[false],
+                pings: &[true],
+                ..row(
+                    "whoever writes the heartbeat, a reachable host still runs (a self-fence not fired yet)",
+                    Disconnected,
+                )
+            },
+            Row {
+                beats: &[false],
+                pings: &[false],
+                blind: &[0],
+                ..row(
+                    "the only neighbour reaches nobody: its miss proves nothing",
+                    Disconnected,
+                )
+            },
+            Row {
+                beats: &[false, false],
+                pings: &[false, false],
+                blind: &[0],
+                ..row("one blind neighbour, one that sees: Down", Down)
+            },
+            Row {
+                beats: &[false],
+                pings: &[false],
+                agreement: 2,
+                ..row("agreement 2: one dead answer is not enough", Disconnected)
+            },
+            Row {
+                beats: &[false, false],
+                pings: &[false],
+                agreement: 2,
+                ..row("agreement 2: two dead answers", Down)
+            },
+            Row {
+                beats: &[false, false, true],
+                pings: &[false],
+                agreement: 2,
+                ..row("agreement 2: an alive answer still vetoes", Disconnected)
+            },
         ];
         for r in rows {
             let e = Evidence {
                 own: r.own,
-                beats: r.beats.iter().enumerate().map(|(i, a)| beat(i as u64 + 10, *a)).collect(),
-                pings: r.pings.iter().enumerate().map(|(i, a)| (HostId(i as u64 + 10), *a)).collect(),
+                beats: r
+                    .beats
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| beat(i as u64 + 10, *a))
+                    .collect(),
+                pings: r
+                    .pings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (HostId(i as u64 + 10), *a))
+                    .collect(),
                 controls: (0..r.pings.len())
                     .map(|i| (HostId(i as u64 + 10), !r.blind.contains(&i)))
                     .collect(),

@@ -65,9 +65,9 @@ pub use error::{CommandError, ConfigError, ManagerError, StoreError};
 pub use ha::{HaManager, HaPorts};
 pub use host::{HostRecord, HostStore, InMemoryHostStore};
 pub use investigate::{Finding, HostCommander, HostVerdict, Investigator, VmVerdict};
-pub use oobm::{OobError, Oobm, OutOfBandManagement, PowerState};
 pub use manager::{AgentManager, Attaches, HISTORY_LIMIT, Investigations, Ports, StatusChange};
 pub use monitor::PingMonitor;
+pub use oobm::{OobError, Oobm, OutOfBandManagement, PowerState};
 pub use ports::{HaScheduler, NoHa};
 
 #[cfg(any(test, feature = "mock"))]

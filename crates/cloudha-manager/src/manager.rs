@@ -23,8 +23,8 @@ use crate::config::Config;
 use crate::error::{CommandError, ManagerError, StoreError};
 use crate::host::{HostRecord, HostStore};
 use crate::investigate::{self, Finding, HostCommander, HostVerdict, Investigator};
-use crate::oobm::Oobm;
 use crate::monitor::PingMonitor;
+use crate::oobm::Oobm;
 use crate::ports::HaScheduler;
 
 /// One applied status event, as recorded in a host's history and sent to subscribers.
@@ -661,13 +661,19 @@ impl Inner {
                 );
             }
             return Some((
-                Finding::new(HostVerdict::Alert, "VM-HA is disabled (vm.ha.enabled = false)"),
+                Finding::new(
+                    HostVerdict::Alert,
+                    "VM-HA is disabled (vm.ha.enabled = false)",
+                ),
                 "vm.ha.enabled",
             ));
         }
         let chain = investigate::investigate_host(&self.investigators, rec);
         tokio::pin!(chain);
+        // Biased: when both are ready at once the outcome must not depend on tokio's own
+        // randomness (a seeded simulation must replay exactly).
         tokio::select! {
+            biased;
             healthy = &mut health => {
                 if healthy { up() } else { chain.await }
             }
@@ -1030,6 +1036,9 @@ impl Inner {
             return false;
         }
         attache.on_startup_answer(&self.startup_answer(startup));
+        // The VM state sync of a connect: the host's own report of its VMs (an HA VM the
+        // records place here that it reports off is restarted, as on a ping).
+        self.ha().vm_power_report(host, &startup.vm_states);
         true
     }
 

@@ -77,12 +77,16 @@ pub struct Oobm {
     port: std::sync::Arc<dyn OutOfBandManagement>,
     wait: Duration,
     readings: Mutex<HashMap<HostId, PowerReading>>,
+    /// When a power reading of each host last failed.
+    failures: Mutex<HashMap<HostId, Instant>>,
     calls: Mutex<HashMap<HostId, u64>>,
 }
 
 impl std::fmt::Debug for Oobm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Oobm").field("wait", &self.wait).finish_non_exhaustive()
+        f.debug_struct("Oobm")
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,6 +101,7 @@ impl Oobm {
             port,
             wait,
             readings: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
         }
     }
@@ -125,7 +130,9 @@ impl Oobm {
             .inspect_err(|_| {
                 // No answer now: an older reading must not stand in for one.
                 lock(&self.readings).remove(&host);
+                lock(&self.failures).insert(host, Instant::now());
             })?;
+        lock(&self.failures).remove(&host);
         lock(&self.readings).insert(
             host,
             PowerReading {
@@ -144,6 +151,24 @@ impl Oobm {
             .get(&host)
             .copied()
             .filter(|r| r.at.elapsed() < POWER_READING_FRESH && since.is_none_or(|s| r.at > s))
+    }
+
+    /// Whether a power reading of `host` failed within [`POWER_READING_FRESH`], after `since`
+    /// (no reading since): reading again now would most likely fail too, and cost a call.
+    pub fn failed_recently(&self, host: HostId, since: Option<Instant>) -> bool {
+        lock(&self.failures)
+            .get(&host)
+            .is_some_and(|t| t.elapsed() < POWER_READING_FRESH && since.is_none_or(|s| *t > s))
+    }
+
+    /// When the BMC last read `host` Off, if that is its last reading and it was taken after
+    /// `since` (the host's last connect). Such a reading stays a proof that every VM copy the
+    /// host ran before it is dead, however old: copies start only through a connected agent.
+    pub fn off_since(&self, host: HostId, since: Option<Instant>) -> Option<Instant> {
+        lock(&self.readings)
+            .get(&host)
+            .filter(|r| r.state == PowerState::Off && since.is_none_or(|s| r.at > s))
+            .map(|r| r.at)
     }
 
     /// Powers the host off (one BMC call, bounded). The last reading is forgotten: whatever

@@ -48,11 +48,11 @@ impl SimResource {
             })
             .collect();
         // VMs the records place here whose process is gone: the hypervisor reports them shut off.
-        for r in self.vms.vms_on_host(self.host) {
-            if r.host == Some(self.host) && r.state == VmState::Running && !running.contains(&r.id)
-            {
+        // (Ids only: this runs for every ping of every host.)
+        for vm in self.vms.running_on(self.host) {
+            if !running.contains(&vm) {
                 states.push(VmStateReport {
-                    vm: r.id,
+                    vm,
                     power: VmPowerState::PowerOff,
                 });
             }
@@ -374,6 +374,12 @@ impl OutOfBandManagement for SimBmc {
     }
 }
 
+fn lock_pings(
+    p: &PingLog,
+) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<HostId, Instant>> {
+    p.0.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A command monitor that notes when each host last pinged (the report measures detection
 /// from it). It only observes: it answers nothing.
 #[derive(Default)]
@@ -401,6 +407,8 @@ pub(crate) struct SimVms {
     pub(crate) work: Arc<cloudha_manager::ha::InMemoryHaWorkStore>,
     /// An injected fault (test harness only): the records claim every VM is HA-enabled.
     pub(crate) ha_flag_lies: bool,
+    /// When each host last pinged: a VM starts only through an agent that is back in touch.
+    pub(crate) pings: Arc<PingLog>,
 }
 
 impl SimVms {
@@ -414,8 +422,12 @@ impl SimVms {
 
 impl SimVms {
     fn can_run(&self, host: HostId) -> bool {
+        // A start goes through the host's agent: one that has not pinged since the host last
+        // booted is not connected yet, and the command would go nowhere.
+        let pinged = lock_pings(&self.pings).get(&host).copied();
         self.world.host(host).is_some_and(|h| {
             h.powered
+                && pinged.is_some_and(|p| p > h.booted_at)
                 && h.agent_alive
                 && !h.mgmt_partitioned
                 && !h.no_capacity

@@ -43,10 +43,10 @@ pub use explore::{
     Violation, is_lying,
 };
 pub use report::{Failover, Report, clock};
-pub use run::{Injected, simulate};
 #[cfg(feature = "fault-injection")]
 pub use run::simulate_with;
+pub use run::{Injected, simulate};
 pub use scenario::{
-    ALERT_KINDS, ClusterSpec, Expect, Fault, FaultKind, Hypervisor, INVARIANTS, PROOF_KINDS, SIM_KEYS,
-    Scenario, ScenarioError, SelfFence, SimTimings, Storage,
+    ALERT_KINDS, ClusterSpec, Expect, Fault, FaultKind, Hypervisor, INVARIANTS, PROOF_KINDS,
+    SIM_KEYS, Scenario, ScenarioError, SelfFence, SimTimings, Storage,
 };

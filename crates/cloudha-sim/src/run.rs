@@ -194,6 +194,7 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
                     bmc_stuck: false,
                     neighbours_lie: false,
                     no_capacity: false,
+                    booted_at: t0,
                     heartbeat: (hv.is_kvm_like() || hv == HypervisorType::XenServer).then_some(t0),
                 },
             );
@@ -264,7 +265,9 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
         }
     }
     let work = Arc::new(InMemoryHaWorkStore::new());
+    let pings = Arc::new(PingLog::default());
     let vms = Arc::new(SimVms {
+        pings: pings.clone(),
         world: world.clone(),
         records: records.clone(),
         work: work.clone(),
@@ -300,14 +303,14 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
             names,
             vm_names,
             faults_seen: Mutex::new(Vec::new()),
-            pings: Arc::new(PingLog::default()),
+            pings,
             deaths: Mutex::new(Vec::new()),
             judged: Mutex::new(Vec::new()),
             starts: Mutex::new(Vec::new()),
             zones: host_zones,
         }
     });
-    cloud.world.update_reach();
+    cloud.world.update_reach(None);
 
     cloud.start_manager(true).await;
     let kvm: Vec<HostId> = cloud
@@ -530,13 +533,13 @@ impl Cloud {
     fn power_off(self: &Arc<Self>, host: HostId) {
         let deaths = self.world.power_off(host);
         self.stop_agent(host);
-        self.after_change(deaths);
+        self.after_change(&[host], deaths);
     }
 
-    /// After any change of the truth: the hosts' reach is recorded, the VMs of hosts that just
-    /// became cut off die (for `ha_liveness`), and every death gets its judge.
-    fn after_change(self: &Arc<Self>, mut deaths: Vec<Death>) {
-        for host in self.world.update_reach() {
+    /// After any change of the truth about `hosts`: their clusters' reach is recorded, the VMs
+    /// of hosts that just became cut off die (for `ha_liveness`), and every death gets its judge.
+    fn after_change(self: &Arc<Self>, hosts: &[HostId], mut deaths: Vec<Death>) {
+        for host in self.world.update_reach(Some(hosts)) {
             for vm in self.world.running_on(host) {
                 deaths.push(self.world.death(vm, host, Cause::CutOff));
             }
@@ -559,12 +562,15 @@ impl Cloud {
             .world
             .with_host(host, |h| std::mem::replace(&mut h.powered, true));
         if was == Some(false) {
-            self.world.with_host(host, |h| h.agent_alive = true);
+            self.world.with_host(host, |h| {
+                h.agent_alive = true;
+                h.booted_at = Instant::now();
+            });
             if self.world.host(host).is_some_and(|h| h.kvm()) {
                 self.start_agent(host);
             }
         }
-        self.after_change(Vec::new());
+        self.after_change(&[host], Vec::new());
     }
 
     /// Writes `host`'s heartbeat stamp now if its storage works; returns whether it did.
@@ -734,7 +740,7 @@ impl Cloud {
             }
             _ => {}
         }
-        self.after_change(deaths);
+        self.after_change(&ids, deaths);
     }
 
     /// Ends a state fault after its duration.
@@ -926,9 +932,11 @@ impl Cloud {
             .iter()
             .filter_map(|(_, v)| v.as_ref().err().cloned())
             .collect();
+        let done: std::collections::HashSet<(VmId, HostId, Instant)> =
+            judged.iter().map(|(d, _)| (d.vm, d.host, d.at)).collect();
         let not_judged = lock(&self.deaths)
             .iter()
-            .filter(|d| !judged.iter().any(|(j, _)| j == *d))
+            .filter(|d| !done.contains(&(d.vm, d.host, d.at)))
             .map(|d| {
                 format!(
                     "{} ({:?} on {} at {})",
@@ -977,7 +985,8 @@ impl Cloud {
     /// How long, between the death and `until`, the clock of its obligation was paused: the
     /// startup grace after each manager start, and the brake's condition holding in truth for
     /// the VM's cluster (more than `ha.brake.fraction` of its hosts, and at least two, really
-    /// without power or cut off).
+    /// without power or out of the manager's reach: what the brake guards against is the
+    /// manager's own partition).
     fn paused(&self, d: &Death, until: Instant) -> Duration {
         let grace = self.scenario.config.ha_startup_grace;
         let starts = lock(&self.starts).clone();
@@ -987,12 +996,9 @@ impl Cloud {
             .and_then(|r| r.cluster)
             .or_else(|| self.world.host(d.host).map(|h| h.cluster));
         let state = self.world.lock();
-        let members: Vec<HostId> = state
-            .hosts
-            .iter()
-            .filter(|(_, h)| Some(h.cluster) == cluster)
-            .map(|(id, _)| *id)
-            .collect();
+        let members: Vec<HostId> = cluster
+            .and_then(|c| state.members.get(&c).cloned())
+            .unwrap_or_default();
         let mut cuts: Vec<Instant> = vec![d.at, until];
         for s in &starts {
             cuts.push(*s);
@@ -1009,7 +1015,7 @@ impl Cloud {
                 .reach
                 .get(m)
                 .and_then(|log| log.iter().rev().find(|r| r.since <= t))
-                .is_some_and(|r| !r.powered || r.cut_off)
+                .is_some_and(|r| !r.powered || !r.managed)
         };
         let fraction = self.scenario.config.ha_brake_fraction;
         let mut paused = Duration::ZERO;
@@ -1051,32 +1057,76 @@ impl Cloud {
         if d.cause == Cause::CutOff && v.copies.contains(&d.host) && !cut_now {
             return Ok("its host is reachable again, the VM on it".into());
         }
-        // Excuse: no host of its zone and hypervisor can take it, in truth.
+        // Excuse: no host of its zone and hypervisor can take it, in truth (its cluster's
+        // hosts are looked at first: most often one of them has room).
         let zone = self.zones.get(&d.host);
-        let room = state.hosts.iter().any(|(id, h)| {
-            *id != d.host
-                && self.zones.get(id) == zone
-                && h.hypervisor == host.hypervisor
-                && h.powered
-                && h.agent_alive
-                && !h.mgmt_partitioned
-                && !h.no_capacity
-                && (state.processes.get(id).map_or(0, |p| p.len()) as u32) < h.capacity
-        });
+        let in_cluster = state
+            .members
+            .get(&host.cluster)
+            .cloned()
+            .unwrap_or_default();
+        let candidates = in_cluster.iter().copied().chain(
+            self.zones
+                .iter()
+                .filter(|(_, z)| Some(*z) == zone)
+                .map(|(id, _)| *id),
+        );
+        let room = candidates
+            .filter_map(|id| state.hosts.get(&id).map(|h| (id, h)))
+            .any(|(id, h)| {
+                id != d.host
+                    && self.zones.get(&id) == zone
+                    && h.hypervisor == host.hypervisor
+                    && h.powered
+                    && h.agent_alive
+                    && !h.mgmt_partitioned
+                    && !h.no_capacity
+                    && (state.processes.get(&id).map_or(0, |p| p.len()) as u32) < h.capacity
+            });
         if !room {
             return Ok("excused: no host can take it".into());
         }
         // Excuse: no proof obtainable under the spec's rules (the BMC unreachable and no
         // self-fence that a neighbour could vouch for; the host not back).
         let back = host.powered && host.agent_alive && !host.mgmt_partitioned;
+        let reach = state.reach.get(&d.host).and_then(|l| l.last()).copied();
+        if back
+            && (host.ping_loss
+                || host
+                    .ping_delay
+                    .is_some_and(|d| d >= self.scenario.config.ping_interval))
+        {
+            return Ok(
+                "excused: its host's pings, and with them its VM reports, do not get through"
+                    .into(),
+            );
+        }
+        if !back && reach.is_some_and(|r| r.powered && r.reachable) {
+            return Ok("excused: its host runs and its neighbours reach it, but the manager cannot: the rules allow no Down".into());
+        }
+        let beating = host.heartbeat.is_some_and(|t| {
+            let staleness = if host.kvm() {
+                self.scenario.sim.heartbeat_staleness
+            } else {
+                self.scenario.sim.xen_heartbeat_staleness
+            };
+            Instant::now().saturating_duration_since(t) <= staleness
+        });
+        if !back && cut_now && beating {
+            return Ok(
+                "excused: its cut-off host's heartbeat beats: the rules allow no Down".into(),
+            );
+        }
         let neighbour_up = |storage: bool| {
-            state.hosts.iter().any(|(id, h)| {
-                *id != d.host
-                    && h.cluster == host.cluster
-                    && h.powered
-                    && !h.neighbour_partitioned
-                    && (!storage || h.storage_ok)
-            })
+            in_cluster
+                .iter()
+                .filter_map(|id| state.hosts.get(id).map(|h| (id, h)))
+                .any(|(id, h)| {
+                    *id != d.host
+                        && h.powered
+                        && !h.neighbour_partitioned
+                        && (!storage || h.storage_ok)
+                })
         };
         let self_fence = !host.powered
             && ((host.kvm() && host.independent_self_fence && neighbour_up(true))

@@ -39,6 +39,8 @@ pub(crate) struct HostTruth {
     /// fresh.
     pub(crate) neighbours_lie: bool,
     pub(crate) no_capacity: bool,
+    /// When it last booted (powered on).
+    pub(crate) booted_at: Instant,
     /// The newest stamp of the host's heartbeat: the storage heartbeat of a KVM host, the pool
     /// heartbeat of a XenServer host (`None` for others).
     pub(crate) heartbeat: Option<Instant>,
@@ -108,6 +110,8 @@ pub(crate) struct Reach {
     pub(crate) reachable: bool,
     /// Powered, but neither the manager (through its agent) nor a neighbour reaches it.
     pub(crate) cut_off: bool,
+    /// Powered, and the manager reaches its agent.
+    pub(crate) managed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +129,8 @@ pub(crate) struct State {
     pub(crate) reach: BTreeMap<HostId, Vec<Reach>>,
     /// When each host was probed (by a neighbour, the BMC, or itself), newest last.
     pub(crate) probes: BTreeMap<HostId, Vec<Instant>>,
+    /// The hosts of each cluster (static; reach is a matter of a host and its neighbours).
+    pub(crate) members: BTreeMap<ClusterId, Vec<HostId>>,
 }
 
 impl State {
@@ -137,9 +143,13 @@ impl State {
     }
 
     fn others_reachable(&self, host: HostId, cluster: ClusterId) -> bool {
-        self.hosts.iter().any(|(id, h)| {
-            *id != host && h.cluster == cluster && h.powered && !h.neighbour_partitioned
-        })
+        self.members
+            .get(&cluster)
+            .into_iter()
+            .flatten()
+            .filter(|id| **id != host)
+            .filter_map(|id| self.hosts.get(id))
+            .any(|h| h.powered && !h.neighbour_partitioned)
     }
 
     /// The host's reach now.
@@ -159,6 +169,7 @@ impl State {
             powered: h.powered,
             reachable,
             cut_off: h.powered && !manager_sees && !neighbour_sees,
+            managed: h.powered && manager_sees,
         })
     }
 }
@@ -244,12 +255,32 @@ impl World {
             .push(Instant::now());
     }
 
-    /// Records every host's reach where it changed (after any change of power, agents or
-    /// partitions). Returns the hosts that just became cut off.
-    pub(crate) fn update_reach(&self) -> Vec<HostId> {
+    /// Records the reach of the clusters of `changed` hosts (every host when `None`) where it
+    /// changed (after any change of power, agents or partitions). Returns the hosts that just
+    /// became cut off.
+    pub(crate) fn update_reach(&self, changed: Option<&[HostId]>) -> Vec<HostId> {
         let now = Instant::now();
         let mut s = self.lock();
-        let ids: Vec<HostId> = s.hosts.keys().copied().collect();
+        if s.members.is_empty() {
+            let mut members: BTreeMap<ClusterId, Vec<HostId>> = BTreeMap::new();
+            for (id, h) in &s.hosts {
+                members.entry(h.cluster).or_default().push(*id);
+            }
+            s.members = members;
+        }
+        let ids: Vec<HostId> = match changed {
+            None => s.hosts.keys().copied().collect(),
+            Some(hosts) => {
+                let clusters: BTreeSet<ClusterId> = hosts
+                    .iter()
+                    .filter_map(|h| s.hosts.get(h).map(|t| t.cluster))
+                    .collect();
+                clusters
+                    .iter()
+                    .flat_map(|c| s.members.get(c).cloned().unwrap_or_default())
+                    .collect()
+            }
+        };
         let mut cut = Vec::new();
         for id in ids {
             let Some(r) = s.reach_of(id, now) else {
@@ -258,7 +289,8 @@ impl World {
             let log = s.reach.entry(id).or_default();
             let last = log.last().copied();
             let changed = last.is_none_or(|l| {
-                (l.powered, l.reachable, l.cut_off) != (r.powered, r.reachable, r.cut_off)
+                (l.powered, l.reachable, l.cut_off, l.managed)
+                    != (r.powered, r.reachable, r.cut_off, r.managed)
             });
             if changed {
                 if r.cut_off && !last.is_some_and(|l| l.cut_off) {

@@ -109,7 +109,11 @@ async fn stale_past_deadline(
     since: Option<Instant>,
 ) -> Stale {
     let before_connect = |age: Duration| {
-        since.is_some_and(|c| Instant::now().checked_sub(age).is_none_or(|stamp| stamp < c))
+        since.is_some_and(|c| {
+            Instant::now()
+                .checked_sub(age)
+                .is_none_or(|stamp| stamp < c)
+        })
     };
     let first = match ask_fence(commander, via, target, vm).await {
         Seen::Dead(age) => age,
@@ -209,7 +213,11 @@ pub struct NeighbourFencer {
 
 impl NeighbourFencer {
     /// Asks neighbours through `commander`; neighbours from `store`; timings from `config`.
-    pub fn new(commander: Arc<dyn HostCommander>, store: Arc<dyn HostStore>, config: &Config) -> Self {
+    pub fn new(
+        commander: Arc<dyn HostCommander>,
+        store: Arc<dyn HostStore>,
+        config: &Config,
+    ) -> Self {
         Self {
             neighbours: Neighbours {
                 commander,
@@ -276,7 +284,11 @@ pub struct XenPoolFencer {
 
 impl XenPoolFencer {
     /// Asks pool members through `commander`; members from `store`; timings from `config`.
-    pub fn new(commander: Arc<dyn HostCommander>, store: Arc<dyn HostStore>, config: &Config) -> Self {
+    pub fn new(
+        commander: Arc<dyn HostCommander>,
+        store: Arc<dyn HostStore>,
+        config: &Config,
+    ) -> Self {
         Self {
             neighbours: Neighbours {
                 commander,
@@ -301,9 +313,7 @@ impl Fencer for XenPoolFencer {
                 reason: "not a XenServer host".into(),
             };
         }
-        let members = self
-            .neighbours
-            .of(host, |h| h == HypervisorType::XenServer);
+        let members = self.neighbours.of(host, |h| h == HypervisorType::XenServer);
         match neighbours_agree(
             &*self.neighbours.commander,
             &members,
@@ -351,9 +361,21 @@ impl Fencer for PowerFencer {
 
     async fn fence(&self, _vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
         let h = host.id;
+        if let Some(at) = self.oobm.off_since(h, host.connected_at) {
+            return FenceOutcome::Fenced(DeathProof::power_fenced(
+                h,
+                format!(
+                    "the BMC read host {h} off {:?} ago, and it has not connected since",
+                    at.elapsed()
+                ),
+            ));
+        }
+        // What we know of its power: a fresh reading; or, when a reading just failed, nothing;
+        // or a reading now.
         let reading = match self.oobm.fresh(h, host.connected_at) {
             Some(r) => Ok(r.state),
-            None => self.oobm.power_status(h).await,
+            None if self.oobm.failed_recently(h, host.connected_at) => Err(None),
+            None => self.oobm.power_status(h).await.map_err(Some),
         };
         match reading {
             Ok(PowerState::Off) => {
@@ -367,12 +389,14 @@ impl Fencer for PowerFencer {
                     reason: format!("the BMC of host {h} reports power unknown: not fenced"),
                 };
             }
-            Err(e) => {
+            Err(Some(e)) => {
                 return FenceOutcome::Failed {
                     reason: e.to_string(),
                 };
             }
-            Ok(PowerState::On) => {}
+            // On, or not known because the investigation's reading just failed: power it off
+            // (as CloudStack does) rather than spend a call to fail again; the read-back decides.
+            Ok(PowerState::On) | Err(None) => {}
         }
         let off = self.oobm.power_off(h).await;
         match (self.oobm.power_status(h).await, off) {

@@ -350,6 +350,20 @@ impl HaInner {
         if rec.hypervisor.has_native_ha() {
             return None;
         }
+        if !self.config.vm_ha_enabled {
+            // CloudStack: VM-HA disabled ⇒ alert only; nothing force-stopped or scheduled.
+            self.alert(
+                AlertKind::HaDisabled,
+                rec.host,
+                Some(vm),
+                rec.cluster,
+                format!(
+                    "VM {} needs HA, but VM-HA is disabled: nothing is done",
+                    rec.name
+                ),
+            );
+            return None;
+        }
         let wants_ha = rec.ha_enabled || self.config.force_ha;
         if !investigate {
             if !wants_ha {
@@ -914,7 +928,11 @@ impl HaInner {
             VmVerdict::Dead => {
                 let proof = DeathProof::dead_verdict(
                     host.id,
-                    format!("{} found the VM not running on host {}", by.unwrap_or("?"), host.id),
+                    format!(
+                        "{} found the VM not running on host {}",
+                        by.unwrap_or("?"),
+                        host.id
+                    ),
                 );
                 item.note(now, format!("proof: {proof}"));
                 item.fence_proof = Some(proof);
@@ -924,7 +942,11 @@ impl HaInner {
         }
         match self.fence_host(vm, host).await {
             (Ok(proof), reused) => {
-                let how = if reused { "host already fenced" } else { "fenced" };
+                let how = if reused {
+                    "host already fenced"
+                } else {
+                    "fenced"
+                };
                 item.note(Instant::now(), format!("{how}: {proof}"));
                 item.fence_proof = Some(proof);
                 Ok(())
@@ -943,7 +965,11 @@ impl HaInner {
     /// (it reconnects or comes back Up); a failure is reused for the rest of its retry round,
     /// so its "Unable to fence off host" alert is raised once per host and round. Returns the
     /// outcome and whether it was reused.
-    async fn fence_host(&self, vm: &VmRecord, host: &HostRecord) -> (Result<DeathProof, String>, bool) {
+    async fn fence_host(
+        &self,
+        vm: &VmRecord,
+        host: &HostRecord,
+    ) -> (Result<DeathProof, String>, bool) {
         let slot = Arc::clone(lock(&self.fences).entry(host.id).or_default());
         let mut last = slot.lock().await;
         let now = Instant::now();
@@ -965,10 +991,11 @@ impl HaInner {
         }
         let mut reasons = Vec::new();
         let mut outcome = None;
+        let mut alive = false;
         for fencer in &self.ports.fencers {
             match fencer.fence(vm, host).await {
                 FenceOutcome::Fenced(proof) => {
-                    outcome = Some(proof);
+                    outcome = Some((fencer.name(), proof));
                     break;
                 }
                 FenceOutcome::Failed { reason } | FenceOutcome::NotApplicable { reason } => {
@@ -977,12 +1004,20 @@ impl HaInner {
                 FenceOutcome::Alive { reason } => {
                     // Signs of life: no fencer may act on this host now.
                     reasons.push(format!("{}: {reason}; the chain stops", fencer.name()));
+                    alive = true;
                     break;
                 }
             }
         }
-        let result = outcome.ok_or_else(|| reasons.join("; "));
-        if let Err(why) = &result {
+        if let Some((by, proof)) = &outcome {
+            tracing::info!(host.id = %host.id, fencer = by, %proof, "host fenced");
+        }
+        let result = outcome
+            .map(|(_, proof)| proof)
+            .ok_or_else(|| reasons.join("; "));
+        if let Err(why) = &result
+            && !alive
+        {
             self.alert(
                 AlertKind::FenceFailed,
                 Some(host.id),

@@ -9,8 +9,8 @@ pub mod work;
 
 pub use crate::oobm::{OobError, Oobm, OutOfBandManagement, PowerState};
 pub use fence::{FenceOutcome, Fencer, NeighbourFencer, PowerFencer, XenPoolFencer};
-pub use proof::{DeathProof, ProofKind, SelfFenceTimings};
 pub use manager::{HaManager, HaPorts};
+pub use proof::{DeathProof, ProofKind, SelfFenceTimings};
 pub use vm::{
     InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmKind, VmOrchestrator,
     VmRecord,

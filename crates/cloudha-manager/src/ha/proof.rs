@@ -84,7 +84,11 @@ impl DeathProof {
     }
 
     /// `host`'s pool heartbeat is stale past its self-reboot window; the pool reset the VM.
-    pub fn pool_fenced(host: HostId, evidence: impl Into<String>, timings: SelfFenceTimings) -> Self {
+    pub fn pool_fenced(
+        host: HostId,
+        evidence: impl Into<String>,
+        timings: SelfFenceTimings,
+    ) -> Self {
         Self {
             timings: Some(timings),
             ..Self::new(ProofKind::PoolFenced, Some(host), evidence.into())
@@ -92,7 +96,11 @@ impl DeathProof {
     }
 
     /// `host`'s storage heartbeat is stale past its self-fence deadline (independent self-fence).
-    pub fn self_fenced(host: HostId, evidence: impl Into<String>, timings: SelfFenceTimings) -> Self {
+    pub fn self_fenced(
+        host: HostId,
+        evidence: impl Into<String>,
+        timings: SelfFenceTimings,
+    ) -> Self {
         Self {
             timings: Some(timings),
             ..Self::new(ProofKind::SelfFenced, Some(host), evidence.into())

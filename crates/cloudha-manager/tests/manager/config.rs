@@ -99,3 +99,66 @@ fn errors_name_the_key() {
         }
     }
 }
+
+#[test]
+fn an_agreement_a_cluster_cannot_reach_is_refused_naming_the_key_and_the_cluster() {
+    /// Clusters as (name, hosts).
+    type Clusters = &'static [(&'static str, usize)];
+    // (agreement, clusters, the cluster the error names or None: accepted)
+    let rows: &[(u32, Clusters, Option<&str>)] = &[
+        (2, &[("pair", 2)], Some("pair")),
+        (2, &[("big", 5), ("pair", 2)], Some("pair")),
+        (2, &[("lone", 1)], None),
+        (2, &[("three", 3)], None),
+        (3, &[("three", 3)], Some("three")),
+        (3, &[("lone", 1), ("four", 4)], None),
+        (1, &[("pair", 2), ("lone", 1)], None),
+        (1, &[("empty", 0)], None),
+        (2, &[], None),
+    ];
+    for (agreement, clusters, refused) in rows {
+        let c = Config {
+            ha_investigators_agreement: *agreement,
+            ..Config::default()
+        };
+        let got = c.check_clusters(clusters.iter().copied());
+        let ctx = format!("agreement {agreement}, clusters {clusters:?}: {got:?}");
+        match refused {
+            None => assert!(got.is_ok(), "{ctx}"),
+            Some(name) => {
+                let err = got.expect_err(&ctx).to_string();
+                assert!(err.contains("ha.investigators.agreement"), "{ctx}");
+                assert!(err.contains(&format!("`{name}`")), "{ctx}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_heartbeat_and_bmc_keys_read_from_toml() {
+    let c = Config::from_toml(
+        r#"
+"kvm.heartbeat.interval" = "30s"
+"kvm.heartbeat.staleness" = "45s"
+"kvm.heartbeat.write.retries" = 2
+"kvm.heartbeat.retry.interval" = "15s"
+"xen.heartbeat.staleness" = "20s"
+"xen.heartbeat.self.reboot.timeout" = "40s"
+"outofbandmanagement.action.timeout" = "25s"
+"#,
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.kvm_self_fence_deadline(),
+        Duration::from_secs(45 + 2 * 15)
+    );
+    assert_eq!(c.xen_self_fence_deadline(), Duration::from_secs(60));
+    assert_eq!(c.oobm_action_timeout, Duration::from_secs(25));
+    let d = Config::default();
+    assert_eq!(
+        (d.kvm_self_fence_deadline(), d.xen_self_fence_deadline()),
+        (Duration::from_secs(110), Duration::from_secs(60)),
+        "defaults: 60 s + 5 × 10 s; 30 s + 30 s"
+    );
+}

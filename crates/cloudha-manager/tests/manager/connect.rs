@@ -31,8 +31,8 @@ async fn a_direct_host_connects_through_connecting_to_up_and_pings() {
     );
     assert_eq!(
         h.ha.reports.load(Ordering::Relaxed),
-        3,
-        "routing pings carry VM states to HA"
+        4,
+        "the connect's VM state sync, then routing pings, carry VM states to HA"
     );
     h.shutdown().await;
 }

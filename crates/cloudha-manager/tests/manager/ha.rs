@@ -22,7 +22,7 @@ impl Investigator for VmVerdicts {
     fn name(&self) -> &'static str {
         "ScriptedVm"
     }
-    async fn host_status(&self, _: &HostRecord) -> Option<HostVerdict> {
+    async fn host_status(&self, _: &HostRecord) -> Option<Finding> {
         None
     }
     async fn vm_alive(&self, _: VmId, _: &HostRecord) -> VmVerdict {
@@ -49,10 +49,11 @@ impl Fencer for ScriptedFencer {
     }
 }
 
-/// The in-memory orchestrator, counting starts per VM.
+/// The in-memory orchestrator, counting starts per VM; a start may take time.
 struct CountingVms {
     inner: InMemoryVms,
     starts: Mutex<HashMap<VmId, Vec<StartParams>>>,
+    start_delay: Mutex<Duration>,
 }
 
 #[async_trait::async_trait]
@@ -73,6 +74,8 @@ impl VmOrchestrator for CountingVms {
         self.inner.stop(vm).await
     }
     async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
+        let delay = *self.start_delay.lock().unwrap();
+        sleep(delay).await;
         let r = self.inner.start(vm, params.clone()).await;
         if r.is_ok() {
             self.starts
@@ -131,17 +134,18 @@ fn build(config: Config, vms_on_failed: u64) -> H {
     let vms = Arc::new(CountingVms {
         inner: InMemoryVms::new(),
         starts: Mutex::new(HashMap::new()),
+        start_delay: Mutex::new(Duration::ZERO),
     });
     for i in 0..vms_on_failed {
         vms.inner.upsert(vm(100 + i, FAILED, true));
     }
     let work = Arc::new(InMemoryHaWorkStore::new());
-    let alerts = Arc::new(RecordingAlerts(Mutex::new(Vec::new())));
+    let alerts = Arc::new(RecordingAlerts::default());
     let verdict = Arc::new(VmVerdicts(Mutex::new(VmVerdict::Unknown)));
     let fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced {
-            evidence: "test".into(),
-        }),
+        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
+            FAILED, "test",
+        ))),
         calls: AtomicUsize::new(0),
         delay: Duration::ZERO,
     });
@@ -267,16 +271,17 @@ async fn a_down_hosts_ha_vm_is_fenced_stopped_and_started_elsewhere() {
     assert_eq!(vm.cluster, Some(ClusterId(1)));
     let item = h.item(100);
     assert_eq!(item.step, WorkStep::Done);
-    assert_eq!(item.fence_proof.as_deref(), Some("Scripted: test"));
+    let proof = item.fence_proof.as_ref().expect("a proof");
+    assert_eq!(
+        (proof.kind(), proof.host(), proof.evidence()),
+        (ProofKind::PowerFenced, Some(FAILED), "test")
+    );
     let log: Vec<&str> = item.history.iter().map(|e| e.what.as_str()).collect();
     assert!(
         log.iter().any(|l| l.contains("VM verdict Unknown")),
         "{log:?}"
     );
-    assert!(
-        log.iter().any(|l| l.contains("fenced by Scripted")),
-        "{log:?}"
-    );
+    assert!(log.contains(&"fenced: power_fenced: test"), "{log:?}");
     assert!(
         log.last().unwrap().starts_with("done: started on host"),
         "{log:?}"
@@ -308,11 +313,7 @@ async fn restart_branches_data_driven() {
         retry_after: Option<Duration>,
         alert: Option<AlertKind>,
     }
-    let fenced = || {
-        Some(FenceOutcome::Fenced {
-            evidence: "ok".into(),
-        })
-    };
+    let fenced = || Some(FenceOutcome::Fenced(DeathProof::power_fenced(FAILED, "ok")));
     let failed = || {
         Some(FenceOutcome::Failed {
             reason: "bmc down".into(),
@@ -462,9 +463,8 @@ async fn a_failed_fence_is_retried_and_a_later_fence_restarts() {
         "retried after restart.retry.interval"
     );
     assert_eq!(h.vm(100).host, Some(FAILED), "never started while unfenced");
-    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Fenced {
-        evidence: "bmc back: powered off".into(),
-    };
+    *h.fencer.outcome.lock().unwrap() =
+        FenceOutcome::Fenced(DeathProof::power_fenced(FAILED, "bmc back: powered off"));
     sleep(Duration::from_secs(600)).await;
     assert_eq!(h.vm(100).state, VmState::Running);
     assert_ne!(h.vm(100).host, Some(FAILED));
@@ -615,17 +615,28 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
 
 #[tokio::test(start_paused = true)]
 async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
+    // Six failed hosts of one VM each (a fence is per host, so six fences); no brake.
     let mut h = build(
         Config {
             ha_workers: 2,
+            ha_brake_fraction: 1.0,
             ..config()
         },
-        6,
+        0,
     );
+    let failed: Vec<HostId> = (21..27).map(HostId).collect();
+    for (i, id) in failed.iter().enumerate() {
+        let mut r = HostRecord::new(*id, format!("h{id}"), HypervisorType::Kvm);
+        r.cluster = Some(ClusterId(1));
+        r.zone = Some(ZoneId(1));
+        r.status = Some(Status::Up);
+        h.hosts.upsert(r);
+        h.vms.inner.upsert(vm(100 + i as u64, *id, true));
+    }
     h.fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced {
-            evidence: "slow".into(),
-        }),
+        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
+            FAILED, "slow",
+        ))),
         calls: AtomicUsize::new(0),
         delay: Duration::from_secs(10),
     });
@@ -634,9 +645,11 @@ async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
     );
     ha.start().await;
     sleep(Duration::from_secs(5)).await;
-    h.host_down(FAILED);
-    ha.schedule_restarts_for_host(&h.hosts.get(FAILED).unwrap(), WorkReason::HostDown, true)
-        .await;
+    for id in &failed {
+        h.host_down(*id);
+        ha.schedule_restarts_for_host(&h.hosts.get(*id).unwrap(), WorkReason::HostDown, true)
+            .await;
+    }
     sleep(Duration::from_millis(1)).await;
     assert_eq!(
         h.fencer.calls.load(Ordering::SeqCst),
@@ -754,9 +767,14 @@ async fn the_operator_releases_the_brake_or_declares_a_host_dead() {
         1,
         "no fence for the declared host"
     );
+    let proof = h.item(101).fence_proof.expect("a proof");
     assert_eq!(
-        h.item(101).fence_proof.as_deref(),
-        Some("operator declared host 2 dead")
+        (proof.kind(), proof.host(), proof.evidence()),
+        (
+            ProofKind::OperatorWord,
+            Some(HostId(2)),
+            "an operator declared host 2 dead"
+        )
     );
     assert_eq!(
         h.hosts.get(HostId(2)).unwrap().resource_state,
@@ -946,102 +964,6 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn neighbour_and_power_fencers_with_mock_ports() {
-    use cloudha_manager::ha::{MockOutOfBandManagement, NeighbourFencer, PowerFencer, PowerState};
-    let hosts = Arc::new(InMemoryHostStore::new());
-    for id in 1..=3 {
-        let mut r = HostRecord::new(HostId(id), format!("h{id}"), HypervisorType::Kvm);
-        r.cluster = Some(ClusterId(1));
-        r.status = Some(if id == 1 { Status::Down } else { Status::Up });
-        hosts.upsert(r);
-    }
-    let target = hosts.get(HostId(1)).unwrap();
-    let v = vm(100, HostId(1), true);
-    // Neighbours see the heartbeat dead: proof only when the self-fence does not need the agent.
-    let mut commander = MockHostCommander::new();
-    commander.expect_send().returning(|_, c, _| {
-        assert!(matches!(
-            c,
-            Command::Fence(FenceCommand {
-                target: HostId(1),
-                ..
-            })
-        ));
-        Ok(Answer::Fence(FenceAnswer {
-            success: true,
-            alive: false,
-            details: String::new(),
-        }))
-    });
-    let fencer = NeighbourFencer::new(Arc::new(commander), hosts.clone());
-    assert!(
-        matches!(fencer.fence(&v, &target).await, FenceOutcome::NotApplicable { reason } if reason.contains("depends on its agent"))
-    );
-    let mut independent = target.clone();
-    independent.self_fence_independent = true;
-    assert!(matches!(
-        fencer.fence(&v, &independent).await,
-        FenceOutcome::Fenced { .. }
-    ));
-    // Heartbeat alive: not fenced.
-    let mut commander = MockHostCommander::new();
-    commander.expect_send().times(2).returning(|_, _, _| {
-        Ok(Answer::Fence(FenceAnswer {
-            success: false,
-            alive: true,
-            details: String::new(),
-        }))
-    });
-    let fencer = NeighbourFencer::new(Arc::new(commander), hosts.clone());
-    assert!(
-        matches!(fencer.fence(&v, &independent).await, FenceOutcome::Failed { reason } if reason.contains("after asking 2 hosts"))
-    );
-
-    for (status, off_ok, confirm, want) in [
-        (Ok(PowerState::Off), true, PowerState::Off, "fenced"),
-        (Ok(PowerState::Unknown), true, PowerState::Off, "failed"),
-        (Err(()), true, PowerState::Off, "failed"),
-        (Ok(PowerState::On), true, PowerState::Off, "fenced"),
-        (Ok(PowerState::On), false, PowerState::Off, "failed"),
-        (Ok(PowerState::On), true, PowerState::On, "failed"),
-    ] {
-        let mut oob = MockOutOfBandManagement::new();
-        let mut first = true;
-        oob.expect_power_status().returning(move |h| {
-            let s = if first {
-                status.map_err(|()| OobError {
-                    host: h,
-                    reason: "bmc unreachable".into(),
-                })
-            } else {
-                Ok(confirm)
-            };
-            first = false;
-            s
-        });
-        oob.expect_power_off().returning(move |h| {
-            if off_ok {
-                Ok(())
-            } else {
-                Err(OobError {
-                    host: h,
-                    reason: "refused".into(),
-                })
-            }
-        });
-        let outcome = PowerFencer::new(Arc::new(oob)).fence(&v, &target).await;
-        let got = match outcome {
-            FenceOutcome::Fenced { .. } => "fenced",
-            _ => "failed",
-        };
-        assert_eq!(
-            got, want,
-            "{status:?} off_ok={off_ok} confirm={confirm:?}: {outcome:?}"
-        );
-    }
-}
-
-#[tokio::test(start_paused = true)]
 async fn a_manager_restart_mid_work_resumes_everything_through_investigating_once() {
     let config = Config {
         ha_workers: 3,
@@ -1049,12 +971,15 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
     };
     let mut h = build(config.clone(), 10);
     h.fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced {
-            evidence: "slow fence".into(),
-        }),
+        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
+            FAILED,
+            "slow fence",
+        ))),
         calls: AtomicUsize::new(0),
         delay: Duration::from_secs(20),
     });
+    // One fence for the host (20 s), then each start takes 10 s: mid-work at 45 s.
+    *h.vms.start_delay.lock().unwrap() = Duration::from_secs(10);
     let first = new_manager(
         &config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &h.tasks,
     );

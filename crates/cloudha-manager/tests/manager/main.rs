@@ -1,9 +1,13 @@
 //! cloudha-manager through its public API, under paused time, with fake or mock ports and the
 //! real registry and direct attaches.
 
+mod cloudstack_ported;
 mod config;
 mod connect;
+mod fencing;
 mod ha;
+mod ha_fencing;
+mod investigation;
 mod lifecycle;
 mod monitor;
 mod support;

@@ -41,7 +41,12 @@ fn every_must_fail_scenario_breaks_the_invariant_it_names_on_seeds_1_to_10() {
                 .into_iter()
                 .find(|(n, _)| *n == named)
                 .is_some_and(|(_, i)| !i.ok);
-            assert!(broken, "{} seed {seed}: {named} held\n{}", file.display(), report.summary());
+            assert!(
+                broken,
+                "{} seed {seed}: {named} held\n{}",
+                file.display(),
+                report.summary()
+            );
         }
     }
 }

@@ -113,13 +113,20 @@ fn a_wrong_self_fence_assumption_is_seen_as_a_double_run() {
             let report = simulate(s, seed);
             assert!(report.ok(), "seed {seed}, {what}: {}", report.summary());
             assert!(
-                report.vms.iter().filter(|v| v.name.starts_with("kvm-h2-")).all(|v| !v.restarts.is_empty()),
+                report
+                    .vms
+                    .iter()
+                    .filter(|v| v.name.starts_with("kvm-h2-"))
+                    .all(|v| !v.restarts.is_empty()),
                 "seed {seed}, {what}: the VMs of the cut-off host come back\n{}",
                 report.summary()
             );
         }
     }
-    assert!(doubled > 0, "the wrong assumption never showed a double run");
+    assert!(
+        doubled > 0,
+        "the wrong assumption never showed a double run"
+    );
 }
 
 /// One fence per failed host: the 20 VMs of one host cost at most 3 BMC calls, on every seed.
