@@ -602,3 +602,81 @@ fn must_fail_scenarios_exit_1_with_their_invariant_broken() {
         );
     }
 }
+
+/// A base with one host whose BMC may lie: explore with `--allow-lies` finds a violation and
+/// shrinks it to at most two faults, which `simulate` reproduces; without the flag a lying kind
+/// in `[explore]` is refused.
+#[test]
+fn explore_with_lies_finds_a_violation_and_shrinks_it_to_two_faults_at_most() {
+    const LIAR: &str = r#"
+name = "a host whose BMC may lie"
+duration = "30m"
+
+[[cluster]]
+name = "kvm"
+hypervisor = "kvm"
+hosts = 4
+vms_per_host = 2
+capacity_per_host = 10
+
+[explore]
+kinds = ["bmc_lies", "agent_crash", "power_off", "mgmt_partition"]
+hosts = ["kvm-h2"]
+liars = ["kvm-h2"]
+at = ["6m", "10m"]
+"#;
+    let dir = std::env::temp_dir().join(format!("cloudha-cli-liar-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("liar.toml");
+    std::fs::write(&base, LIAR).unwrap();
+    let base = base.to_str().unwrap();
+    let refused = cloudha(&["explore", base, "--schedules", "5"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a lying kind needs --allow-lies: {}",
+        text(&refused)
+    );
+    let out_dir = dir.join("found");
+    let out = cloudha(&[
+        "explore",
+        base,
+        "--schedules",
+        "60",
+        "--allow-lies",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let mut written: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    written.sort();
+    assert!(!written.is_empty(), "{}", text(&out));
+    for f in written {
+        let body = std::fs::read_to_string(&f).unwrap();
+        let faults = body.matches("[[fault]]").count();
+        assert!(
+            (1..=2).contains(&faults),
+            "{}: {faults} faults\n{body}",
+            f.display()
+        );
+        assert!(
+            body.contains("bmc_lies"),
+            "{}: the lie is needed\n{body}",
+            f.display()
+        );
+        let again = cloudha(&["simulate", "--quiet", f.to_str().unwrap()]);
+        assert_eq!(
+            again.status.code(),
+            Some(1),
+            "{}: {}",
+            f.display(),
+            text(&again)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,6 +53,9 @@ struct Instance {
     registry: Arc<Registry>,
 }
 
+/// A host fault as it happened: the host, the kind, when, and the host's last ping before it.
+type FaultSeen = (HostId, FaultKind, Instant, Option<Instant>);
+
 /// Everything a run shares.
 struct Cloud {
     scenario: Scenario,
@@ -74,7 +77,7 @@ struct Cloud {
     names: BTreeMap<String, HostId>,
     vm_names: BTreeMap<String, VmId>,
     /// Host faults: the host, the kind, when, and the host's last ping before it.
-    faults_seen: Mutex<Vec<(HostId, FaultKind, Instant, Option<Instant>)>>,
+    faults_seen: Mutex<Vec<FaultSeen>>,
     pings: Arc<PingLog>,
     /// Every VM death of an HA VM the `ha_liveness` invariant judges, and the verdicts given
     /// at their deadlines (`None`: the obligation was met or excused, with why).
@@ -1056,6 +1059,19 @@ impl Cloud {
             .is_some_and(|r| r.cut_off);
         if d.cause == Cause::CutOff && v.copies.contains(&d.host) && !cut_now {
             return Ok("its host is reachable again, the VM on it".into());
+        }
+        // Another copy still runs where it can serve (started before this death: a double run
+        // is no_double_run's business, not a lack of liveness).
+        let serving = |h: &HostId| {
+            *h != d.host
+                && state
+                    .reach
+                    .get(h)
+                    .and_then(|l| l.last())
+                    .is_some_and(|r| r.powered && !r.cut_off)
+        };
+        if v.copies.iter().any(serving) {
+            return Ok("another copy of it runs".into());
         }
         // Excuse: no host of its zone and hypervisor can take it, in truth (its cluster's
         // hosts are looked at first: most often one of them has room).

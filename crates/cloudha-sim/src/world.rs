@@ -399,9 +399,8 @@ impl World {
                 let Some(h) = proof.host() else {
                     return Some(format!("the proof ({}) names no host", proof.kind()));
                 };
-                let Some(run) = last_run else {
-                    return None;
-                };
+                // A VM that never ran has no copy to prove dead.
+                let run = last_run?;
                 if run.host != Some(h) {
                     return Some(format!(
                         "the proof ({}) is about host {h}, but its last copy started elsewhere",

@@ -1,6 +1,7 @@
 //! Tests of the simulated cloud through its public API: scenarios run with many seeds, and
 //! scenarios edited in memory to show what a setting costs.
 
+mod faults;
 mod must_fail;
 mod safety;
 
