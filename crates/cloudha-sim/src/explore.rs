@@ -15,6 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::report::Invariants;
+use crate::rng::Rng;
 use crate::scenario::{Fault, FaultKind, Scenario, ScenarioError, Target};
 use crate::scenario_toml;
 
@@ -569,48 +570,6 @@ impl Outcome {
             "result: FAILED\n"
         });
         out
-    }
-}
-
-/// splitmix64.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi.saturating_sub(lo) as u64 + 1)) as usize
-    }
-
-    /// Uniform in `lo..=hi` in whole seconds from `lo`.
-    fn duration(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let steps = hi.saturating_sub(lo).as_secs() as usize;
-        lo + Duration::from_secs(self.range(0, steps) as u64)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
-    }
-
-    /// `k` distinct items of `pool`, in the pool's order.
-    fn pick(&mut self, pool: &[String], k: usize) -> Vec<String> {
-        let mut idx: Vec<usize> = (0..pool.len()).collect();
-        let k = k.min(pool.len());
-        for i in 0..k {
-            let j = self.range(i, pool.len() - 1);
-            idx.swap(i, j);
-        }
-        let mut chosen = idx[..k].to_vec();
-        chosen.sort_unstable();
-        chosen.into_iter().map(|i| pool[i].clone()).collect()
     }
 }
 

@@ -33,6 +33,7 @@
 mod cloud;
 mod explore;
 mod report;
+mod rng;
 mod run;
 mod scenario;
 mod scenario_toml;

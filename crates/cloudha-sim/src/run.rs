@@ -22,29 +22,12 @@ use crate::cloud::{
     SimResource, SimVms,
 };
 use crate::report::*;
+use crate::rng::Rng;
 use crate::scenario::{Expect, FaultKind, Hypervisor, Scenario, SelfFence, Storage};
 use crate::world::{Cause, Death, HostTruth, Placement, VmTruth, World};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// splitmix64: the simulation's only randomness, from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, d: Duration) -> Duration {
-        let ms = d.as_millis().max(1) as u64;
-        Duration::from_millis(self.next() % ms)
-    }
 }
 
 struct Instance {

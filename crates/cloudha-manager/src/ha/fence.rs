@@ -201,22 +201,19 @@ async fn neighbours_agree(
     })
 }
 
-/// KVM's neighbour fencer (CloudStack's `KVMFencer`, with cloudha's rule): asks the Up KVM
-/// neighbours whether the host's heartbeat is dead. That is a proof only where the host fences
-/// itself independently of its agent, and only once the heartbeat is stale past the self-fence
-/// deadline (`kvm.heartbeat.*`, [`Config::kvm_self_fence_deadline`]); otherwise the chain
-/// goes on (power).
-pub struct NeighbourFencer {
+/// What the heartbeat fencers share: the hosts to ask, the self-fence deadline they judge
+/// against, the agreement they need.
+struct HeartbeatFence {
     neighbours: Neighbours,
     deadline: Duration,
 }
 
-impl NeighbourFencer {
-    /// Asks neighbours through `commander`; neighbours from `store`; timings from `config`.
-    pub fn new(
+impl HeartbeatFence {
+    fn new(
         commander: Arc<dyn HostCommander>,
         store: Arc<dyn HostStore>,
         config: &Config,
+        deadline: Duration,
     ) -> Self {
         Self {
             neighbours: Neighbours {
@@ -225,8 +222,59 @@ impl NeighbourFencer {
                 oobm: None,
                 agreement: config.ha_investigators_agreement as usize,
             },
-            deadline: config.kvm_self_fence_deadline(),
+            deadline,
         }
+    }
+
+    /// Asks the Up hosts of `host`'s cluster of a kind: the timings the proof relies on and
+    /// what was seen, or the outcome when there is no proof.
+    async fn ask(
+        &self,
+        vm: &VmRecord,
+        host: &HostRecord,
+        same_kind: fn(HypervisorType) -> bool,
+    ) -> Result<(SelfFenceTimings, String), FenceOutcome> {
+        let asked = self.neighbours.of(host, same_kind);
+        let (age, seen) = neighbours_agree(
+            &*self.neighbours.commander,
+            &asked,
+            host.id,
+            Some(vm.id),
+            self.deadline,
+            host.connected_at,
+            self.neighbours.agreement,
+        )
+        .await?;
+        Ok((
+            SelfFenceTimings {
+                heartbeat_age: age,
+                deadline: self.deadline,
+            },
+            seen,
+        ))
+    }
+}
+
+/// KVM's neighbour fencer (CloudStack's `KVMFencer`, with cloudha's rule): asks the Up KVM
+/// neighbours whether the host's heartbeat is dead. That is a proof only where the host fences
+/// itself independently of its agent, and only once the heartbeat is stale past the self-fence
+/// deadline (`kvm.heartbeat.*`, [`Config::kvm_self_fence_deadline`]); otherwise the chain
+/// goes on (power).
+pub struct NeighbourFencer(HeartbeatFence);
+
+impl NeighbourFencer {
+    /// Asks neighbours through `commander`; neighbours from `store`; timings from `config`.
+    pub fn new(
+        commander: Arc<dyn HostCommander>,
+        store: Arc<dyn HostStore>,
+        config: &Config,
+    ) -> Self {
+        Self(HeartbeatFence::new(
+            commander,
+            store,
+            config,
+            config.kvm_self_fence_deadline(),
+        ))
     }
 }
 
@@ -248,25 +296,11 @@ impl Fencer for NeighbourFencer {
                     .into(),
             };
         }
-        let neighbours = self.neighbours.of(host, HypervisorType::is_kvm_like);
-        match neighbours_agree(
-            &*self.neighbours.commander,
-            &neighbours,
-            host.id,
-            Some(vm.id),
-            self.deadline,
-            host.connected_at,
-            self.neighbours.agreement,
-        )
-        .await
-        {
-            Ok((age, seen)) => FenceOutcome::Fenced(DeathProof::self_fenced(
+        match self.0.ask(vm, host, HypervisorType::is_kvm_like).await {
+            Ok((timings, seen)) => FenceOutcome::Fenced(DeathProof::self_fenced(
                 host.id,
                 format!("{seen}; the host fences itself independently of its agent"),
-                SelfFenceTimings {
-                    heartbeat_age: age,
-                    deadline: self.deadline,
-                },
+                timings,
             )),
             Err(outcome) => outcome,
         }
@@ -277,10 +311,7 @@ impl Fencer for NeighbourFencer {
 /// checks the host's pool heartbeat and resets the VM's power state in the pool (the
 /// FenceCommand). A proof only once the pool heartbeat is stale past the host's self-reboot
 /// window ([`Config::xen_self_fence_deadline`]).
-pub struct XenPoolFencer {
-    neighbours: Neighbours,
-    deadline: Duration,
-}
+pub struct XenPoolFencer(HeartbeatFence);
 
 impl XenPoolFencer {
     /// Asks pool members through `commander`; members from `store`; timings from `config`.
@@ -289,16 +320,17 @@ impl XenPoolFencer {
         store: Arc<dyn HostStore>,
         config: &Config,
     ) -> Self {
-        Self {
-            neighbours: Neighbours {
-                commander,
-                store,
-                oobm: None,
-                agreement: config.ha_investigators_agreement as usize,
-            },
-            deadline: config.xen_self_fence_deadline(),
-        }
+        Self(HeartbeatFence::new(
+            commander,
+            store,
+            config,
+            config.xen_self_fence_deadline(),
+        ))
     }
+}
+
+fn is_xen(h: HypervisorType) -> bool {
+    h == HypervisorType::XenServer
 }
 
 #[async_trait::async_trait]
@@ -308,30 +340,16 @@ impl Fencer for XenPoolFencer {
     }
 
     async fn fence(&self, vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
-        if host.hypervisor != HypervisorType::XenServer {
+        if !is_xen(host.hypervisor) {
             return FenceOutcome::NotApplicable {
                 reason: "not a XenServer host".into(),
             };
         }
-        let members = self.neighbours.of(host, |h| h == HypervisorType::XenServer);
-        match neighbours_agree(
-            &*self.neighbours.commander,
-            &members,
-            host.id,
-            Some(vm.id),
-            self.deadline,
-            host.connected_at,
-            self.neighbours.agreement,
-        )
-        .await
-        {
-            Ok((age, seen)) => FenceOutcome::Fenced(DeathProof::pool_fenced(
+        match self.0.ask(vm, host, is_xen).await {
+            Ok((timings, seen)) => FenceOutcome::Fenced(DeathProof::pool_fenced(
                 host.id,
                 format!("{seen} (pool heartbeat); the pool reset the VM's power state"),
-                SelfFenceTimings {
-                    heartbeat_age: age,
-                    deadline: self.deadline,
-                },
+                timings,
             )),
             Err(outcome) => outcome,
         }
