@@ -159,6 +159,27 @@ const ROWS: &[Row] = &[
         ..row("exactly at the deadline is not past it", N, SELF_FENCED)
     },
     Row {
+        neighbours: &[&[dead_for(30), dead_for(110)]],
+        took: 81,
+        asks: 2,
+        ..row(
+            "at the re-read too, exactly at the deadline is no proof",
+            N,
+            Got::Failed,
+        )
+    },
+    Row {
+        neighbours: &[&[dead_for(120)]],
+        connected_ago: Some(120),
+        age: Some(120),
+        asks: 1,
+        ..row(
+            "a stamp written the instant the host connected counts",
+            N,
+            SELF_FENCED,
+        )
+    },
+    Row {
         neighbours: &[&[DEAD]],
         took: 111,
         asks: 2,
@@ -538,6 +559,53 @@ async fn the_power_fencer_counts_only_a_confirmed_off() {
     use PowerState::*;
     let fenced = Got::Fenced(ProofKind::PowerFenced);
     let rows = [
+        PowerRow {
+            read_before: Some(0),
+            ..power(
+                "the investigation's reading just failed: straight to Off, then the read-back (3 calls in all)",
+                &[Refuses, Is(Off)],
+                fenced,
+                (2, 1),
+            )
+        },
+        PowerRow {
+            read_before: Some(59),
+            ..power(
+                "a reading failed 59 s ago: still straight to Off",
+                &[Refuses, Is(Off)],
+                fenced,
+                (2, 1),
+            )
+        },
+        PowerRow {
+            read_before: Some(60),
+            ..power(
+                "a reading failed 60 s ago: read again first",
+                &[Refuses, Is(On), Is(Off)],
+                fenced,
+                (3, 1),
+            )
+        },
+        PowerRow {
+            read_before: Some(0),
+            connected_after_read: true,
+            ..power(
+                "a reading failed before the host's last connect: read again first",
+                &[Refuses, Is(On), Is(Off)],
+                fenced,
+                (3, 1),
+            )
+        },
+        PowerRow {
+            read_before: Some(0),
+            connected_after_read: true,
+            ..power(
+                "an Off read before the host's last connect is no proof: read again",
+                &[Is(Off), Is(On), Is(Off)],
+                fenced,
+                (3, 1),
+            )
+        },
         power(
             "already off: fenced without an Off",
             &[Is(Off)],
@@ -690,6 +758,8 @@ async fn the_power_fencer_counts_only_a_confirmed_off() {
         if let Some(age) = r.read_before {
             let _ = oobm.power_status(HOST).await;
             if r.connected_after_read {
+                // Strictly after the reading.
+                sleep(Duration::from_millis(1)).await;
                 target.connected_at = Some(Instant::now());
             }
             sleep(Duration::from_secs(age)).await;
@@ -783,4 +853,24 @@ async fn the_oobm_front_bounds_counts_and_forgets() {
     assert_eq!(oobm.calls(HOST), 6);
     assert_eq!(oobm.calls(HostId(2)), 0);
     assert_eq!(bmc.total(), 6);
+}
+
+/// The fencers' names are recorded with every fence (reports, proofs, logs): part of the contract.
+#[test]
+fn the_fencers_names_are_cloudstacks() {
+    let config = Config::default();
+    let bmc = FakeBmc::reading(PowerState::On);
+    let oobm = Arc::new(Oobm::new(bmc, Duration::from_secs(60)));
+    let commander: Arc<dyn HostCommander> = Arc::new(MockHostCommander::new());
+    let store: Arc<dyn HostStore> = Arc::new(InMemoryHostStore::new());
+    assert_eq!(
+        NeighbourFencer::new(commander.clone(), store.clone(), &config).name(),
+        "NeighbourFencer"
+    );
+    assert_eq!(
+        XenPoolFencer::new(commander, store, &config).name(),
+        "XenPoolFencer"
+    );
+    assert_eq!(PowerFencer::new(oobm.clone()).name(), "PowerFencer");
+    assert!(format!("{oobm:?}").starts_with("Oobm"), "{oobm:?}");
 }
