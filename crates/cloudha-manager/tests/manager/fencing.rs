@@ -527,6 +527,8 @@ struct PowerRow {
     read_before: Option<u64>,
     /// The host's agent connected after that reading (it came back since).
     connected_after_read: bool,
+    /// Or: it connected this many ms before the reading (0: at the same instant).
+    connected_before_read_ms: Option<u64>,
     // expectations
     want: Got,
     /// Status readings (the one before included) and Offs.
@@ -547,6 +549,7 @@ const fn power(
         off: Bmc::Is(PowerState::Off),
         read_before: None,
         connected_after_read: false,
+        connected_before_read_ms: None,
         want,
         calls,
         took: 0,
@@ -566,6 +569,46 @@ async fn the_power_fencer_counts_only_a_confirmed_off() {
                 &[Refuses, Is(Off)],
                 fenced,
                 (2, 1),
+            )
+        },
+        PowerRow {
+            read_before: Some(0),
+            connected_before_read_ms: Some(5),
+            ..power(
+                "a reading that failed after the host's last connect counts: straight to Off",
+                &[Refuses, Is(Off)],
+                fenced,
+                (2, 1),
+            )
+        },
+        PowerRow {
+            read_before: Some(0),
+            connected_before_read_ms: Some(0),
+            ..power(
+                "a reading that failed the instant the host connected does not count: read again",
+                &[Refuses, Is(On), Is(Off)],
+                fenced,
+                (3, 1),
+            )
+        },
+        PowerRow {
+            read_before: Some(0),
+            connected_before_read_ms: Some(5),
+            ..power(
+                "an Off read after the host's last connect stays a proof",
+                &[Is(Off)],
+                fenced,
+                (1, 0),
+            )
+        },
+        PowerRow {
+            read_before: Some(61),
+            connected_before_read_ms: Some(0),
+            ..power(
+                "an Off read the instant the host connected is no proof once stale: read again",
+                &[Is(Off), Is(On), Is(Off)],
+                fenced,
+                (3, 1),
             )
         },
         PowerRow {
@@ -756,6 +799,10 @@ async fn the_power_fencer_counts_only_a_confirmed_off() {
         let mut target = HostRecord::new(HOST, "h1", HypervisorType::Kvm);
         target.status = Some(Status::Down);
         if let Some(age) = r.read_before {
+            if let Some(ms) = r.connected_before_read_ms {
+                target.connected_at = Some(Instant::now());
+                sleep(Duration::from_millis(ms)).await;
+            }
             let _ = oobm.power_status(HOST).await;
             if r.connected_after_read {
                 // Strictly after the reading.
@@ -777,7 +824,11 @@ async fn the_power_fencer_counts_only_a_confirmed_off() {
             bmc.total() as u64,
             "{ctx}: the front counts every call"
         );
-        if r.read_before.is_none_or(|age| age < 60) && !r.connected_after_read {
+        // A reading from before, or at, the host's last connect says nothing of this round.
+        if r.read_before.is_none_or(|age| age < 60)
+            && !r.connected_after_read
+            && r.connected_before_read_ms != Some(0)
+        {
             assert!(bmc.total() <= 3, "{ctx}: at most 3 BMC calls in a round");
         }
         let took_want = Duration::from_secs(r.took);
