@@ -899,6 +899,68 @@ mod tests {
         }
     }
 
+    /// Every verdict says why: the evidence in words names what decided it.
+    #[test]
+    fn the_evidence_says_why() {
+        let dead = |n: u64| (10..10 + n).map(|i| beat(i, false)).collect::<Vec<_>>();
+        let one = Rules { agreement: 1 };
+        for (e, rules, want) in [
+            (
+                Evidence {
+                    beats: dead(1),
+                    pings: vec![(HostId(10), true)],
+                    ..Evidence::default()
+                },
+                one,
+                "1 neighbour(s) reach the host",
+            ),
+            (
+                Evidence {
+                    beats: dead(1),
+                    ..Evidence::default()
+                },
+                one,
+                "no neighbour could ping the host",
+            ),
+            (
+                Evidence {
+                    beats: dead(1),
+                    pings: vec![(HostId(10), false)],
+                    controls: vec![(HostId(10), false)],
+                    ..Evidence::default()
+                },
+                one,
+                "reach no other host either",
+            ),
+            (
+                Evidence::default(),
+                one,
+                "no neighbour could vouch for the host",
+            ),
+            (
+                Evidence {
+                    beats: dead(1),
+                    ..Evidence::default()
+                },
+                Rules { agreement: 2 },
+                "only 1 dead answer(s), 2 needed",
+            ),
+            (
+                Evidence {
+                    beats: dead(2),
+                    pings: vec![(HostId(10), false)],
+                    controls: vec![(HostId(10), true)],
+                    ..Evidence::default()
+                },
+                one,
+                "2 neighbour(s) see the heartbeat dead and none reaches the host (1 that reach another host miss it)",
+            ),
+        ] {
+            let f = judge(&e, rules);
+            assert!(f.evidence.contains(want), "{want:?} in {:?}", f.evidence);
+        }
+    }
+
     #[test]
     fn decided_waits_for_every_heartbeat_before_trusting_the_bmc() {
         let mut e = Evidence {
