@@ -899,6 +899,237 @@ mod tests {
         }
     }
 
+    #[test]
+    fn each_neighbour_pings_the_next_ones_then_the_rest_as_controls() {
+        let h = |v: &[u64]| v.iter().map(|i| HostId(*i)).collect::<Vec<_>>();
+        let c = Controls::new(&h(&[1, 2, 3]), h(&[4, 5]));
+        assert_eq!(c.controls_for(HostId(1)), h(&[2, 3]));
+        assert_eq!(c.controls_for(HostId(2)), h(&[3, 1]));
+        assert_eq!(c.controls_for(HostId(3)), h(&[1, 2]));
+        assert_eq!(
+            c.controls_for(HostId(9)),
+            h(&[]),
+            "not a neighbour: no controls"
+        );
+        let lone = Controls::new(&h(&[1]), h(&[1, 4, 5]));
+        assert_eq!(lone.controls_for(HostId(1)), h(&[4, 5]), "never itself");
+        let pair = Controls::new(&h(&[1, 2]), h(&[2, 9]));
+        assert_eq!(pair.controls_for(HostId(1)), h(&[2, 9]), "no host twice");
+        let none = Controls::new(&h(&[1]), h(&[]));
+        assert_eq!(none.controls_for(HostId(1)), h(&[]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_simple_investigator_asks_the_vms_own_host() {
+        use cloudha_protocol::{CheckVirtualMachineAnswer, GenericAnswer};
+        let vm_answer = |success, power| {
+            Answer::CheckVirtualMachine(CheckVirtualMachineAnswer {
+                success,
+                power,
+                details: String::new(),
+            })
+        };
+        for (answer, want) in [
+            (vm_answer(true, VmPowerState::PowerOn), VmVerdict::Alive),
+            (vm_answer(true, VmPowerState::PowerOff), VmVerdict::Dead),
+            (vm_answer(false, VmPowerState::PowerOff), VmVerdict::Unknown),
+            (vm_answer(false, VmPowerState::PowerOn), VmVerdict::Unknown),
+            (
+                vm_answer(true, VmPowerState::PowerReportMissing),
+                VmVerdict::Unknown,
+            ),
+            (
+                Answer::Generic(GenericAnswer {
+                    success: true,
+                    details: String::new(),
+                }),
+                VmVerdict::Unknown,
+            ),
+        ] {
+            let mut commander = MockHostCommander::new();
+            let a = answer.clone();
+            commander
+                .expect_send()
+                .withf(|host, c, _| {
+                    *host == HostId(7)
+                        && matches!(c, Command::CheckVirtualMachine(v) if v.vm == VmId(3))
+                })
+                .times(1)
+                .returning(move |_, _, _| Ok(a.clone()));
+            let inv = SimpleInvestigator::new(Arc::new(commander));
+            assert_eq!(inv.name(), "SimpleInvestigator");
+            let host = HostRecord::new(HostId(7), "h7", HypervisorType::Kvm);
+            assert_eq!(inv.vm_alive(VmId(3), &host).await, want, "{answer:?}");
+            assert_eq!(inv.host_status(&host).await, None);
+        }
+    }
+
+    fn up(
+        id: u64,
+        hv: HypervisorType,
+        pod: u64,
+        status: Option<Status>,
+        t: HostType,
+    ) -> HostRecord {
+        let mut r = HostRecord::new(HostId(id), format!("h{id}"), hv);
+        r.pod = Some(cloudha_protocol::PodId(pod));
+        r.cluster = Some(cloudha_protocol::ClusterId(pod));
+        r.status = status;
+        r.host_type = t;
+        r
+    }
+
+    #[test]
+    fn the_chain_follows_the_configured_order_by_cloudstacks_names() {
+        let store: Arc<dyn HostStore> = Arc::new(crate::host::InMemoryHostStore::new());
+        let commander: Arc<dyn HostCommander> = Arc::new(MockHostCommander::new());
+        let config = Config::default();
+        let names: Vec<&str> = chain(&config, &commander, &store, None)
+            .iter()
+            .map(|i| i.name())
+            .collect();
+        assert_eq!(names, crate::config::INVESTIGATORS);
+        let reversed = Config {
+            ha_investigators_order: crate::config::INVESTIGATORS
+                .iter()
+                .rev()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            ..Config::default()
+        };
+        let names: Vec<&str> = chain(&reversed, &commander, &store, None)
+            .iter()
+            .map(|i| i.name())
+            .collect();
+        let mut want = crate::config::INVESTIGATORS.to_vec();
+        want.reverse();
+        assert_eq!(names, want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_investigators_call_a_vm_alive_only_on_an_up_host_of_their_kind() {
+        let store = Arc::new(crate::host::InMemoryHostStore::new());
+        let commander: Arc<dyn HostCommander> = Arc::new(MockHostCommander::new());
+        let kvm = KvmInvestigator::new(commander.clone(), store.clone(), None, 1);
+        let xen = XenServerInvestigator::new(commander, store.clone(), None, 1);
+        for (hv, status, kvm_says, xen_says) in [
+            (
+                HypervisorType::Kvm,
+                Some(Status::Up),
+                VmVerdict::Alive,
+                VmVerdict::Unknown,
+            ),
+            (
+                HypervisorType::Kvm,
+                Some(Status::Alert),
+                VmVerdict::Unknown,
+                VmVerdict::Unknown,
+            ),
+            (
+                HypervisorType::XenServer,
+                Some(Status::Up),
+                VmVerdict::Unknown,
+                VmVerdict::Alive,
+            ),
+            (
+                HypervisorType::XenServer,
+                Some(Status::Down),
+                VmVerdict::Unknown,
+                VmVerdict::Unknown,
+            ),
+            (
+                HypervisorType::VMware,
+                Some(Status::Up),
+                VmVerdict::Unknown,
+                VmVerdict::Unknown,
+            ),
+        ] {
+            let h = up(1, hv, 1, status, HostType::Routing);
+            store.upsert(h.clone());
+            assert_eq!(
+                kvm.vm_alive(VmId(1), &h).await,
+                kvm_says,
+                "KVM on {hv:?} {status:?}"
+            );
+            assert_eq!(
+                xen.vm_alive(VmId(1), &h).await,
+                xen_says,
+                "Xen on {hv:?} {status:?}"
+            );
+        }
+    }
+
+    /// The Ping investigator: the other Up routing hosts of the pod ping the host; the first
+    /// that reaches it ⇒ Disconnected; nobody ⇒ don't know.
+    #[tokio::test(start_paused = true)]
+    async fn the_ping_investigator_asks_the_up_routing_hosts_of_the_pod() {
+        let store = Arc::new(crate::host::InMemoryHostStore::new());
+        let target = up(
+            1,
+            HypervisorType::Kvm,
+            1,
+            Some(Status::Alert),
+            HostType::Routing,
+        );
+        store.upsert(target.clone());
+        store.upsert(up(
+            2,
+            HypervisorType::Kvm,
+            1,
+            Some(Status::Up),
+            HostType::Routing,
+        ));
+        store.upsert(up(
+            3,
+            HypervisorType::Kvm,
+            1,
+            Some(Status::Down),
+            HostType::Routing,
+        ));
+        store.upsert(up(
+            4,
+            HypervisorType::Kvm,
+            1,
+            Some(Status::Up),
+            HostType::ConsoleProxy,
+        ));
+        store.upsert(up(
+            5,
+            HypervisorType::Kvm,
+            2,
+            Some(Status::Up),
+            HostType::Routing,
+        ));
+        for (reached, want) in [(true, Some(HostVerdict::Disconnected)), (false, None)] {
+            let mut commander = MockHostCommander::new();
+            commander
+                .expect_send()
+                .withf(|via, c, _| {
+                    *via == HostId(2) && matches!(c, Command::PingTest(p) if p.target == HostId(1))
+                })
+                .times(1)
+                .returning(move |_, _, _| {
+                    Ok(Answer::Generic(cloudha_protocol::GenericAnswer {
+                        success: reached,
+                        details: String::new(),
+                    }))
+                });
+            let inv = PingInvestigator::new(Arc::new(commander), store.clone());
+            assert_eq!(inv.name(), "PingInvestigator");
+            let got = inv.host_status(&target).await.map(|f| f.verdict);
+            assert_eq!(got, want, "reached: {reached}");
+            assert_eq!(inv.vm_alive(VmId(1), &target).await, VmVerdict::Unknown);
+        }
+        let mut no_pod = target.clone();
+        no_pod.pod = None;
+        let inv = PingInvestigator::new(Arc::new(MockHostCommander::new()), store.clone());
+        assert_eq!(
+            inv.host_status(&no_pod).await,
+            None,
+            "no pod: nobody to ask"
+        );
+    }
+
     /// Every verdict says why: the evidence in words names what decided it.
     #[test]
     fn the_evidence_says_why() {
