@@ -1130,6 +1130,68 @@ mod tests {
         );
     }
 
+    /// Controls of last resort: the host's cluster whatever the status (a control only has to
+    /// answer a ping), then the Up routing hosts of its pod; never the host, never twice, never
+    /// a system VM host.
+    #[test]
+    fn control_hosts_are_the_cluster_then_the_up_hosts_of_the_pod() {
+        let store = Arc::new(crate::host::InMemoryHostStore::new());
+        let target = up(
+            1,
+            HypervisorType::Kvm,
+            1,
+            Some(Status::Alert),
+            HostType::Routing,
+        );
+        let mut other_pod_same_cluster = up(
+            2,
+            HypervisorType::Kvm,
+            1,
+            Some(Status::Down),
+            HostType::Routing,
+        );
+        other_pod_same_cluster.pod = Some(cloudha_protocol::PodId(9));
+        let mut pod_only_up = up(
+            3,
+            HypervisorType::Kvm,
+            1,
+            Some(Status::Up),
+            HostType::Routing,
+        );
+        pod_only_up.cluster = Some(cloudha_protocol::ClusterId(5));
+        let mut pod_only_down = up(
+            4,
+            HypervisorType::Kvm,
+            1,
+            Some(Status::Down),
+            HostType::Routing,
+        );
+        pod_only_down.cluster = Some(cloudha_protocol::ClusterId(5));
+        let proxy = up(
+            6,
+            HypervisorType::Kvm,
+            1,
+            Some(Status::Up),
+            HostType::ConsoleProxy,
+        );
+        for h in [
+            target.clone(),
+            other_pod_same_cluster,
+            pod_only_up,
+            pod_only_down,
+            proxy,
+        ] {
+            store.upsert(h);
+        }
+        let n = Neighbours {
+            commander: Arc::new(MockHostCommander::new()),
+            store,
+            oobm: None,
+            agreement: 1,
+        };
+        assert_eq!(n.control_hosts(&target), vec![HostId(2), HostId(3)]);
+    }
+
     /// Every verdict says why: the evidence in words names what decided it.
     #[test]
     fn the_evidence_says_why() {
