@@ -1043,3 +1043,52 @@ async fn a_departed_peers_claims_are_released_and_served_here() {
     assert_eq!(h.work.get(id).unwrap().step, WorkStep::Done);
     h.shutdown().await;
 }
+
+/// Work left in a durable store by a run with VM-HA enabled, served by a manager with VM-HA
+/// disabled: nothing is done, no try is spent, and each item waits its own type's interval.
+#[tokio::test(start_paused = true)]
+async fn with_vm_ha_disabled_pending_work_waits_its_types_interval() {
+    let config = Config {
+        vm_ha_enabled: false,
+        restart_retry_interval: Duration::from_secs(600),
+        migrate_retry_interval: Duration::from_secs(120),
+        stop_retry_interval: Duration::from_secs(300),
+        ..config()
+    };
+    let h = build(config, 3);
+    let t0 = Instant::now();
+    let mut ids = Vec::new();
+    for (i, work_type) in [WorkType::Ha, WorkType::Migration, WorkType::Stop]
+        .into_iter()
+        .enumerate()
+    {
+        let rec = h.vm(100 + i as u64);
+        let item = WorkItem::new(
+            work_type,
+            WorkStep::Scheduled,
+            WorkReason::HostDown,
+            &rec,
+            Some(FAILED),
+            t0,
+        );
+        ids.push((work_type, h.work.insert(item)));
+    }
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    for (work_type, id) in ids {
+        let item = h.work.get(id).unwrap();
+        let want = match work_type {
+            WorkType::Ha => 600,
+            WorkType::Migration => 120,
+            _ => 300,
+        };
+        assert_eq!(
+            (item.tries, item.time_to_try - t0, item.step),
+            // (back to Investigating at start, §5.6)
+            (0, Duration::from_secs(want), WorkStep::Investigating),
+            "{work_type:?}"
+        );
+    }
+    assert_eq!(h.starts(100), 0, "nothing started");
+    h.shutdown().await;
+}
