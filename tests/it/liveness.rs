@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudha_attache::{ServerResource, Tasks};
-use cloudha_manager::*;
+use cloudha_liveness::*;
+use cloudha_ports::*;
 use cloudha_protocol::*;
 use cloudha_registry::Registry;
 use tokio::time::sleep;

@@ -94,11 +94,11 @@ const SOAK_SCHEDULES: u32 = 10_000;
 /// The files `mutants` mutates by default: where verdicts, fences, proofs, the brake and the
 /// processing of HA work live.
 const MUTANT_FILES: &[&str] = &[
-    "crates/cloudha-manager/src/investigate.rs",
-    "crates/cloudha-manager/src/oobm.rs",
-    "crates/cloudha-manager/src/ha/fence.rs",
-    "crates/cloudha-manager/src/ha/proof.rs",
-    "crates/cloudha-manager/src/ha/manager.rs",
+    "crates/cloudha-liveness/src/investigate/mod.rs",
+    "crates/cloudha-liveness/src/oobm.rs",
+    "crates/cloudha-ha/src/fence.rs",
+    "crates/cloudha-ports/src/proof.rs",
+    "crates/cloudha-ha/src/manager.rs",
 ];
 
 /// `cargo mutants` on `files` (default [`MUTANT_FILES`]), every mutant tested by the whole

@@ -8,11 +8,12 @@ use std::time::Duration;
 use cloudha_attache::{
     AgentStreamObj, CommandSink, ConnectedConfig, Connector, ServerResource, Tasks, accept_stream,
 };
-use cloudha_manager::ha::{
-    FenceOutcome, Fencer, HaWorkStore, InMemoryVms, OobError, OrchestratorError,
-    OutOfBandManagement, PowerState, StartError, StartParams, VmOrchestrator, VmRecord,
+use cloudha_ha::{
+    FenceOutcome, Fencer, InMemoryVms, OrchestratorError, StartError, StartParams, VmOrchestrator,
 };
-use cloudha_manager::{Alert, AlertSink, HostRecord};
+use cloudha_ports::{
+    Alert, AlertSink, HaWorkStore, HostRecord, OobError, OutOfBandManagement, PowerState, VmRecord,
+};
 use cloudha_protocol::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -404,7 +405,7 @@ pub(crate) struct SimVms {
     pub(crate) records: Arc<InMemoryVms>,
     /// The HA work store: an HA start's death proof is read from the item being processed
     /// (what the manager claims), and judged against the truth.
-    pub(crate) work: Arc<cloudha_manager::ha::InMemoryHaWorkStore>,
+    pub(crate) work: Arc<cloudha_ports::InMemoryHaWorkStore>,
     /// An injected fault (test harness only): the records claim every VM is HA-enabled.
     pub(crate) ha_flag_lies: bool,
     /// When each host last pinged: a VM starts only through an agent that is back in touch.

@@ -5,12 +5,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cloudha_attache::{AgentClient, AgentConfig, AgentHandle, ServerResource, Tasks};
-use cloudha_manager::ha::{
-    Fencer, HaWorkStore, InMemoryHaWorkStore, InMemoryVms, NeighbourFencer, Oobm, OwnerId,
-    PowerFencer, VmKind, VmOrchestrator, VmRecord, XenPoolFencer,
+use cloudha_ha::{
+    Fencer, HaManager, HaPorts, InMemoryVms, NeighbourFencer, PowerFencer, VmOrchestrator,
+    XenPoolFencer,
 };
-use cloudha_manager::{
-    AgentManager, HaManager, HaPorts, HostRecord, HostStore, InMemoryHostStore, Ports, StatusChange,
+use cloudha_liveness::{AgentManager, Oobm, Ports, StatusChange};
+use cloudha_ports::{
+    HaWorkStore, HostRecord, HostStore, InMemoryHaWorkStore, InMemoryHostStore, OwnerId, VmKind,
+    VmRecord,
 };
 use cloudha_protocol::*;
 use cloudha_registry::Registry;

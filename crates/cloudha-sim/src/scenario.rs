@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use cloudha_manager::Config;
+use cloudha_liveness::Config;
 use cloudha_protocol::{Status, VmState};
 use serde::Deserialize;
 use toml::Spanned;

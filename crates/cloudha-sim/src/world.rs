@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use cloudha_manager::ha::{DeathProof, ProofKind};
+use cloudha_ports::{DeathProof, ProofKind};
 use cloudha_protocol::{ClusterId, HostId, HypervisorType, VmId, VmState};
 use tokio::time::Instant;
 

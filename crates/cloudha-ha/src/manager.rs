@@ -1,0 +1,1104 @@
+//! The HA manager: scheduling, workers and the work-processing rules.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use cloudha_attache::Tasks;
+use cloudha_protocol::{
+    ClusterId, HostId, HostType, ResourceState, Status, VmId, VmPowerState, VmState, VmStateReport,
+    WorkId, WorkReason, WorkStep, WorkType,
+};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use cloudha_liveness::{Config, HaScheduler, Investigations, investigate};
+use cloudha_ports::{
+    Alert, AlertKind, AlertSink, DeathProof, HaWorkStore, HostRecord, HostStore, Investigator,
+    OwnerId, ProofKind, VmKind, VmRecord, VmVerdict, WorkItem,
+};
+
+use crate::fence::{FenceOutcome, Fencer};
+use crate::vm::{Planner, StartError, StartParams, VmOrchestrator};
+
+/// The ports the HA manager is built on.
+pub struct HaPorts {
+    /// Host records (status, cluster, tags).
+    pub hosts: Arc<dyn HostStore>,
+    /// The work queue.
+    pub work: Arc<dyn HaWorkStore>,
+    /// VM records and actions.
+    pub vms: Arc<dyn VmOrchestrator>,
+    /// The VM investigator chain (usually the agent manager's).
+    pub investigators: Vec<Arc<dyn Investigator>>,
+    /// The fence chain, in order.
+    pub fencers: Vec<Arc<dyn Fencer>>,
+    /// Where alerts go.
+    pub alerts: Arc<dyn AlertSink>,
+    /// The hosts the agent manager suspects (under investigation, or silent past their ping):
+    /// they count as suspect for the brake.
+    pub investigations: Arc<Investigations>,
+}
+
+/// How one processing of an item ended.
+enum Outcome {
+    Done(String),
+    Cancelled(String),
+    /// Try again at `at`; `count` says whether it spends a try.
+    Retry {
+        at: Instant,
+        count: bool,
+        why: String,
+    },
+    Braked(ClusterId, String),
+}
+
+struct HaInner {
+    config: Config,
+    owner: OwnerId,
+    ports: HaPorts,
+    tasks: Tasks,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    started_at: OnceLock<Instant>,
+    released: Mutex<HashSet<ClusterId>>,
+    braked: Mutex<HashMap<ClusterId, HashSet<VmId>>>,
+    missing: Mutex<HashMap<VmId, Instant>>,
+    /// One fence per failed host: the outcome of the last fence of each host, shared by all its
+    /// VMs (the async lock makes the VMs of one host wait for a fence under way, not repeat it).
+    fences: Mutex<HashMap<HostId, Arc<tokio::sync::Mutex<Option<HostFence>>>>>,
+}
+
+/// The last fence of a host.
+struct HostFence {
+    /// The host record's update counter then: any status change since (the host reconnected,
+    /// came back Up) makes the outcome stale.
+    update_count: u64,
+    /// The proof, or when and why the fence failed (reused for the rest of that retry round).
+    outcome: Result<DeathProof, (Instant, String)>,
+}
+
+/// The HA manager. Cheap to clone.
+#[derive(Clone)]
+pub struct HaManager {
+    inner: Arc<HaInner>,
+}
+
+impl std::fmt::Debug for HaManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaManager")
+            .field("owner", &self.inner.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl HaManager {
+    /// An HA manager claiming work as `owner` (keep it stable across restarts of the same
+    /// server), its tasks owned by `tasks`. Nothing runs until [`HaManager::start`].
+    pub fn new(config: Config, owner: OwnerId, ports: HaPorts, tasks: Tasks) -> Self {
+        let slots = Arc::new(Semaphore::new(config.ha_workers as usize));
+        Self {
+            inner: Arc::new(HaInner {
+                config,
+                owner,
+                ports,
+                tasks,
+                wake: Notify::new(),
+                slots,
+                started_at: OnceLock::new(),
+                released: Mutex::new(HashSet::new()),
+                braked: Mutex::new(HashMap::new()),
+                missing: Mutex::new(HashMap::new()),
+                fences: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The work queue.
+    pub fn work(&self) -> &Arc<dyn HaWorkStore> {
+        &self.inner.ports.work
+    }
+
+    /// Start (§5.6): this server's old claims are released, pending items go back to
+    /// Investigating and lose any brake (it is evaluated again), then the workers, the brake
+    /// watcher and the cleanup start. The startup grace of the brake runs from now.
+    pub async fn start(&self) {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let _ = inner.started_at.set(now);
+        let released = inner.ports.work.release_owner(inner.owner);
+        let braked: Vec<VmId> = inner
+            .ports
+            .work
+            .list()
+            .iter()
+            .filter(|i| i.braked)
+            .map(|i| i.vm)
+            .collect();
+        inner.ports.work.unbrake(now, &braked);
+        let pending = inner.ports.work.mark_pending_investigating(now);
+        tracing::info!(released, pending, "HA manager started");
+        let me = Arc::clone(inner);
+        inner.tasks.spawn(
+            inner.tasks.token().child_token(),
+            async move { me.dispatch_loop().await }.instrument(tracing::info_span!("ha_workers")),
+        );
+        let me = Arc::clone(inner);
+        inner.tasks.spawn(
+            inner.tasks.token().child_token(),
+            async move { me.brake_loop().await }.instrument(tracing::info_span!("ha_brake")),
+        );
+        let me = Arc::clone(inner);
+        inner.tasks.spawn(
+            inner.tasks.token().child_token(),
+            async move { me.cleanup_loop().await }.instrument(tracing::info_span!("ha_cleanup")),
+        );
+    }
+
+    /// A peer management server left: its claims are released so this server's workers take
+    /// its items (CloudStack's `releaseWorkItems(peer)`). Returns how many.
+    pub fn release_peer(&self, peer: OwnerId) -> usize {
+        let n = self.inner.ports.work.release_owner(peer);
+        tracing::info!(?peer, released = n, "peer's HA work released");
+        self.inner.wake.notify_one();
+        n
+    }
+
+    /// Schedules a restart of one VM (CloudStack's `scheduleRestart`). Returns the item, if one
+    /// was created.
+    pub async fn schedule_restart(
+        &self,
+        vm: VmId,
+        investigate: bool,
+        reason: WorkReason,
+    ) -> Option<WorkId> {
+        self.inner.schedule_restart(vm, investigate, reason).await
+    }
+
+    /// Schedules a stop (`Stop`, `CheckStop` or `ForceStop`) of a VM on `host`.
+    pub fn schedule_stop(&self, vm: VmId, host: HostId, work_type: WorkType) -> Option<WorkId> {
+        self.inner
+            .schedule_simple(vm, Some(host), work_type, WorkReason::Unknown)
+    }
+
+    /// Schedules a migration of a VM away from its host.
+    pub fn schedule_migration(&self, vm: VmId, reason: WorkReason) -> Option<WorkId> {
+        let host = self.inner.ports.vms.get(vm).and_then(|v| v.host);
+        self.inner
+            .schedule_simple(vm, host, WorkType::Migration, reason)
+    }
+
+    /// Schedules a destroy of a VM.
+    pub fn schedule_destroy(&self, vm: VmId, host: Option<HostId>) -> Option<WorkId> {
+        self.inner
+            .schedule_simple(vm, host, WorkType::Destroy, WorkReason::Unknown)
+    }
+
+    /// Why the brake holds for `cluster` now, if it does.
+    pub fn brake_holds(&self, cluster: ClusterId) -> Option<String> {
+        self.inner.brake(Some(cluster), Instant::now())
+    }
+
+    /// Operator: releases the brake of `cluster` (until its suspect fraction falls back).
+    pub fn release_brake(&self, cluster: ClusterId) {
+        tracing::warn!(%cluster, "brake released by the operator");
+        lock(&self.inner.released).insert(cluster);
+        self.inner.lift_brakes(Instant::now());
+    }
+
+    /// Operator: declares `host` dead (CloudStack's `declareHostAsDegraded`): its VMs restart
+    /// without fencing, on the operator's word, recorded as such.
+    pub async fn declare_host_dead(&self, host: HostId) -> Result<(), cloudha_ports::StoreError> {
+        let inner = &self.inner;
+        inner
+            .ports
+            .hosts
+            .set_resource_state(host, ResourceState::Degraded)?;
+        let rec = inner
+            .ports
+            .hosts
+            .get(host)
+            .ok_or(cloudha_ports::StoreError::UnknownHost(host))?;
+        inner
+            .schedule_for_host(&rec, WorkReason::HostDegraded, false)
+            .await;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl HaScheduler for HaManager {
+    async fn schedule_restarts_for_host(
+        &self,
+        host: &HostRecord,
+        reason: WorkReason,
+        investigate: bool,
+    ) {
+        self.inner
+            .schedule_for_host(host, reason, investigate)
+            .await;
+    }
+
+    fn vm_power_report(&self, host: HostId, states: &[VmStateReport]) {
+        self.inner.power_report(host, states);
+    }
+}
+
+impl HaInner {
+    /// Raises an alert about `host` (cluster, pod and zone from its record) and/or a VM.
+    /// `vm.ha.alerts.enabled = false` mutes only the "VM-HA disabled" alerts (CloudStack).
+    fn alert(
+        &self,
+        kind: AlertKind,
+        host: Option<HostId>,
+        vm: Option<VmId>,
+        cluster: Option<ClusterId>,
+        message: String,
+    ) {
+        if kind == AlertKind::HaDisabled && !self.config.vm_ha_alerts_enabled {
+            return;
+        }
+        let rec = host.and_then(|h| self.ports.hosts.get(h));
+        self.ports.alerts.raise(Alert {
+            kind,
+            host,
+            vm,
+            cluster: cluster.or(rec.as_ref().and_then(|r| r.cluster)),
+            pod: rec.as_ref().and_then(|r| r.pod),
+            zone: rec.as_ref().and_then(|r| r.zone),
+            message,
+        });
+    }
+
+    fn retry_interval(&self, t: WorkType) -> Duration {
+        match t {
+            WorkType::Ha => self.config.restart_retry_interval,
+            WorkType::Migration => self.config.migrate_retry_interval,
+            _ => self.config.stop_retry_interval,
+        }
+    }
+
+    async fn schedule_for_host(
+        self: &Arc<Self>,
+        host: &HostRecord,
+        reason: WorkReason,
+        investigate: bool,
+    ) {
+        if host.host_type != HostType::Routing {
+            return;
+        }
+        if host.hypervisor.has_native_ha() {
+            tracing::info!(host.id = %host.id, "VMs left to the hypervisor's own HA");
+            return;
+        }
+        let mut vms = self.ports.vms.vms_on_host(host.id);
+        vms.retain(|v| v.host == Some(host.id));
+        vms.sort_by_key(|v| (!v.kind.is_system(), v.id));
+        let names: Vec<&str> = vms
+            .iter()
+            .filter(|v| v.ha_enabled)
+            .map(|v| v.name.as_str())
+            .collect();
+        if !self.config.vm_ha_enabled {
+            self.alert(
+                AlertKind::HaDisabled,
+                Some(host.id),
+                None,
+                host.cluster,
+                format!(
+                    "Host {} is down; VM-HA is disabled: no restart of {}",
+                    host.name,
+                    names.join(", ")
+                ),
+            );
+            return;
+        }
+        self.alert(
+            AlertKind::HostDown,
+            Some(host.id),
+            None,
+            host.cluster,
+            format!(
+                "Host {} is down; HA VMs to restart: [{}]",
+                host.name,
+                names.join(", ")
+            ),
+        );
+        for vm in vms {
+            if vm.local_root_disk {
+                tracing::info!(vm = %vm.id, "root disk on local storage: its fate is its host's");
+                continue;
+            }
+            self.schedule_restart(vm.id, investigate, reason).await;
+        }
+    }
+
+    async fn schedule_restart(
+        self: &Arc<Self>,
+        vm: VmId,
+        investigate: bool,
+        reason: WorkReason,
+    ) -> Option<WorkId> {
+        let mut rec = self.ports.vms.get(vm)?;
+        if rec.hypervisor.has_native_ha() {
+            return None;
+        }
+        if !self.config.vm_ha_enabled {
+            // CloudStack: VM-HA disabled ⇒ alert only; nothing force-stopped or scheduled.
+            self.alert(
+                AlertKind::HaDisabled,
+                rec.host,
+                Some(vm),
+                rec.cluster,
+                format!(
+                    "VM {} needs HA, but VM-HA is disabled: nothing is done",
+                    rec.name
+                ),
+            );
+            return None;
+        }
+        let wants_ha = rec.ha_enabled || self.config.force_ha;
+        if !investigate {
+            if !wants_ha {
+                self.alert(
+                    AlertKind::VmStopped,
+                    rec.host,
+                    Some(vm),
+                    rec.cluster,
+                    format!("VM {} stopped unexpectedly", rec.name),
+                );
+            }
+            match self.ports.vms.force_stop(vm).await {
+                Ok(r) => rec = r,
+                Err(e) => tracing::warn!(vm = %vm, error = %e, "force stop failed"),
+            }
+            if !wants_ha {
+                return None;
+            }
+        }
+        let now = Instant::now();
+        // A VM that failed recently inherits its tries (CloudStack's "cannot schedule new").
+        let tries = self
+            .ports
+            .work
+            .for_vm(vm)
+            .into_iter()
+            .filter(|i| {
+                i.work_type == WorkType::Ha
+                    && i.time_to_try + self.config.time_between_failures >= now
+            })
+            .map(|i| i.tries)
+            .max()
+            .unwrap_or(0);
+        let step = if investigate {
+            WorkStep::Investigating
+        } else {
+            WorkStep::Scheduled
+        };
+        let mut item = WorkItem::new(
+            WorkType::Ha,
+            step,
+            reason,
+            &rec,
+            rec.host.or(rec.last_host),
+            now,
+        );
+        item.tries = tries;
+        if !investigate {
+            item.fence_proof = Some(match (reason, item.host) {
+                (WorkReason::HostDegraded, Some(h)) => DeathProof::operator_word(h),
+                (_, h) => DeathProof::vm_reported_off(h),
+            });
+        }
+        let id = self.ports.work.insert(item);
+        tracing::info!(vm = %vm, work = %id, ?reason, "scheduled HA restart");
+        self.wake.notify_one();
+        Some(id)
+    }
+
+    fn schedule_simple(
+        &self,
+        vm: VmId,
+        host: Option<HostId>,
+        work_type: WorkType,
+        reason: WorkReason,
+    ) -> Option<WorkId> {
+        if !self.config.vm_ha_enabled {
+            tracing::warn!(vm = %vm, ?work_type, "VM-HA disabled: not scheduled");
+            return None;
+        }
+        let rec = self.ports.vms.get(vm)?;
+        if work_type == WorkType::Stop
+            && self
+                .ports
+                .work
+                .for_vm(vm)
+                .iter()
+                .any(|i| i.work_type == WorkType::Stop && !i.step.is_final())
+        {
+            return None;
+        }
+        let item = WorkItem::new(
+            work_type,
+            WorkStep::Scheduled,
+            reason,
+            &rec,
+            host,
+            Instant::now(),
+        );
+        let id = self.ports.work.insert(item);
+        self.wake.notify_one();
+        Some(id)
+    }
+
+    /// The second trigger: an HA VM the records say runs on `host` is reported off (or missing
+    /// for longer than T) by that Up host.
+    fn power_report(self: &Arc<Self>, host: HostId, states: &[VmStateReport]) {
+        if !self.config.ha_vm_restart_hostup {
+            return;
+        }
+        let now = Instant::now();
+        for vm in self.ports.vms.running_on(host) {
+            let power = states.iter().find(|s| s.vm == vm).map(|s| s.power);
+            let off = match power {
+                Some(VmPowerState::PowerOn) => {
+                    if !lock(&self.missing).is_empty() {
+                        lock(&self.missing).remove(&vm);
+                    }
+                    false
+                }
+                Some(VmPowerState::PowerOff) => true,
+                None | Some(VmPowerState::PowerReportMissing) => {
+                    let since = *lock(&self.missing).entry(vm).or_insert(now);
+                    now.saturating_duration_since(since) > self.config.ping_deadline()
+                }
+                Some(_) => false,
+            };
+            if !off {
+                continue;
+            }
+            lock(&self.missing).remove(&vm);
+            if self
+                .ports
+                .work
+                .for_vm(vm)
+                .iter()
+                .any(|i| !i.step.is_final())
+            {
+                continue;
+            }
+            let me = Arc::clone(self);
+            self.tasks
+                .spawn(self.tasks.token().child_token(), async move {
+                    me.schedule_restart(vm, false, WorkReason::VmStoppedOnUpHost)
+                        .await;
+                });
+        }
+    }
+
+    /// Why the brake holds for `cluster` at `now`, if it does.
+    fn brake(&self, cluster: Option<ClusterId>, now: Instant) -> Option<String> {
+        let released = cluster.is_some_and(|c| lock(&self.released).contains(&c));
+        if let Some(start) = self.started_at.get()
+            && now < *start + self.config.ha_startup_grace
+            && !released
+        {
+            return Some(format!(
+                "startup grace: {:?} left",
+                (*start + self.config.ha_startup_grace) - now
+            ));
+        }
+        let c = cluster?;
+        let hosts: Vec<HostRecord> = self
+            .ports
+            .hosts
+            .in_cluster(c)
+            .into_iter()
+            .filter(|h| !h.resource_state.is_out_of_service())
+            .collect();
+        let size = hosts.len();
+        let suspect = hosts
+            .iter()
+            .filter(|h| h.status != Some(Status::Up) || self.ports.investigations.suspect(h.id))
+            .count();
+        // A correlated failure takes at least two hosts: one failed host of a one-host cluster
+        // (100 % suspect) is an ordinary failure, not a partition of the manager.
+        if suspect >= 2 && suspect as f64 > self.config.ha_brake_fraction * size as f64 {
+            if released {
+                return None;
+            }
+            return Some(format!(
+                "{suspect} of {size} hosts of cluster {c} are suspect (more than ha.brake.fraction = {})",
+                self.config.ha_brake_fraction
+            ));
+        }
+        // The fraction fell back: an operator's release has served its purpose.
+        if released {
+            lock(&self.released).remove(&c);
+        }
+        None
+    }
+
+    fn lift_brakes(&self, now: Instant) {
+        let clusters: Vec<ClusterId> = lock(&self.braked).keys().copied().collect();
+        let mut woke = false;
+        for c in clusters {
+            if self.brake(Some(c), now).is_some() {
+                continue;
+            }
+            let vms: Vec<VmId> = lock(&self.braked)
+                .remove(&c)
+                .into_iter()
+                .flatten()
+                .collect();
+            let n = self.ports.work.unbrake(now, &vms);
+            tracing::info!(cluster = %c, items = n, "brake lifted");
+            woke |= n > 0;
+        }
+        if woke {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn brake_loop(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(
+            self.config
+                .ping_monitor_resolution
+                .max(Duration::from_secs(1)),
+        );
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticker.tick().await;
+            self.lift_brakes(Instant::now());
+        }
+    }
+
+    async fn cleanup_loop(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.config.time_between_cleanup);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let now = Instant::now();
+            let cutoff = now
+                .checked_sub(self.config.time_between_failures)
+                .unwrap_or(now);
+            let n = self.ports.work.cleanup(cutoff);
+            tracing::debug!(removed = n, "HA work cleanup");
+        }
+    }
+
+    async fn dispatch_loop(self: Arc<Self>) {
+        loop {
+            let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
+                return;
+            };
+            let now = Instant::now();
+            match self.ports.work.take(self.owner, now) {
+                Some(item) => {
+                    let me = Arc::clone(&self);
+                    let span = tracing::info_span!("ha_work", work = %item.id, vm = %item.vm);
+                    self.tasks.spawn(
+                        self.tasks.token().child_token(),
+                        async move {
+                            me.process(item).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+                None => {
+                    drop(permit);
+                    let idle = self.config.time_to_sleep;
+                    let wait = self
+                        .ports
+                        .work
+                        .next_due()
+                        .map_or(idle, |t| t.saturating_duration_since(now).min(idle));
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn process(self: &Arc<Self>, mut item: WorkItem) {
+        let now = Instant::now();
+        let outcome = if self.config.vm_ha_enabled {
+            match item.work_type {
+                WorkType::Ha => self.restart(&mut item).await,
+                WorkType::Migration => self.migrate(&mut item).await,
+                WorkType::Destroy => self.destroy(&mut item).await,
+                _ => self.stop(&mut item).await,
+            }
+        } else {
+            Outcome::Retry {
+                at: now + self.retry_interval(item.work_type),
+                count: false,
+                why: "VM-HA disabled".into(),
+            }
+        };
+        let now = Instant::now();
+        match outcome {
+            Outcome::Done(why) => {
+                item.step = WorkStep::Done;
+                item.note(now, format!("done: {why}"));
+            }
+            Outcome::Cancelled(why) => {
+                item.step = WorkStep::Cancelled;
+                item.note(now, format!("cancelled: {why}"));
+            }
+            Outcome::Retry { at, count, why } => {
+                if count {
+                    item.tries += 1;
+                }
+                if item.tries >= self.config.max_retries {
+                    item.step = WorkStep::Done;
+                    item.note(now, format!("giving up after {} tries: {why}", item.tries));
+                    let vm = self.ports.vms.get(item.vm);
+                    self.alert(
+                        AlertKind::HaGaveUp,
+                        item.host,
+                        Some(item.vm),
+                        vm.as_ref().and_then(|v| v.cluster),
+                        format!(
+                            "HA gave up on VM {} after {} tries: {why}",
+                            vm.map_or(item.vm.to_string(), |v| v.name),
+                            item.tries
+                        ),
+                    );
+                } else {
+                    item.time_to_try = at;
+                    item.note(
+                        now,
+                        format!(
+                            "try {} failed: {why}; next at +{:?}",
+                            item.tries,
+                            at.saturating_duration_since(now)
+                        ),
+                    );
+                }
+            }
+            Outcome::Braked(cluster, why) => {
+                item.braked = true;
+                item.note(now, format!("braked: {why}"));
+                let first = {
+                    let mut braked = lock(&self.braked);
+                    let first = !braked.contains_key(&cluster);
+                    braked.entry(cluster).or_default().insert(item.vm);
+                    first
+                };
+                if first {
+                    self.alert(AlertKind::BrakeHolds, None, None, Some(cluster), format!("HA brake holds for cluster {cluster}: {why}; no fencing or restart there until it lifts"));
+                }
+            }
+        }
+        item.owner = None;
+        item.taken = None;
+        self.ports.work.update(&item);
+        self.wake.notify_one();
+    }
+
+    /// The item's VM as it is now, or the outcome when the item is not needed any more: the VM
+    /// is gone, or (`checkAndCancelWorkIfNeeded`) its host is Up again.
+    fn current_vm(&self, item: &WorkItem) -> Result<VmRecord, Outcome> {
+        let Some(vm) = self.ports.vms.get(item.vm) else {
+            return Err(Outcome::Done("VM gone".into()));
+        };
+        if self.cancelled(item) {
+            return Err(Outcome::Cancelled("its host is Up again".into()));
+        }
+        Ok(vm)
+    }
+
+    /// `checkAndCancelWorkIfNeeded`: an item still investigating a host that is Up again is
+    /// not needed.
+    fn cancelled(&self, item: &WorkItem) -> bool {
+        item.step == WorkStep::Investigating
+            && item.reason.is_cancellable()
+            && item.reason != WorkReason::HostDegraded
+            && item
+                .host
+                .is_some_and(|h| self.ports.hosts.status(h) == Some(Status::Up))
+    }
+
+    fn retry(&self, interval: Duration, why: impl Into<String>) -> Outcome {
+        Outcome::Retry {
+            at: Instant::now() + interval,
+            count: true,
+            why: why.into(),
+        }
+    }
+
+    fn candidates(&self, vm: &VmRecord, failed: Option<HostId>, planner: Planner) -> Vec<HostId> {
+        let pool = match (planner, vm.cluster) {
+            (Planner::Default, Some(c)) => self.ports.hosts.in_cluster(c),
+            _ => self
+                .ports
+                .hosts
+                .list()
+                .into_iter()
+                .filter(|h| h.zone == vm.zone)
+                .collect(),
+        };
+        pool.into_iter()
+            .filter(|h| {
+                h.status == Some(Status::Up)
+                    && h.resource_state == ResourceState::Enabled
+                    && h.host_type == HostType::Routing
+                    && h.hypervisor == vm.hypervisor
+                    && Some(h.id) != failed
+                    && self
+                        .config
+                        .ha_tag
+                        .as_ref()
+                        .is_none_or(|t| h.tags.contains(t))
+            })
+            .map(|h| h.id)
+            .collect()
+    }
+
+    async fn restart(self: &Arc<Self>, item: &mut WorkItem) -> Outcome {
+        let others = self.ports.work.for_vm(item.vm);
+        if others
+            .iter()
+            .any(|o| o.work_type == WorkType::Ha && o.id > item.id && !o.step.is_final())
+        {
+            return Outcome::Done("a newer HA item exists for the VM".into());
+        }
+        if others.iter().any(|o| {
+            o.work_type == WorkType::Ha
+                && o.id != item.id
+                && o.owner.is_some()
+                && !o.step.is_final()
+        }) {
+            return self.retry(
+                self.config.investigate_retry_interval,
+                "another HA item for the VM is running",
+            );
+        }
+        let vm = match self.current_vm(item) {
+            Ok(vm) => vm,
+            Err(outcome) => return outcome,
+        };
+        if vm.state != item.previous_state || vm.update_count != item.update_count {
+            return Outcome::Done(format!(
+                "VM changed since scheduling ({:?} now, {:?} then)",
+                vm.state, item.previous_state
+            ));
+        }
+        let host = item.host.and_then(|h| self.ports.hosts.get(h));
+        let cluster = vm.cluster.or(host.as_ref().and_then(|h| h.cluster));
+        if item.reason != WorkReason::HostDegraded
+            && let Some(why) = self.brake(cluster, Instant::now())
+        {
+            return Outcome::Braked(cluster.unwrap_or(ClusterId(0)), why);
+        }
+        if item.step == WorkStep::Investigating {
+            if let Some(host) = &host {
+                let stopped_by_us =
+                    item.fence_proof.is_some() && vm.host.is_none() && vm.state == VmState::Stopped;
+                if !stopped_by_us {
+                    if vm.host != Some(host.id) {
+                        return Outcome::Done("VM no longer on the host".into());
+                    }
+                    if let Err(outcome) = self.prove_dead(item, &vm, host).await {
+                        return outcome;
+                    }
+                }
+            }
+            match self.ports.vms.force_stop(vm.id).await {
+                Ok(r) => {
+                    item.previous_state = r.state;
+                    item.update_count = r.update_count;
+                }
+                Err(e) => {
+                    return self.retry(
+                        self.config.restart_retry_interval,
+                        format!("force stop failed: {e}"),
+                    );
+                }
+            }
+            item.step = WorkStep::Scheduled;
+            item.note(Instant::now(), "force-stopped; step Scheduled");
+            self.ports.work.update(item);
+        }
+        let Some(vm) = self.ports.vms.get(item.vm) else {
+            return Outcome::Done("VM gone".into());
+        };
+        if !vm.ha_enabled && !self.config.force_ha {
+            return Outcome::Done("VM is not HA-enabled: it stays stopped".into());
+        }
+        let host_up = host
+            .as_ref()
+            .is_some_and(|h| self.ports.hosts.status(h.id) == Some(Status::Up));
+        if !host_up && vm.local_root_disk {
+            return Outcome::Done("root disk on local storage: cannot restart elsewhere".into());
+        }
+        let failed = item.host.filter(|_| !host_up);
+        let mut params = StartParams {
+            candidates: self.candidates(&vm, failed, Planner::Default),
+            planner: Planner::Default,
+            ha_tag: self.config.ha_tag.clone(),
+            ha_operation: true,
+        };
+        let mut result = self.ports.vms.start(vm.id, params.clone()).await;
+        if matches!(result, Err(StartError::InsufficientCapacity(_))) {
+            item.note(
+                Instant::now(),
+                "insufficient capacity with the VM's planner; trying the HA planner",
+            );
+            params.candidates = self.candidates(&vm, failed, Planner::Ha);
+            params.planner = Planner::Ha;
+            result = self.ports.vms.start(vm.id, params).await;
+        }
+        match result {
+            Ok(on) => {
+                let from = item.host.map_or("?".into(), |h| h.to_string());
+                self.alert(
+                    AlertKind::HaRestart,
+                    Some(on),
+                    Some(vm.id),
+                    vm.cluster,
+                    format!(
+                        "HA starting VM {} on host {on} (was on host {from})",
+                        vm.name
+                    ),
+                );
+                Outcome::Done(format!("started on host {on}"))
+            }
+            Err(e) => {
+                self.alert(
+                    AlertKind::HaRestartFailed,
+                    item.host,
+                    Some(vm.id),
+                    vm.cluster,
+                    format!("Unable to restart VM {}: {e}", vm.name),
+                );
+                if let Some(now) = self.ports.vms.get(vm.id) {
+                    item.previous_state = now.state;
+                    item.update_count = now.update_count;
+                }
+                self.retry(self.config.restart_retry_interval, e.to_string())
+            }
+        }
+    }
+
+    /// Proves the VM's old copy cannot run: investigators, then the host's fence (one per host,
+    /// shared by its VMs). Records the proof.
+    async fn prove_dead(
+        &self,
+        item: &mut WorkItem,
+        vm: &VmRecord,
+        host: &HostRecord,
+    ) -> Result<(), Outcome> {
+        let now = Instant::now();
+        if item.reason == WorkReason::HostDegraded {
+            let proof = DeathProof::operator_word(host.id);
+            item.note(now, format!("no fencing: {proof}"));
+            item.fence_proof = Some(proof);
+            return Ok(());
+        }
+        let (verdict, by) =
+            investigate::investigate_vm(&self.ports.investigators, vm.id, host).await;
+        item.note(
+            now,
+            format!("VM verdict {verdict:?} by {}", by.unwrap_or("nobody")),
+        );
+        match verdict {
+            VmVerdict::Alive => {
+                return Err(if self.ports.hosts.status(host.id) == Some(Status::Up) {
+                    Outcome::Done("VM alive and its host is Up: no restart needed".into())
+                } else {
+                    self.retry(
+                        self.config.investigate_retry_interval,
+                        "VM alive but its host is not Up",
+                    )
+                });
+            }
+            VmVerdict::Dead => {
+                let proof = DeathProof::dead_verdict(
+                    host.id,
+                    format!(
+                        "{} found the VM not running on host {}",
+                        by.unwrap_or("?"),
+                        host.id
+                    ),
+                );
+                item.note(now, format!("proof: {proof}"));
+                item.fence_proof = Some(proof);
+                return Ok(());
+            }
+            VmVerdict::Unknown => {}
+        }
+        match self.fence_host(vm, host).await {
+            (Ok(proof), reused) => {
+                let how = if reused {
+                    "host already fenced"
+                } else {
+                    "fenced"
+                };
+                item.note(Instant::now(), format!("{how}: {proof}"));
+                item.fence_proof = Some(proof);
+                Ok(())
+            }
+            (Err(why), _) => {
+                item.note(Instant::now(), format!("not fenced: {why}"));
+                Err(self.retry(
+                    self.config.restart_retry_interval,
+                    format!("no fencer could fence the host: {why}"),
+                ))
+            }
+        }
+    }
+
+    /// Fences `host` once for all its VMs: a proof is reused until the host's status changes
+    /// (it reconnects or comes back Up); a failure is reused for the rest of its retry round,
+    /// so its "Unable to fence off host" alert is raised once per host and round. Returns the
+    /// outcome and whether it was reused.
+    async fn fence_host(
+        &self,
+        vm: &VmRecord,
+        host: &HostRecord,
+    ) -> (Result<DeathProof, String>, bool) {
+        let slot = Arc::clone(lock(&self.fences).entry(host.id).or_default());
+        let mut last = slot.lock().await;
+        let now = Instant::now();
+        let current = self
+            .ports
+            .hosts
+            .get(host.id)
+            .map_or(host.update_count, |h| h.update_count);
+        if let Some(f) = last.as_ref()
+            && f.update_count == current
+        {
+            match &f.outcome {
+                Ok(proof) => return (Ok(proof.clone()), true),
+                Err((at, why)) if now < *at + self.config.restart_retry_interval => {
+                    return (Err(why.clone()), true);
+                }
+                Err(_) => {}
+            }
+        }
+        let mut reasons = Vec::new();
+        let mut outcome = None;
+        let mut alive = false;
+        for fencer in &self.ports.fencers {
+            match fencer.fence(vm, host).await {
+                FenceOutcome::Fenced(proof) => {
+                    outcome = Some((fencer.name(), proof));
+                    break;
+                }
+                FenceOutcome::Failed { reason } | FenceOutcome::NotApplicable { reason } => {
+                    reasons.push(format!("{}: {reason}", fencer.name()));
+                }
+                FenceOutcome::Alive { reason } => {
+                    // Signs of life: no fencer may act on this host now.
+                    reasons.push(format!("{}: {reason}; the chain stops", fencer.name()));
+                    alive = true;
+                    break;
+                }
+            }
+        }
+        if let Some((by, proof)) = &outcome {
+            tracing::info!(host.id = %host.id, fencer = by, %proof, "host fenced");
+        }
+        let result = outcome
+            .map(|(_, proof)| proof)
+            .ok_or_else(|| reasons.join("; "));
+        if let Err(why) = &result
+            && !alive
+        {
+            self.alert(
+                AlertKind::FenceFailed,
+                Some(host.id),
+                None,
+                host.cluster,
+                format!(
+                    "Unable to fence off host {}: {why}; its HA VMs wait (next try in {:?})",
+                    host.name, self.config.restart_retry_interval
+                ),
+            );
+        }
+        // A pool fence resets the power state of one VM in the pool: each VM needs its own.
+        if !matches!(&result, Ok(p) if p.kind() == ProofKind::PoolFenced) {
+            *last = Some(HostFence {
+                update_count: current,
+                outcome: result.clone().map_err(|why| (now, why)),
+            });
+        }
+        (result, false)
+    }
+
+    async fn migrate(&self, item: &mut WorkItem) -> Outcome {
+        let vm = match self.current_vm(item) {
+            Ok(vm) => vm,
+            Err(outcome) => return outcome,
+        };
+        let Some(from) = item.host.or(vm.host) else {
+            return Outcome::Done("VM has no host".into());
+        };
+        item.step = WorkStep::Migrating;
+        self.ports.work.update(item);
+        let candidates = self.candidates(&vm, Some(from), Planner::Default);
+        match self.ports.vms.migrate_away(vm.id, from, candidates).await {
+            Ok(to) => Outcome::Done(format!("migrated to host {to}")),
+            Err(StartError::InsufficientCapacity(e)) => self.retry(
+                self.config.migrate_retry_interval,
+                format!("insufficient capacity: {e}"),
+            ),
+            Err(e) => self.retry(self.config.migrate_retry_interval, e.to_string()),
+        }
+    }
+
+    async fn stop(&self, item: &mut WorkItem) -> Outcome {
+        let vm = match self.current_vm(item) {
+            Ok(vm) => vm,
+            Err(outcome) => return outcome,
+        };
+        let changed = vm.state != item.previous_state
+            || vm.update_count != item.update_count
+            || vm.host.is_none()
+            || vm.host != item.host;
+        let result = match item.work_type {
+            WorkType::Stop => self.ports.vms.stop(vm.id).await,
+            _ if changed => return Outcome::Done("VM changed since scheduling".into()),
+            WorkType::CheckStop => self.ports.vms.stop(vm.id).await,
+            _ => self.ports.vms.force_stop(vm.id).await,
+        };
+        match result {
+            Ok(_) => Outcome::Done("stopped".into()),
+            Err(e) => self.retry(self.config.stop_retry_interval, e.to_string()),
+        }
+    }
+
+    async fn destroy(&self, item: &mut WorkItem) -> Outcome {
+        let vm = match self.current_vm(item) {
+            Ok(vm) => vm,
+            Err(outcome) => return outcome,
+        };
+        let expunge = matches!(vm.kind, VmKind::SecondaryStorageVm | VmKind::ConsoleProxy);
+        if !expunge && item.previous_state == VmState::Destroyed {
+            return Outcome::Done("already destroyed".into());
+        }
+        if item.previous_state == VmState::Running
+            && let Err(e) = self.ports.vms.force_stop(vm.id).await
+        {
+            return self.retry(self.config.stop_retry_interval, e.to_string());
+        }
+        if item.previous_state == VmState::Expunging {
+            return self.retry(self.config.stop_retry_interval, "VM still expunging");
+        }
+        match self.ports.vms.destroy(vm.id, expunge).await {
+            Ok(()) => Outcome::Done("destroyed".into()),
+            Err(e) => self.retry(self.config.stop_retry_interval, e.to_string()),
+        }
+    }
+}

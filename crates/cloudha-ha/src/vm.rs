@@ -1,0 +1,317 @@
+//! VM records and the `VmOrchestrator` port (start, stop, migrate, destroy), plus an in-memory
+//! orchestrator with per-host capacity.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use cloudha_ports::VmRecord;
+use cloudha_protocol::{HostId, VmId, VmState};
+
+/// Which planner places a start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planner {
+    /// The VM's own planner: hosts of its cluster.
+    Default,
+    /// The emergency HA planner: any suitable host of its zone.
+    Ha,
+}
+
+/// How to start a VM: where it may go, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartParams {
+    /// The hosts it may start on, in order of preference: all Up and enabled, never its failed
+    /// host, filtered by `ha.tag` when set.
+    pub candidates: Vec<HostId>,
+    /// The planner that chose the candidates.
+    pub planner: Planner,
+    /// `ha.tag`, when set.
+    pub ha_tag: Option<String>,
+    /// A start by HA.
+    pub ha_operation: bool,
+}
+
+/// A start or migration that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// No candidate had room.
+    #[error("insufficient capacity: {0}")]
+    InsufficientCapacity(String),
+    /// Any other failure (resource, concurrency, timeout).
+    #[error("start failed: {0}")]
+    Failed(String),
+}
+
+/// An orchestration call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("vm {vm}: {reason}")]
+pub struct OrchestratorError {
+    /// The VM.
+    pub vm: VmId,
+    /// Why.
+    pub reason: String,
+}
+
+/// Runs VMs (CloudStack's `VirtualMachineManager`). Reads are plain calls (the ping path compares
+/// power reports with them); actions are async.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait::async_trait]
+pub trait VmOrchestrator: Send + Sync {
+    /// One VM.
+    fn get(&self, vm: VmId) -> Option<VmRecord>;
+
+    /// The VMs whose host or last host is `host`.
+    fn vms_on_host(&self, host: HostId) -> Vec<VmRecord>;
+
+    /// The VMs the records say are Running on `host` (ids only: the ping path compares them
+    /// with power reports).
+    fn running_on(&self, host: HostId) -> Vec<VmId>;
+
+    /// Marks a VM stopped without asking its host (only after it is proven dead or fenced):
+    /// state Stopped, host cleared, last host kept.
+    ///
+    /// # Errors
+    /// Unknown VM.
+    async fn force_stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError>;
+
+    /// Stops a VM through its host.
+    ///
+    /// # Errors
+    /// The host did not stop it.
+    async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError>;
+
+    /// Starts a stopped VM on one of `params.candidates`; returns the host.
+    ///
+    /// # Errors
+    /// [`StartError::InsufficientCapacity`] when no candidate has room.
+    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError>;
+
+    /// Live-migrates a VM away from `from` to one of `candidates`.
+    ///
+    /// # Errors
+    /// [`StartError`].
+    async fn migrate_away(
+        &self,
+        vm: VmId,
+        from: HostId,
+        candidates: Vec<HostId>,
+    ) -> Result<HostId, StartError>;
+
+    /// Destroys (and with `expunge`, removes) a VM.
+    ///
+    /// # Errors
+    /// The destroy failed.
+    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError>;
+}
+
+/// A `VmOrchestrator` in memory: VM records and per-host capacity (VMs a host can run). Starting
+/// takes the first candidate with room.
+#[derive(Debug, Default)]
+pub struct InMemoryVms {
+    vms: Mutex<Vms>,
+    capacity: Mutex<HashMap<HostId, usize>>,
+}
+
+/// Records plus an index by host (current, else last), so `vms_on_host` does not scan the fleet.
+#[derive(Debug, Default)]
+struct Vms {
+    by_id: HashMap<VmId, VmRecord>,
+    by_host: HashMap<HostId, std::collections::BTreeSet<VmId>>,
+    running: HashMap<HostId, usize>,
+}
+
+impl Vms {
+    fn key(r: &VmRecord) -> Option<HostId> {
+        r.host.or(r.last_host)
+    }
+
+    fn unindex(&mut self, r: &VmRecord) {
+        if let Some(h) = Self::key(r)
+            && let Some(set) = self.by_host.get_mut(&h)
+        {
+            set.remove(&r.id);
+        }
+        if let (Some(h), VmState::Running) = (r.host, r.state)
+            && let Some(n) = self.running.get_mut(&h)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn index(&mut self, r: &VmRecord) {
+        if let Some(h) = Self::key(r) {
+            self.by_host.entry(h).or_default().insert(r.id);
+        }
+        if let (Some(h), VmState::Running) = (r.host, r.state) {
+            *self.running.entry(h).or_default() += 1;
+        }
+    }
+
+    fn put(&mut self, r: VmRecord) {
+        if let Some(old) = self.by_id.remove(&r.id) {
+            self.unindex(&old);
+        }
+        self.index(&r);
+        self.by_id.insert(r.id, r);
+    }
+
+    /// Changes one record through `f`, keeping the indexes right.
+    fn change<T>(&mut self, vm: VmId, f: impl FnOnce(&mut VmRecord) -> T) -> Option<T> {
+        let mut r = self.by_id.remove(&vm)?;
+        self.unindex(&r);
+        let out = f(&mut r);
+        self.index(&r);
+        self.by_id.insert(vm, r);
+        Some(out)
+    }
+}
+
+impl InMemoryVms {
+    /// Empty.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a VM.
+    pub fn upsert(&self, vm: VmRecord) {
+        self.lock().put(vm);
+    }
+
+    /// Sets how many VMs `host` can run.
+    pub fn set_capacity(&self, host: HostId, vms: usize) {
+        self.capacity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(host, vms);
+    }
+
+    /// Every VM, by id.
+    pub fn all(&self) -> Vec<VmRecord> {
+        let mut v: Vec<_> = self.lock().by_id.values().cloned().collect();
+        v.sort_by_key(|v| v.id);
+        v
+    }
+
+    /// Sets a VM's state and host directly (what a power report or an outside actor does).
+    pub fn set_state(&self, vm: VmId, state: VmState, host: Option<HostId>) {
+        self.lock().change(vm, |r| {
+            if r.host.is_some() {
+                r.last_host = r.host;
+            }
+            r.state = state;
+            r.host = host;
+            r.update_count += 1;
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vms> {
+        self.vms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn place(&self, vm: VmId, candidates: &[HostId]) -> Result<HostId, StartError> {
+        let mut vms = self.lock();
+        let caps = self.capacity.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = |h: &HostId| {
+            vms.running.get(h).copied().unwrap_or(0) < caps.get(h).copied().unwrap_or(usize::MAX)
+        };
+        let Some(&host) = candidates.iter().find(|h| room(h)) else {
+            return Err(StartError::InsufficientCapacity(format!(
+                "no room for vm {vm} on {} candidates",
+                candidates.len()
+            )));
+        };
+        vms.change(vm, |r| {
+            if r.host.is_some() {
+                r.last_host = r.host;
+            }
+            r.host = Some(host);
+            r.state = VmState::Running;
+            r.update_count += 1;
+        })
+        .ok_or_else(|| StartError::Failed(format!("vm {vm} unknown")))?;
+        Ok(host)
+    }
+}
+
+#[async_trait::async_trait]
+impl VmOrchestrator for InMemoryVms {
+    fn get(&self, vm: VmId) -> Option<VmRecord> {
+        self.lock().by_id.get(&vm).cloned()
+    }
+
+    fn vms_on_host(&self, host: HostId) -> Vec<VmRecord> {
+        let vms = self.lock();
+        vms.by_host
+            .get(&host)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| vms.by_id.get(id).cloned())
+            .collect()
+    }
+
+    fn running_on(&self, host: HostId) -> Vec<VmId> {
+        let vms = self.lock();
+        vms.by_host
+            .get(&host)
+            .into_iter()
+            .flatten()
+            .filter(|id| {
+                vms.by_id
+                    .get(id)
+                    .is_some_and(|v| v.host == Some(host) && v.state == VmState::Running)
+            })
+            .copied()
+            .collect()
+    }
+
+    async fn force_stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
+        self.lock()
+            .change(vm, |r| {
+                if r.host.is_some() {
+                    r.last_host = r.host;
+                }
+                r.host = None;
+                r.state = VmState::Stopped;
+                r.update_count += 1;
+                r.clone()
+            })
+            .ok_or_else(|| OrchestratorError {
+                vm,
+                reason: "unknown VM".into(),
+            })
+    }
+
+    async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
+        self.force_stop(vm).await
+    }
+
+    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
+        self.place(vm, &params.candidates)
+    }
+
+    async fn migrate_away(
+        &self,
+        vm: VmId,
+        from: HostId,
+        candidates: Vec<HostId>,
+    ) -> Result<HostId, StartError> {
+        let c: Vec<HostId> = candidates.into_iter().filter(|h| *h != from).collect();
+        self.place(vm, &c)
+    }
+
+    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
+        let mut vms = self.lock();
+        if expunge {
+            if let Some(old) = vms.by_id.remove(&vm) {
+                vms.unindex(&old);
+            }
+        } else {
+            vms.change(vm, |r| {
+                r.state = VmState::Destroyed;
+                r.host = None;
+                r.update_count += 1;
+            });
+        }
+        Ok(())
+    }
+}

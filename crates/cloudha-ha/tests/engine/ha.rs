@@ -1,0 +1,1095 @@
+//! The HA side: every branch of §5.4 / §5.5, fencing, the brake, the second trigger, the
+//! operator's actions and a manager restart over the same store. Paused time, fake and mock ports.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudha_attache::Tasks;
+use cloudha_ha::*;
+use cloudha_liveness::*;
+use cloudha_ports::*;
+use cloudha_protocol::*;
+use tokio::time::{Instant, sleep};
+
+use crate::support::RecordingAlerts;
+
+/// A VM investigator whose verdict the test sets.
+struct VmVerdicts(Mutex<VmVerdict>);
+
+#[async_trait::async_trait]
+impl Investigator for VmVerdicts {
+    fn name(&self) -> &'static str {
+        "ScriptedVm"
+    }
+    async fn host_status(&self, _: &HostRecord) -> Option<Finding> {
+        None
+    }
+    async fn vm_alive(&self, _: VmId, _: &HostRecord) -> VmVerdict {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// A fencer whose outcome the test sets; counts calls; may take time.
+struct ScriptedFencer {
+    outcome: Mutex<FenceOutcome>,
+    calls: AtomicUsize,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl Fencer for ScriptedFencer {
+    fn name(&self) -> &'static str {
+        "Scripted"
+    }
+    async fn fence(&self, _: &VmRecord, _: &HostRecord) -> FenceOutcome {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        sleep(self.delay).await;
+        self.outcome.lock().unwrap().clone()
+    }
+}
+
+/// The in-memory orchestrator, counting starts per VM; a start may take time.
+struct CountingVms {
+    inner: InMemoryVms,
+    starts: Mutex<HashMap<VmId, Vec<StartParams>>>,
+    start_delay: Mutex<Duration>,
+}
+
+#[async_trait::async_trait]
+impl VmOrchestrator for CountingVms {
+    fn get(&self, vm: VmId) -> Option<VmRecord> {
+        self.inner.get(vm)
+    }
+    fn vms_on_host(&self, host: HostId) -> Vec<VmRecord> {
+        self.inner.vms_on_host(host)
+    }
+    fn running_on(&self, host: HostId) -> Vec<VmId> {
+        self.inner.running_on(host)
+    }
+    async fn force_stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
+        self.inner.force_stop(vm).await
+    }
+    async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
+        self.inner.stop(vm).await
+    }
+    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
+        let delay = *self.start_delay.lock().unwrap();
+        sleep(delay).await;
+        let r = self.inner.start(vm, params.clone()).await;
+        if r.is_ok() {
+            self.starts
+                .lock()
+                .unwrap()
+                .entry(vm)
+                .or_default()
+                .push(params);
+        }
+        r
+    }
+    async fn migrate_away(
+        &self,
+        vm: VmId,
+        from: HostId,
+        c: Vec<HostId>,
+    ) -> Result<HostId, StartError> {
+        self.inner.migrate_away(vm, from, c).await
+    }
+    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
+        self.inner.destroy(vm, expunge).await
+    }
+}
+
+struct H {
+    ha: HaManager,
+    hosts: Arc<InMemoryHostStore>,
+    vms: Arc<CountingVms>,
+    work: Arc<InMemoryHaWorkStore>,
+    alerts: Arc<RecordingAlerts>,
+    verdict: Arc<VmVerdicts>,
+    fencer: Arc<ScriptedFencer>,
+    tasks: Tasks,
+    config: Config,
+}
+
+const FAILED: HostId = HostId(1);
+
+fn config() -> Config {
+    Config {
+        ha_startup_grace: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
+/// Cluster 1: hosts 1..=4 (KVM, Up) and cluster 2: hosts 11..=12, zone 1. VM 100+i on host 1.
+fn build(config: Config, vms_on_failed: u64) -> H {
+    let hosts = Arc::new(InMemoryHostStore::new());
+    for (id, cluster) in [(1, 1), (2, 1), (3, 1), (4, 1), (11, 2), (12, 2)] {
+        let mut r = HostRecord::new(HostId(id), format!("h{id}"), HypervisorType::Kvm);
+        r.cluster = Some(ClusterId(cluster));
+        r.zone = Some(ZoneId(1));
+        r.status = Some(Status::Up);
+        hosts.upsert(r);
+    }
+    let vms = Arc::new(CountingVms {
+        inner: InMemoryVms::new(),
+        starts: Mutex::new(HashMap::new()),
+        start_delay: Mutex::new(Duration::ZERO),
+    });
+    for i in 0..vms_on_failed {
+        vms.inner.upsert(vm(100 + i, FAILED, true));
+    }
+    let work = Arc::new(InMemoryHaWorkStore::new());
+    let alerts = Arc::new(RecordingAlerts::default());
+    let verdict = Arc::new(VmVerdicts(Mutex::new(VmVerdict::Unknown)));
+    let fencer = Arc::new(ScriptedFencer {
+        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
+            FAILED, "test",
+        ))),
+        calls: AtomicUsize::new(0),
+        delay: Duration::ZERO,
+    });
+    let tasks = Tasks::new();
+    let ha = new_manager(
+        &config, &hosts, &vms, &work, &alerts, &verdict, &fencer, &tasks,
+    );
+    H {
+        ha,
+        hosts,
+        vms,
+        work,
+        alerts,
+        verdict,
+        fencer,
+        tasks,
+        config,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_manager(
+    config: &Config,
+    hosts: &Arc<InMemoryHostStore>,
+    vms: &Arc<CountingVms>,
+    work: &Arc<InMemoryHaWorkStore>,
+    alerts: &Arc<RecordingAlerts>,
+    verdict: &Arc<VmVerdicts>,
+    fencer: &Arc<ScriptedFencer>,
+    tasks: &Tasks,
+) -> HaManager {
+    HaManager::new(
+        config.clone(),
+        OwnerId(7),
+        HaPorts {
+            hosts: hosts.clone(),
+            work: work.clone(),
+            vms: vms.clone(),
+            investigators: vec![verdict.clone()],
+            fencers: vec![fencer.clone()],
+            alerts: alerts.clone(),
+            investigations: Arc::new(Investigations::default()),
+        },
+        tasks.clone(),
+    )
+}
+
+fn vm(id: u64, host: HostId, ha: bool) -> VmRecord {
+    VmRecord {
+        id: VmId(id),
+        name: format!("vm{id}"),
+        kind: VmKind::User,
+        host: Some(host),
+        last_host: None,
+        state: VmState::Running,
+        update_count: 1,
+        ha_enabled: ha,
+        local_root_disk: false,
+        hypervisor: HypervisorType::Kvm,
+        cluster: Some(ClusterId(1)),
+        zone: Some(ZoneId(1)),
+    }
+}
+
+impl H {
+    fn host_down(&self, id: HostId) {
+        let r = self.hosts.get(id).unwrap();
+        self.hosts
+            .update_status(
+                id,
+                r.status,
+                r.update_count,
+                Status::Down,
+                Event::HostDown,
+                Instant::now(),
+            )
+            .unwrap();
+    }
+    async fn fail_host(&self) {
+        self.host_down(FAILED);
+        let rec = self.hosts.get(FAILED).unwrap();
+        self.ha
+            .schedule_restarts_for_host(&rec, WorkReason::HostDown, true)
+            .await;
+    }
+    fn item(&self, vm: u64) -> WorkItem {
+        self.work.for_vm(VmId(vm)).pop().expect("an item")
+    }
+    fn starts(&self, vm: u64) -> usize {
+        self.vms
+            .starts
+            .lock()
+            .unwrap()
+            .get(&VmId(vm))
+            .map_or(0, Vec::len)
+    }
+    fn vm(&self, vm: u64) -> VmRecord {
+        self.vms.get(VmId(vm)).unwrap()
+    }
+    fn kinds(&self) -> Vec<AlertKind> {
+        self.alerts
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.kind)
+            .collect()
+    }
+    async fn shutdown(self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_down_hosts_ha_vm_is_fenced_stopped_and_started_elsewhere() {
+    let h = build(config(), 1);
+    h.ha.start().await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(1)).await;
+    let vm = h.vm(100);
+    assert_eq!(vm.state, VmState::Running);
+    assert_ne!(vm.host, Some(FAILED));
+    assert_eq!(vm.cluster, Some(ClusterId(1)));
+    let item = h.item(100);
+    assert_eq!(item.step, WorkStep::Done);
+    let proof = item.fence_proof.as_ref().expect("a proof");
+    assert_eq!(
+        (proof.kind(), proof.host(), proof.evidence()),
+        (ProofKind::PowerFenced, Some(FAILED), "test")
+    );
+    let log: Vec<&str> = item.history.iter().map(|e| e.what.as_str()).collect();
+    assert!(
+        log.iter().any(|l| l.contains("VM verdict Unknown")),
+        "{log:?}"
+    );
+    assert!(log.contains(&"fenced: power_fenced: test"), "{log:?}");
+    assert!(
+        log.last().unwrap().starts_with("done: started on host"),
+        "{log:?}"
+    );
+    // Placement: the VM's cluster first, never the failed host, only Up hosts.
+    let params = h.vms.starts.lock().unwrap()[&VmId(100)][0].clone();
+    assert_eq!(params.planner, Planner::Default);
+    assert_eq!(params.candidates, vec![HostId(2), HostId(3), HostId(4)]);
+    assert!(params.ha_operation);
+    assert_eq!(h.kinds(), [AlertKind::HostDown, AlertKind::HaRestart]);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_branches_data_driven() {
+    struct Case {
+        name: &'static str,
+        verdict: VmVerdict,
+        fence: Option<FenceOutcome>,
+        host_up_at_check: bool,
+        ha_enabled: bool,
+        force_ha: bool,
+        local_disk: bool,
+        change_vm: bool,
+        // expectations after one processing
+        step: WorkStep,
+        started: bool,
+        fenced_calls: usize,
+        retry_after: Option<Duration>,
+        alert: Option<AlertKind>,
+    }
+    let fenced = || Some(FenceOutcome::Fenced(DeathProof::power_fenced(FAILED, "ok")));
+    let failed = || {
+        Some(FenceOutcome::Failed {
+            reason: "bmc down".into(),
+        })
+    };
+    let base = |name| Case {
+        name,
+        verdict: VmVerdict::Unknown,
+        fence: fenced(),
+        host_up_at_check: false,
+        ha_enabled: true,
+        force_ha: false,
+        local_disk: false,
+        change_vm: false,
+        step: WorkStep::Done,
+        started: true,
+        fenced_calls: 1,
+        retry_after: None,
+        alert: Some(AlertKind::HaRestart),
+    };
+    let cases = vec![
+        base("unknown VM, fenced: restarted"),
+        Case {
+            fence: failed(),
+            step: WorkStep::Investigating,
+            started: false,
+            retry_after: Some(Duration::from_secs(600)),
+            alert: Some(AlertKind::FenceFailed),
+            ..base("fencing fails: no start, retry after restart.retry.interval")
+        },
+        Case {
+            verdict: VmVerdict::Dead,
+            fenced_calls: 0,
+            ..base("VM proven dead: no fencing needed")
+        },
+        Case {
+            verdict: VmVerdict::Alive,
+            host_up_at_check: true,
+            fenced_calls: 0,
+            started: false,
+            alert: None,
+            ..base("VM alive on an Up host: done, no restart")
+        },
+        Case {
+            verdict: VmVerdict::Alive,
+            fenced_calls: 0,
+            started: false,
+            step: WorkStep::Investigating,
+            retry_after: Some(Duration::from_secs(60)),
+            alert: None,
+            ..base("VM alive, host not Up: retry after investigate.retry.interval")
+        },
+        Case {
+            ha_enabled: false,
+            started: false,
+            alert: None,
+            ..base("non-HA VM: fenced and stopped, stays stopped")
+        },
+        Case {
+            ha_enabled: false,
+            force_ha: true,
+            ..base("non-HA VM with force.ha: restarted")
+        },
+        Case {
+            local_disk: true,
+            started: false,
+            alert: None,
+            ..base("local root disk: stays stopped")
+        },
+        Case {
+            change_vm: true,
+            fenced_calls: 0,
+            started: false,
+            alert: None,
+            ..base("VM changed since scheduling: done")
+        },
+    ];
+    for c in cases {
+        let mut cfg = config();
+        cfg.force_ha = c.force_ha;
+        let h = build(cfg, 0);
+        let mut v = vm(100, FAILED, c.ha_enabled);
+        v.local_root_disk = c.local_disk;
+        h.vms.inner.upsert(v);
+        *h.verdict.0.lock().unwrap() = c.verdict;
+        *h.fencer.outcome.lock().unwrap() = c.fence.clone().unwrap();
+        if !c.host_up_at_check {
+            h.host_down(FAILED);
+        }
+        // Not a cancellable reason: the "host Up again" cancellation is tested on its own.
+        let id =
+            h.ha.schedule_restart(VmId(100), true, WorkReason::Unknown)
+                .await
+                .expect("scheduled");
+        if c.change_vm {
+            h.vms
+                .inner
+                .set_state(VmId(100), VmState::Migrating, Some(FAILED));
+        }
+        let t0 = Instant::now();
+        h.ha.start().await;
+        sleep(Duration::from_secs(1)).await;
+        let item = h.work.get(id).unwrap();
+        let ctx = format!(
+            "{}: {:?}",
+            c.name,
+            item.history.iter().map(|e| &e.what).collect::<Vec<_>>()
+        );
+        assert_eq!(item.step, c.step, "{ctx}");
+        assert_eq!(h.starts(100) == 1, c.started, "{ctx}");
+        assert_eq!(
+            h.fencer.calls.load(Ordering::SeqCst),
+            c.fenced_calls,
+            "{ctx}"
+        );
+        match c.retry_after {
+            Some(d) => {
+                assert_eq!(item.tries, 1, "{ctx}");
+                assert_eq!(item.time_to_try - t0, d, "{ctx}");
+            }
+            None => assert_eq!(item.tries, 0, "{ctx}"),
+        }
+        assert_eq!(h.kinds().last().copied(), c.alert, "{ctx}");
+        if !c.started && c.step == WorkStep::Done && !c.change_vm && c.verdict != VmVerdict::Alive {
+            assert_eq!(
+                h.vm(100).state,
+                VmState::Stopped,
+                "{ctx}: stopped after fencing"
+            );
+        }
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_fence_is_retried_and_a_later_fence_restarts() {
+    let h = build(config(), 1);
+    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Failed {
+        reason: "bmc unreachable".into(),
+    };
+    h.ha.start().await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(601)).await;
+    assert_eq!(
+        h.fencer.calls.load(Ordering::SeqCst),
+        2,
+        "retried after restart.retry.interval"
+    );
+    assert_eq!(h.vm(100).host, Some(FAILED), "never started while unfenced");
+    *h.fencer.outcome.lock().unwrap() =
+        FenceOutcome::Fenced(DeathProof::power_fenced(FAILED, "bmc back: powered off"));
+    sleep(Duration::from_secs(600)).await;
+    assert_eq!(h.vm(100).state, VmState::Running);
+    assert_ne!(h.vm(100).host, Some(FAILED));
+    assert_eq!(h.item(100).tries, 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_retries_then_give_up_with_an_alert() {
+    let h = build(
+        Config {
+            max_retries: 3,
+            ..config()
+        },
+        1,
+    );
+    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Failed {
+        reason: "no".into(),
+    };
+    h.ha.start().await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(600 * 5)).await;
+    let item = h.item(100);
+    assert_eq!((item.step, item.tries), (WorkStep::Done, 3));
+    assert!(
+        item.history
+            .last()
+            .unwrap()
+            .what
+            .starts_with("giving up after 3 tries")
+    );
+    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(h.kinds().last(), Some(&AlertKind::HaGaveUp));
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn insufficient_capacity_falls_back_to_the_ha_planner() {
+    let h = build(config(), 1);
+    for id in [2, 3, 4] {
+        h.vms.inner.set_capacity(HostId(id), 0);
+    }
+    h.ha.start().await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.vm(100).host,
+        Some(HostId(11)),
+        "another cluster of the zone"
+    );
+    let starts = h.vms.starts.lock().unwrap()[&VmId(100)].clone();
+    assert_eq!(starts[0].planner, Planner::Ha);
+    assert!(
+        h.item(100)
+            .history
+            .iter()
+            .any(|e| e.what.contains("trying the HA planner"))
+    );
+    // No capacity anywhere: alert and retry after restart.retry.interval.
+    let h = build(config(), 1);
+    for id in [2, 3, 4, 11, 12] {
+        h.vms.inner.set_capacity(HostId(id), 0);
+    }
+    h.ha.start().await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(1)).await;
+    let item = h.item(100);
+    assert_eq!((item.step, item.tries), (WorkStep::Scheduled, 1));
+    assert_eq!(h.kinds().last(), Some(&AlertKind::HaRestartFailed));
+    h.vms.inner.set_capacity(HostId(12), 10);
+    sleep(Duration::from_secs(600)).await;
+    assert_eq!(h.vm(100).host, Some(HostId(12)));
+    assert_eq!(
+        h.fencer.calls.load(Ordering::SeqCst),
+        1,
+        "the fence is not repeated for a start retry"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ha_tag_limits_placement_and_down_hosts_are_never_candidates() {
+    let h = build(
+        Config {
+            ha_tag: Some("ha_host".into()),
+            ..config()
+        },
+        1,
+    );
+    let mut r = h.hosts.get(HostId(3)).unwrap();
+    r.tags = vec!["ha_host".into()];
+    h.hosts.upsert(r);
+    h.host_down(HostId(4));
+    h.ha.start().await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.vm(100).host, Some(HostId(3)));
+    let params = h.vms.starts.lock().unwrap()[&VmId(100)][0].clone();
+    assert_eq!(params.candidates, vec![HostId(3)]);
+    assert_eq!(params.ha_tag.as_deref(), Some("ha_host"));
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
+    let h = build(config(), 2);
+    h.host_down(FAILED);
+    // Two items for VM 100: the older one is dropped.
+    let first =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    let second =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    // VM 101 disappears.
+    let gone =
+        h.ha.schedule_restart(VmId(101), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    h.vms.inner.destroy(VmId(101), true).await.unwrap();
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.work.get(first).unwrap().history.last().unwrap().what,
+        "done: a newer HA item exists for the VM"
+    );
+    assert_eq!(h.work.get(second).unwrap().step, WorkStep::Done);
+    assert_eq!(h.starts(100), 1);
+    assert_eq!(
+        h.work.get(gone).unwrap().history.last().unwrap().what,
+        "done: VM gone"
+    );
+
+    // An item still investigating a host that is Up again is cancelled.
+    let h = build(config(), 1);
+    let id =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.work.get(id).unwrap().step, WorkStep::Cancelled);
+    assert_eq!(h.starts(100), 0);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
+    // Six failed hosts of one VM each (a fence is per host, so six fences); no brake.
+    let mut h = build(
+        Config {
+            ha_workers: 2,
+            ha_brake_fraction: 1.0,
+            ..config()
+        },
+        0,
+    );
+    let failed: Vec<HostId> = (21..27).map(HostId).collect();
+    for (i, id) in failed.iter().enumerate() {
+        let mut r = HostRecord::new(*id, format!("h{id}"), HypervisorType::Kvm);
+        r.cluster = Some(ClusterId(1));
+        r.zone = Some(ZoneId(1));
+        r.status = Some(Status::Up);
+        h.hosts.upsert(r);
+        h.vms.inner.upsert(vm(100 + i as u64, *id, true));
+    }
+    h.fencer = Arc::new(ScriptedFencer {
+        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
+            FAILED, "slow",
+        ))),
+        calls: AtomicUsize::new(0),
+        delay: Duration::from_secs(10),
+    });
+    let ha = new_manager(
+        &h.config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &h.tasks,
+    );
+    ha.start().await;
+    sleep(Duration::from_secs(5)).await;
+    for id in &failed {
+        h.host_down(*id);
+        ha.schedule_restarts_for_host(&h.hosts.get(*id).unwrap(), WorkReason::HostDown, true)
+            .await;
+    }
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        h.fencer.calls.load(Ordering::SeqCst),
+        2,
+        "woken at once, two slots"
+    );
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 4);
+    sleep(Duration::from_secs(11)).await;
+    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 6);
+    sleep(Duration::from_secs(10)).await;
+    for i in 0..6 {
+        assert_eq!(h.starts(100 + i), 1, "{:?}", h.item(100 + i).history);
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_brake_holds_fencing_while_most_of_a_cluster_is_suspect() {
+    let h = build(
+        Config {
+            ha_brake_fraction: 0.5,
+            ha_workers: 1,
+            ..config()
+        },
+        1,
+    );
+    h.vms.inner.upsert(VmRecord {
+        cluster: Some(ClusterId(2)),
+        ..vm(200, HostId(11), true)
+    });
+    h.ha.start().await;
+    // 3 of 4 hosts of cluster 1 down: more than half suspect.
+    h.host_down(HostId(2));
+    h.host_down(HostId(3));
+    h.fail_host().await;
+    sleep(Duration::from_secs(2)).await;
+    let item = h.item(100);
+    assert!(item.braked, "{:?}", item.history);
+    assert_eq!(item.tries, 0, "braked work spends no try");
+    assert_eq!(
+        h.fencer.calls.load(Ordering::SeqCst),
+        0,
+        "nothing fenced while the brake holds"
+    );
+    assert!(h.kinds().contains(&AlertKind::BrakeHolds));
+    assert!(
+        h.ha.brake_holds(ClusterId(1))
+            .unwrap()
+            .contains("3 of 4 hosts")
+    );
+    // Braked work holds no worker: the one slot serves cluster 2.
+    h.host_down(HostId(11));
+    h.ha.schedule_restarts_for_host(
+        &h.hosts.get(HostId(11)).unwrap(),
+        WorkReason::HostDown,
+        true,
+    )
+    .await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(200), 1, "other clusters go on");
+    assert!(h.item(100).braked);
+    // Two hosts come back (2 of 4 suspect, not more than half): the brake lifts by itself.
+    for id in [2, 3] {
+        let r = h.hosts.get(HostId(id)).unwrap();
+        h.hosts
+            .update_status(
+                HostId(id),
+                r.status,
+                r.update_count,
+                Status::Connecting,
+                Event::AgentConnected,
+                Instant::now(),
+            )
+            .unwrap();
+        let r = h.hosts.get(HostId(id)).unwrap();
+        h.hosts
+            .update_status(
+                HostId(id),
+                r.status,
+                r.update_count,
+                Status::Up,
+                Event::Ready,
+                Instant::now(),
+            )
+            .unwrap();
+    }
+    sleep(Duration::from_secs(2)).await;
+    assert!(!h.item(100).braked);
+    assert_eq!(h.starts(100), 1);
+    assert_eq!(h.item(100).tries, 0);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_operator_releases_the_brake_or_declares_a_host_dead() {
+    let h = build(config(), 1);
+    h.vms.inner.upsert(vm(101, HostId(2), true));
+    h.ha.start().await;
+    h.host_down(HostId(2));
+    h.host_down(HostId(3));
+    h.fail_host().await;
+    sleep(Duration::from_secs(2)).await;
+    assert!(h.item(100).braked);
+    h.ha.release_brake(ClusterId(1));
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(100), 1, "released: fenced and restarted");
+    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 1);
+    // Declaring host 2 dead restarts its VMs without fencing, on the operator's word.
+    h.ha.declare_host_dead(HostId(2)).await.unwrap();
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(101), 1);
+    assert_eq!(
+        h.fencer.calls.load(Ordering::SeqCst),
+        1,
+        "no fence for the declared host"
+    );
+    let proof = h.item(101).fence_proof.expect("a proof");
+    assert_eq!(
+        (proof.kind(), proof.host(), proof.evidence()),
+        (
+            ProofKind::OperatorWord,
+            Some(HostId(2)),
+            "an operator declared host 2 dead"
+        )
+    );
+    assert_eq!(
+        h.hosts.get(HostId(2)).unwrap().resource_state,
+        ResourceState::Degraded
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_grace_holds_the_brake_everywhere() {
+    let h = build(
+        Config {
+            ha_startup_grace: Duration::from_secs(300),
+            ..config()
+        },
+        1,
+    );
+    h.ha.start().await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(10)).await;
+    assert!(h.item(100).braked);
+    assert!(
+        h.ha.brake_holds(ClusterId(1))
+            .unwrap()
+            .starts_with("startup grace")
+    );
+    sleep(Duration::from_secs(300)).await;
+    assert_eq!(h.starts(100), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ha_vm_reported_off_on_an_up_host_is_restarted() {
+    let h = build(config(), 0);
+    h.vms.inner.upsert(vm(300, HostId(2), true));
+    h.vms.inner.upsert(vm(301, HostId(2), false));
+    h.vms.inner.upsert(vm(302, HostId(2), true));
+    h.ha.start().await;
+    let report = [
+        VmStateReport {
+            vm: VmId(300),
+            power: VmPowerState::PowerOff,
+        },
+        VmStateReport {
+            vm: VmId(301),
+            power: VmPowerState::PowerOff,
+        },
+        VmStateReport {
+            vm: VmId(302),
+            power: VmPowerState::PowerOn,
+        },
+    ];
+    h.ha.vm_power_report(HostId(2), &report);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(300), 1);
+    assert_eq!(
+        h.fencer.calls.load(Ordering::SeqCst),
+        0,
+        "reported off by its own Up host: no fence needed"
+    );
+    assert_eq!(h.item(300).reason, WorkReason::VmStoppedOnUpHost);
+    assert_eq!(
+        h.vm(301).state,
+        VmState::Stopped,
+        "non-HA: stopped, not restarted"
+    );
+    assert_eq!(h.starts(301), 0);
+    assert!(h.kinds().contains(&AlertKind::VmStopped));
+    assert_eq!(h.starts(302), 0);
+    // Missing from the reports for longer than T counts as off too.
+    h.vms.inner.upsert(vm(303, HostId(3), true));
+    for _ in 0..4 {
+        h.ha.vm_power_report(HostId(3), &[]);
+        sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(h.starts(303), 1);
+    // Switched off: no restart.
+    let h = build(
+        Config {
+            ha_vm_restart_hostup: false,
+            ..config()
+        },
+        0,
+    );
+    h.vms.inner.upsert(vm(300, HostId(2), true));
+    h.ha.start().await;
+    h.ha.vm_power_report(HostId(2), &report[..1]);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(300), 0);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_migrate_and_destroy_flows() {
+    let h = build(config(), 3);
+    h.ha.start().await;
+    let stop =
+        h.ha.schedule_stop(VmId(100), FAILED, WorkType::ForceStop)
+            .unwrap();
+    let migrate =
+        h.ha.schedule_migration(VmId(101), WorkReason::HostMaintenance)
+            .unwrap();
+    let destroy = h.ha.schedule_destroy(VmId(102), Some(FAILED)).unwrap();
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.work.get(stop).unwrap().step, WorkStep::Done);
+    assert_eq!(h.vm(100).state, VmState::Stopped);
+    assert_eq!(h.work.get(migrate).unwrap().step, WorkStep::Done);
+    assert_eq!(h.vm(101).host, Some(HostId(2)));
+    assert_eq!(h.work.get(destroy).unwrap().step, WorkStep::Done);
+    assert_eq!(h.vm(102).state, VmState::Destroyed);
+    // CheckStop of a VM that changed meanwhile: done without stopping it.
+    h.vms.inner.upsert(vm(103, FAILED, true));
+    let id =
+        h.ha.schedule_stop(VmId(103), FAILED, WorkType::CheckStop)
+            .unwrap();
+    h.vms
+        .inner
+        .set_state(VmId(103), VmState::Running, Some(HostId(2)));
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.work.get(id).unwrap().history.last().unwrap().what,
+        "done: VM changed since scheduling"
+    );
+    assert_eq!(h.vm(103).state, VmState::Running);
+    // A migration with no room retries after migrate.retry.interval.
+    for id in [2, 3, 4] {
+        h.vms.inner.set_capacity(HostId(id), 0);
+    }
+    h.vms.inner.upsert(vm(104, FAILED, true));
+    let t0 = Instant::now();
+    let id =
+        h.ha.schedule_migration(VmId(104), WorkReason::HostMaintenance)
+            .unwrap();
+    sleep(Duration::from_secs(1)).await;
+    let item = h.work.get(id).unwrap();
+    assert_eq!(
+        (item.step, item.tries, item.time_to_try - t0),
+        (WorkStep::Migrating, 1, Duration::from_secs(120))
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cleanup_removes_final_items_older_than_time_between_failures() {
+    let h = build(
+        Config {
+            time_between_cleanup: Duration::from_secs(3600),
+            time_between_failures: Duration::from_secs(1800),
+            ..config()
+        },
+        1,
+    );
+    h.ha.start().await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.work.list().len(), 1);
+    sleep(Duration::from_secs(3600)).await;
+    assert!(
+        h.work.list().is_empty(),
+        "done 1 h ago, window 30 min: purged at the hourly cleanup"
+    );
+    // A recent failure is inherited by a new item for the same VM.
+    let h = build(
+        Config {
+            max_retries: 5,
+            ..config()
+        },
+        1,
+    );
+    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Failed {
+        reason: "no".into(),
+    };
+    h.ha.start().await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(601)).await;
+    assert_eq!(h.item(100).tries, 2);
+    let newer =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    assert_eq!(
+        h.work.get(newer).unwrap().tries,
+        2,
+        "tries inherited within time.between.failures"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manager_restart_mid_work_resumes_everything_through_investigating_once() {
+    let config = Config {
+        ha_workers: 3,
+        ..config()
+    };
+    let mut h = build(config.clone(), 10);
+    h.fencer = Arc::new(ScriptedFencer {
+        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
+            FAILED,
+            "slow fence",
+        ))),
+        calls: AtomicUsize::new(0),
+        delay: Duration::from_secs(20),
+    });
+    // One fence for the host (20 s), then each start takes 10 s: mid-work at 45 s.
+    *h.vms.start_delay.lock().unwrap() = Duration::from_secs(10);
+    let first = new_manager(
+        &config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &h.tasks,
+    );
+    first.start().await;
+    h.host_down(FAILED);
+    first
+        .schedule_restarts_for_host(&h.hosts.get(FAILED).unwrap(), WorkReason::HostDown, true)
+        .await;
+    sleep(Duration::from_secs(45)).await;
+    let done_before = (100..110).filter(|v| h.starts(*v) == 1).count();
+    assert!(
+        done_before > 0 && done_before < 10,
+        "mid-work: {done_before} restarted"
+    );
+    // The manager process dies: its tasks end, its claims stay in the store.
+    h.tasks.shutdown().await;
+    assert!(
+        h.work.list().iter().any(|i| i.owner.is_some()),
+        "claims left behind"
+    );
+    // It comes back with the same identity over the same store.
+    let tasks = Tasks::new();
+    let second = new_manager(
+        &config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &tasks,
+    );
+    second.start().await;
+    for i in h.work.list() {
+        assert!(
+            i.step.is_final() || i.step == WorkStep::Investigating,
+            "pending items back to Investigating: {i:?}"
+        );
+        assert!(i.owner.is_none());
+    }
+    sleep(Duration::from_secs(300)).await;
+    for v in 100..110 {
+        assert_eq!(h.starts(v), 1, "vm {v} started exactly once");
+        assert_eq!(h.vm(v).state, VmState::Running);
+        assert_ne!(h.vm(v).host, Some(FAILED));
+    }
+    assert!(h.work.list().iter().all(|i| i.step.is_final()), "none lost");
+    tasks.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_departed_peers_claims_are_released_and_served_here() {
+    let h = build(config(), 1);
+    h.host_down(FAILED);
+    let id =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    // A peer took the item, then died.
+    let taken = h.work.take(OwnerId(99), Instant::now()).unwrap();
+    assert_eq!(taken.id, id);
+    h.ha.start().await;
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.starts(100), 0, "claimed by the peer: not ours to run");
+    assert_eq!(h.ha.release_peer(OwnerId(99)), 1);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(100), 1);
+    assert_eq!(h.work.get(id).unwrap().step, WorkStep::Done);
+    h.shutdown().await;
+}
+
+/// Work left in a durable store by a run with VM-HA enabled, served by a manager with VM-HA
+/// disabled: nothing is done, no try is spent, and each item waits its own type's interval.
+#[tokio::test(start_paused = true)]
+async fn with_vm_ha_disabled_pending_work_waits_its_types_interval() {
+    let config = Config {
+        vm_ha_enabled: false,
+        restart_retry_interval: Duration::from_secs(600),
+        migrate_retry_interval: Duration::from_secs(120),
+        stop_retry_interval: Duration::from_secs(300),
+        ..config()
+    };
+    let h = build(config, 3);
+    let t0 = Instant::now();
+    let mut ids = Vec::new();
+    for (i, work_type) in [WorkType::Ha, WorkType::Migration, WorkType::Stop]
+        .into_iter()
+        .enumerate()
+    {
+        let rec = h.vm(100 + i as u64);
+        let item = WorkItem::new(
+            work_type,
+            WorkStep::Scheduled,
+            WorkReason::HostDown,
+            &rec,
+            Some(FAILED),
+            t0,
+        );
+        ids.push((work_type, h.work.insert(item)));
+    }
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    for (work_type, id) in ids {
+        let item = h.work.get(id).unwrap();
+        let want = match work_type {
+            WorkType::Ha => 600,
+            WorkType::Migration => 120,
+            _ => 300,
+        };
+        assert_eq!(
+            (item.tries, item.time_to_try - t0, item.step),
+            // (back to Investigating at start, §5.6)
+            (0, Duration::from_secs(want), WorkStep::Investigating),
+            "{work_type:?}"
+        );
+    }
+    assert_eq!(h.starts(100), 0, "nothing started");
+    h.shutdown().await;
+}

@@ -1,0 +1,14 @@
+//! The liveness and HA engine (cloudha-liveness, cloudha-ha over cloudha-ports) through its
+//! public API, under paused time, with fake or mock ports, the real registry and direct attaches.
+
+mod cloudstack_ported;
+mod config;
+mod connect;
+mod fencing;
+mod ha;
+mod ha_fencing;
+mod investigation;
+mod lifecycle;
+mod monitor;
+mod support;
+mod verdicts;
