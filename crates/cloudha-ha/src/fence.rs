@@ -358,7 +358,7 @@ impl Fencer for XenPoolFencer {
 
 /// Fences by power: "already off" counts as fenced, "unknown" does not; an Off (whether it
 /// answered, errored or timed out) is confirmed only by reading the power state back. Reuses a
-/// fresh reading ([`crate::oobm::POWER_READING_FRESH`]) instead of asking again: at most three
+/// fresh reading ([`cloudha_liveness::oobm::POWER_READING_FRESH`]) instead of asking again: at most three
 /// BMC calls per host and round, the investigation's reading included.
 pub struct PowerFencer {
     oobm: Arc<Oobm>,

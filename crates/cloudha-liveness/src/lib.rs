@@ -4,12 +4,13 @@
 //! reach the manager's [`cloudha_attache::CommandSink`], go through the listener registry to every
 //! command monitor, among them the behind-on-ping [`PingMonitor`]; a host not heard from for
 //! `ping.interval × ping.timeout` is disconnected with investigation (CheckHealth, then the
-//! [`Investigator`] chain, then the verdict table of spec §4.4), and only a host proven **Down**
+//! [`cloudha_ports::Investigator`] chain, then the verdict table of spec §4.4), and only a host proven **Down**
 //! is handed to VM-HA through the [`HaScheduler`] port.
 //!
 //! It composes `cloudha-attache` and `cloudha-registry` behind their traits (`Attache`,
-//! `ListenerRegistry`) and defines its own ports: [`HostStore`], [`AlertSink`], [`Investigator`],
-//! [`HostCommander`], [`HaScheduler`] (mocks with the `mock` feature).
+//! `ListenerRegistry`), works over the ports of `cloudha-ports` (host store, alerts,
+//! investigators, probes, out-of-band management) and defines one port of its own,
+//! [`HaScheduler`] (a mock with the `mock` feature).
 //!
 //! The HA manager (crate `cloudha-ha`) implements [`HaScheduler`].
 //!
