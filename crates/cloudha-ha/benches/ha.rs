@@ -88,6 +88,7 @@ fn main() {
                 fencers: vec![Arc::new(Fenced)],
                 alerts: Arc::new(LogAlerts),
                 investigations: Arc::new(Investigations::default()),
+                clock: Arc::new(TokioClock::new(Timestamp::from_micros(1_767_225_600_000_000))),
             },
             tasks.clone(),
         );
@@ -99,7 +100,7 @@ fn main() {
         let total = (failed * per_host) as usize;
         loop {
             tokio::task::yield_now().await;
-            if work.pending() == 0 {
+            if work.pending_count() == 0 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;

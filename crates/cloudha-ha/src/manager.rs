@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use cloudha_attache::Tasks;
+use cloudha_ports::{Clock, StoreError, Timestamp};
 use cloudha_protocol::{
     ClusterId, HostId, HostType, ResourceState, Status, VmId, VmPowerState, VmState, VmStateReport,
     WorkId, WorkReason, WorkStep, WorkType,
@@ -39,6 +40,9 @@ pub struct HaPorts {
     /// The hosts the agent manager suspects (under investigation, or silent past their ping):
     /// they count as suspect for the brake.
     pub investigations: Arc<Investigations>,
+    /// The time of day for work items' times (`SystemClock`, or a `TokioClock` under a
+    /// simulator's paused time).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How one processing of an item ended.
@@ -47,11 +51,35 @@ enum Outcome {
     Cancelled(String),
     /// Try again at `at`; `count` says whether it spends a try.
     Retry {
-        at: Instant,
+        at: Timestamp,
         count: bool,
         why: String,
     },
     Braked(ClusterId, String),
+    /// The claim moved to another owner (a refused write): drop the item, write nothing.
+    Lost(String),
+}
+
+/// First pause after a store failure.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Longest pause between retries of a store write.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Tries to store a new work item.
+const INSERT_TRIES: u32 = 3;
+
+/// Displays an error with its sources: `a: b: c`.
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
 }
 
 struct HaInner {
@@ -65,6 +93,8 @@ struct HaInner {
     released: Mutex<HashSet<ClusterId>>,
     braked: Mutex<HashMap<ClusterId, HashSet<VmId>>>,
     missing: Mutex<HashMap<VmId, Instant>>,
+    /// VMs whose power report is being turned into work (at most one scheduling in flight).
+    reporting: Mutex<HashSet<VmId>>,
     /// One fence per failed host: the outcome of the last fence of each host, shared by all its
     /// VMs (the async lock makes the VMs of one host wait for a fence under way, not repeat it).
     fences: Mutex<HashMap<HostId, Arc<tokio::sync::Mutex<Option<HostFence>>>>>,
@@ -114,6 +144,7 @@ impl HaManager {
                 released: Mutex::new(HashSet::new()),
                 braked: Mutex::new(HashMap::new()),
                 missing: Mutex::new(HashMap::new()),
+                reporting: Mutex::new(HashSet::new()),
                 fences: Mutex::new(HashMap::new()),
             }),
         }
@@ -129,20 +160,29 @@ impl HaManager {
     /// watcher and the cleanup start. The startup grace of the brake runs from now.
     pub async fn start(&self) {
         let inner = &self.inner;
-        let now = Instant::now();
-        let _ = inner.started_at.set(now);
-        let released = inner.ports.work.release_owner(inner.owner);
-        let braked: Vec<VmId> = inner
-            .ports
-            .work
-            .list()
-            .iter()
-            .filter(|i| i.braked)
-            .map(|i| i.vm)
-            .collect();
-        inner.ports.work.unbrake(now, &braked);
-        let pending = inner.ports.work.mark_pending_investigating(now);
-        tracing::info!(released, pending, "HA manager started");
+        let _ = inner.started_at.set(Instant::now());
+        let now = inner.now();
+        let work = &inner.ports.work;
+        let resumed = async {
+            let released = work.release_owner(inner.owner).await?;
+            let braked: Vec<VmId> = work
+                .list()
+                .await?
+                .iter()
+                .filter(|i| i.braked)
+                .map(|i| i.vm)
+                .collect();
+            work.unbrake(now, &braked).await?;
+            let pending = work.mark_pending_investigating(now).await?;
+            Ok::<_, StoreError>((released, pending))
+        };
+        match resumed.await {
+            Ok((released, pending)) => tracing::info!(released, pending, "HA manager started"),
+            // The workers still start: they take what the store gives once it is back.
+            Err(e) => {
+                tracing::error!(error = %ErrorChain(&e), "HA manager start: cannot resume pending work")
+            }
+        }
         let me = Arc::clone(inner);
         inner.tasks.spawn(
             inner.tasks.token().child_token(),
@@ -162,11 +202,14 @@ impl HaManager {
 
     /// A peer management server left: its claims are released so this server's workers take
     /// its items (CloudStack's `releaseWorkItems(peer)`). Returns how many.
-    pub fn release_peer(&self, peer: OwnerId) -> usize {
-        let n = self.inner.ports.work.release_owner(peer);
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn release_peer(&self, peer: OwnerId) -> Result<usize, StoreError> {
+        let n = self.inner.ports.work.release_owner(peer).await?;
         tracing::info!(?peer, released = n, "peer's HA work released");
         self.inner.wake.notify_one();
-        n
+        Ok(n)
     }
 
     /// Schedules a restart of one VM (CloudStack's `scheduleRestart`). Returns the item, if one
@@ -181,22 +224,30 @@ impl HaManager {
     }
 
     /// Schedules a stop (`Stop`, `CheckStop` or `ForceStop`) of a VM on `host`.
-    pub fn schedule_stop(&self, vm: VmId, host: HostId, work_type: WorkType) -> Option<WorkId> {
+    pub async fn schedule_stop(
+        &self,
+        vm: VmId,
+        host: HostId,
+        work_type: WorkType,
+    ) -> Option<WorkId> {
         self.inner
             .schedule_simple(vm, Some(host), work_type, WorkReason::Unknown)
+            .await
     }
 
     /// Schedules a migration of a VM away from its host.
-    pub fn schedule_migration(&self, vm: VmId, reason: WorkReason) -> Option<WorkId> {
+    pub async fn schedule_migration(&self, vm: VmId, reason: WorkReason) -> Option<WorkId> {
         let host = self.inner.ports.vms.get(vm).and_then(|v| v.host);
         self.inner
             .schedule_simple(vm, host, WorkType::Migration, reason)
+            .await
     }
 
     /// Schedules a destroy of a VM.
-    pub fn schedule_destroy(&self, vm: VmId, host: Option<HostId>) -> Option<WorkId> {
+    pub async fn schedule_destroy(&self, vm: VmId, host: Option<HostId>) -> Option<WorkId> {
         self.inner
             .schedule_simple(vm, host, WorkType::Destroy, WorkReason::Unknown)
+            .await
     }
 
     /// Why the brake holds for `cluster` now, if it does.
@@ -205,10 +256,10 @@ impl HaManager {
     }
 
     /// Operator: releases the brake of `cluster` (until its suspect fraction falls back).
-    pub fn release_brake(&self, cluster: ClusterId) {
+    pub async fn release_brake(&self, cluster: ClusterId) {
         tracing::warn!(%cluster, "brake released by the operator");
         lock(&self.inner.released).insert(cluster);
-        self.inner.lift_brakes(Instant::now());
+        self.inner.lift_brakes(Instant::now()).await;
     }
 
     /// Operator: declares `host` dead (CloudStack's `declareHostAsDegraded`): its VMs restart
@@ -381,12 +432,16 @@ impl HaInner {
                 return None;
             }
         }
-        let now = Instant::now();
+        let now = self.now();
         // A VM that failed recently inherits its tries (CloudStack's "cannot schedule new").
-        let tries = self
-            .ports
-            .work
-            .for_vm(vm)
+        let others = match self.ports.work.for_vm(vm).await {
+            Ok(others) => others,
+            Err(e) => {
+                tracing::error!(vm = %vm, error = %ErrorChain(&e), "cannot read the VM's HA work");
+                Vec::new()
+            }
+        };
+        let tries = others
             .into_iter()
             .filter(|i| {
                 i.work_type == WorkType::Ha
@@ -410,18 +465,21 @@ impl HaInner {
         );
         item.tries = tries;
         if !investigate {
-            item.fence_proof = Some(match (reason, item.host) {
-                (WorkReason::HostDegraded, Some(h)) => DeathProof::operator_word(h),
-                (_, h) => DeathProof::vm_reported_off(h),
-            });
+            item.fence_proof = Some(
+                match (reason, item.host) {
+                    (WorkReason::HostDegraded, Some(h)) => DeathProof::operator_word(h),
+                    (_, h) => DeathProof::vm_reported_off(h),
+                }
+                .recorded_at(now),
+            );
         }
-        let id = self.ports.work.insert(item);
+        let id = self.insert(item).await?;
         tracing::info!(vm = %vm, work = %id, ?reason, "scheduled HA restart");
         self.wake.notify_one();
         Some(id)
     }
 
-    fn schedule_simple(
+    async fn schedule_simple(
         &self,
         vm: VmId,
         host: Option<HostId>,
@@ -433,15 +491,20 @@ impl HaInner {
             return None;
         }
         let rec = self.ports.vms.get(vm)?;
-        if work_type == WorkType::Stop
-            && self
-                .ports
-                .work
-                .for_vm(vm)
+        if work_type == WorkType::Stop {
+            let others = match self.ports.work.for_vm(vm).await {
+                Ok(others) => others,
+                Err(e) => {
+                    tracing::error!(vm = %vm, error = %ErrorChain(&e), "cannot read the VM's work: not scheduled");
+                    return None;
+                }
+            };
+            if others
                 .iter()
                 .any(|i| i.work_type == WorkType::Stop && !i.step.is_final())
-        {
-            return None;
+            {
+                return None;
+            }
         }
         let item = WorkItem::new(
             work_type,
@@ -449,9 +512,9 @@ impl HaInner {
             reason,
             &rec,
             host,
-            Instant::now(),
+            self.now(),
         );
-        let id = self.ports.work.insert(item);
+        let id = self.insert(item).await?;
         self.wake.notify_one();
         Some(id)
     }
@@ -483,20 +546,24 @@ impl HaInner {
                 continue;
             }
             lock(&self.missing).remove(&vm);
-            if self
-                .ports
-                .work
-                .for_vm(vm)
-                .iter()
-                .any(|i| !i.step.is_final())
-            {
+            // One scheduling in flight per VM: the ping path does not await the store.
+            if !lock(&self.reporting).insert(vm) {
                 continue;
             }
             let me = Arc::clone(self);
             self.tasks
                 .spawn(self.tasks.token().child_token(), async move {
-                    me.schedule_restart(vm, false, WorkReason::VmStoppedOnUpHost)
-                        .await;
+                    match me.ports.work.for_vm(vm).await {
+                        Ok(items) if items.iter().any(|i| !i.step.is_final()) => {}
+                        Ok(_) => {
+                            me.schedule_restart(vm, false, WorkReason::VmStoppedOnUpHost)
+                                .await;
+                        }
+                        Err(e) => {
+                            tracing::error!(vm = %vm, error = %ErrorChain(&e), "power report: cannot read the VM's work; the next report retries");
+                        }
+                    }
+                    lock(&me.reporting).remove(&vm);
                 });
         }
     }
@@ -544,7 +611,7 @@ impl HaInner {
         None
     }
 
-    fn lift_brakes(&self, now: Instant) {
+    async fn lift_brakes(&self, now: Instant) {
         let clusters: Vec<ClusterId> = lock(&self.braked).keys().copied().collect();
         let mut woke = false;
         for c in clusters {
@@ -556,9 +623,17 @@ impl HaInner {
                 .into_iter()
                 .flatten()
                 .collect();
-            let n = self.ports.work.unbrake(now, &vms);
-            tracing::info!(cluster = %c, items = n, "brake lifted");
-            woke |= n > 0;
+            match self.ports.work.unbrake(self.now(), &vms).await {
+                Ok(n) => {
+                    tracing::info!(cluster = %c, items = n, "brake lifted");
+                    woke |= n > 0;
+                }
+                Err(e) => {
+                    // Held until the next round.
+                    tracing::error!(cluster = %c, error = %ErrorChain(&e), "cannot lift the brake");
+                    lock(&self.braked).entry(c).or_default().extend(vms);
+                }
+            }
         }
         if woke {
             self.wake.notify_one();
@@ -574,7 +649,7 @@ impl HaInner {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             ticker.tick().await;
-            self.lift_brakes(Instant::now());
+            self.lift_brakes(Instant::now()).await;
         }
     }
 
@@ -584,12 +659,11 @@ impl HaInner {
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            let now = Instant::now();
-            let cutoff = now
-                .checked_sub(self.config.time_between_failures)
-                .unwrap_or(now);
-            let n = self.ports.work.cleanup(cutoff);
-            tracing::debug!(removed = n, "HA work cleanup");
+            let cutoff = self.now() - self.config.time_between_failures;
+            match self.ports.work.cleanup(cutoff).await {
+                Ok(n) => tracing::debug!(removed = n, "HA work cleanup"),
+                Err(e) => tracing::warn!(error = %ErrorChain(&e), "HA work cleanup failed"),
+            }
         }
     }
 
@@ -598,9 +672,9 @@ impl HaInner {
             let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
                 return;
             };
-            let now = Instant::now();
-            match self.ports.work.take(self.owner, now) {
-                Some(item) => {
+            let now = self.now();
+            match self.ports.work.take(self.owner, now).await {
+                Ok(Some(item)) => {
                     let me = Arc::clone(&self);
                     let span = tracing::info_span!("ha_work", work = %item.id, vm = %item.vm);
                     self.tasks.spawn(
@@ -612,25 +686,34 @@ impl HaInner {
                         .instrument(span),
                     );
                 }
-                None => {
+                Ok(None) => {
                     drop(permit);
                     let idle = self.config.time_to_sleep;
-                    let wait = self
-                        .ports
-                        .work
-                        .next_due()
-                        .map_or(idle, |t| t.saturating_duration_since(now).min(idle));
+                    let wait = match self.ports.work.next_due().await {
+                        Ok(next) => {
+                            next.map_or(idle, |t| t.saturating_duration_since(now).min(idle))
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %ErrorChain(&e), "HA work store: cannot read the next due item");
+                            idle.min(STORE_RETRY)
+                        }
+                    };
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(wait) => {}
                     }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::error!(error = %ErrorChain(&e), "HA work store: cannot take work; retrying");
+                    tokio::time::sleep(STORE_RETRY).await;
                 }
             }
         }
     }
 
     async fn process(self: &Arc<Self>, mut item: WorkItem) {
-        let now = Instant::now();
+        let now = self.now();
         let outcome = if self.config.vm_ha_enabled {
             match item.work_type {
                 WorkType::Ha => self.restart(&mut item).await,
@@ -645,8 +728,13 @@ impl HaInner {
                 why: "VM-HA disabled".into(),
             }
         };
-        let now = Instant::now();
+        let now = self.now();
         match outcome {
+            Outcome::Lost(why) => {
+                tracing::warn!(work = %item.id, "claim lost: {why}; the item is left to its new owner");
+                self.wake.notify_one();
+                return;
+            }
             Outcome::Done(why) => {
                 item.step = WorkStep::Done;
                 item.note(now, format!("done: {why}"));
@@ -702,8 +790,85 @@ impl HaInner {
         }
         item.owner = None;
         item.taken = None;
-        self.ports.work.update(&item);
+        self.write_back(&item).await;
         self.wake.notify_one();
+    }
+
+    /// Writes a processed item back, releasing the claim. A backend failure is retried (with a
+    /// growing pause, until it succeeds or the manager stops): the item is never dropped. A
+    /// refused write (the claim moved to another owner) is dropped: the new owner decides.
+    async fn write_back(&self, item: &WorkItem) {
+        let mut pause = STORE_RETRY;
+        loop {
+            match self.ports.work.update(self.owner, item).await {
+                Ok(_) => return,
+                Err(e @ (StoreError::Stale { .. } | StoreError::UnknownWork(_))) => {
+                    tracing::warn!(work = %item.id, error = %ErrorChain(&e), "write-back refused: the claim moved");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(work = %item.id, error = %ErrorChain(&e), "write-back failed; retrying in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(STORE_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Saves an item mid-processing (still claimed) and so checks the claim before an action.
+    /// A refused write means the claim moved: processing stops at once, writing nothing. A
+    /// backend failure means the claim cannot be checked: no action now, the item is tried
+    /// again later without spending a try (the write-back retries until the store is back).
+    async fn save(&self, item: &mut WorkItem) -> Result<(), Outcome> {
+        match self.ports.work.update(self.owner, item).await {
+            Ok(version) => {
+                item.version = version;
+                Ok(())
+            }
+            Err(e @ (StoreError::Stale { .. } | StoreError::UnknownWork(_))) => {
+                Err(Outcome::Lost(e.to_string()))
+            }
+            Err(e) => Err(Outcome::Retry {
+                at: self.now() + self.config.investigate_retry_interval,
+                count: false,
+                why: format!("cannot check the claim: {}", ErrorChain(&e)),
+            }),
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.ports.clock.now()
+    }
+
+    /// Inserts a new item; a backend failure is retried a few times (bounded: scheduling runs
+    /// in investigation and ping flows), then reported.
+    async fn insert(&self, item: WorkItem) -> Option<WorkId> {
+        let mut pause = STORE_RETRY;
+        for attempt in 1..=INSERT_TRIES {
+            match self.ports.work.insert(item.clone()).await {
+                Ok(id) => return Some(id),
+                Err(e) if attempt < INSERT_TRIES => {
+                    tracing::warn!(vm = %item.vm, error = %ErrorChain(&e), "cannot store HA work; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(STORE_RETRY_MAX);
+                }
+                Err(e) => {
+                    tracing::error!(vm = %item.vm, error = %ErrorChain(&e), "cannot store HA work");
+                    self.alert(
+                        AlertKind::HaRestartFailed,
+                        item.host,
+                        Some(item.vm),
+                        None,
+                        format!(
+                            "HA work for VM {} could not be stored: {}",
+                            item.vm,
+                            ErrorChain(&e)
+                        ),
+                    );
+                }
+            }
+        }
+        None
     }
 
     /// The item's VM as it is now, or the outcome when the item is not needed any more: the VM
@@ -731,7 +896,7 @@ impl HaInner {
 
     fn retry(&self, interval: Duration, why: impl Into<String>) -> Outcome {
         Outcome::Retry {
-            at: Instant::now() + interval,
+            at: self.now() + interval,
             count: true,
             why: why.into(),
         }
@@ -766,7 +931,16 @@ impl HaInner {
     }
 
     async fn restart(self: &Arc<Self>, item: &mut WorkItem) -> Outcome {
-        let others = self.ports.work.for_vm(item.vm);
+        let others = match self.ports.work.for_vm(item.vm).await {
+            Ok(others) => others,
+            Err(e) => {
+                return Outcome::Retry {
+                    at: self.now() + self.config.investigate_retry_interval,
+                    count: false,
+                    why: format!("cannot read the VM's HA work: {}", ErrorChain(&e)),
+                };
+            }
+        };
         if others
             .iter()
             .any(|o| o.work_type == WorkType::Ha && o.id > item.id && !o.step.is_final())
@@ -814,6 +988,11 @@ impl HaInner {
                     }
                 }
             }
+            // The proof is recorded, and the claim checked, before acting: a worker whose claim
+            // moved while it fenced must not touch the VM.
+            if let Err(outcome) = self.save(item).await {
+                return outcome;
+            }
             match self.ports.vms.force_stop(vm.id).await {
                 Ok(r) => {
                     item.previous_state = r.state;
@@ -827,8 +1006,10 @@ impl HaInner {
                 }
             }
             item.step = WorkStep::Scheduled;
-            item.note(Instant::now(), "force-stopped; step Scheduled");
-            self.ports.work.update(item);
+            item.note(self.now(), "force-stopped; step Scheduled");
+            if let Err(outcome) = self.save(item).await {
+                return outcome;
+            }
         }
         let Some(vm) = self.ports.vms.get(item.vm) else {
             return Outcome::Done("VM gone".into());
@@ -849,10 +1030,14 @@ impl HaInner {
             ha_tag: self.config.ha_tag.clone(),
             ha_operation: true,
         };
+        // The claim is checked right before the start (a fencing token): never two starts.
+        if let Err(outcome) = self.save(item).await {
+            return outcome;
+        }
         let mut result = self.ports.vms.start(vm.id, params.clone()).await;
         if matches!(result, Err(StartError::InsufficientCapacity(_))) {
             item.note(
-                Instant::now(),
+                self.now(),
                 "insufficient capacity with the VM's planner; trying the HA planner",
             );
             params.candidates = self.candidates(&vm, failed, Planner::Ha);
@@ -899,11 +1084,11 @@ impl HaInner {
         vm: &VmRecord,
         host: &HostRecord,
     ) -> Result<(), Outcome> {
-        let now = Instant::now();
+        let now = self.now();
         if item.reason == WorkReason::HostDegraded {
             let proof = DeathProof::operator_word(host.id);
             item.note(now, format!("no fencing: {proof}"));
-            item.fence_proof = Some(proof);
+            item.fence_proof = Some(proof.recorded_at(now));
             return Ok(());
         }
         let (verdict, by) =
@@ -933,7 +1118,7 @@ impl HaInner {
                     ),
                 );
                 item.note(now, format!("proof: {proof}"));
-                item.fence_proof = Some(proof);
+                item.fence_proof = Some(proof.recorded_at(now));
                 return Ok(());
             }
             VmVerdict::Unknown => {}
@@ -945,12 +1130,12 @@ impl HaInner {
                 } else {
                     "fenced"
                 };
-                item.note(Instant::now(), format!("{how}: {proof}"));
-                item.fence_proof = Some(proof);
+                item.note(self.now(), format!("{how}: {proof}"));
+                item.fence_proof = Some(proof.recorded_at(self.now()));
                 Ok(())
             }
             (Err(why), _) => {
-                item.note(Instant::now(), format!("not fenced: {why}"));
+                item.note(self.now(), format!("not fenced: {why}"));
                 Err(self.retry(
                     self.config.restart_retry_interval,
                     format!("no fencer could fence the host: {why}"),
@@ -1046,7 +1231,9 @@ impl HaInner {
             return Outcome::Done("VM has no host".into());
         };
         item.step = WorkStep::Migrating;
-        self.ports.work.update(item);
+        if let Err(outcome) = self.save(item).await {
+            return outcome;
+        }
         let candidates = self.candidates(&vm, Some(from), Planner::Default);
         match self.ports.vms.migrate_away(vm.id, from, candidates).await {
             Ok(to) => Outcome::Done(format!("migrated to host {to}")),

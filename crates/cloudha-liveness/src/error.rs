@@ -26,7 +26,7 @@ pub enum ConfigError {
 }
 
 /// A manager operation that failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManagerError {
     /// §4.2 has no transition for the host's status and the event.

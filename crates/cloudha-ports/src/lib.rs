@@ -13,6 +13,7 @@ pub mod error;
 pub mod host;
 pub mod oobm;
 pub mod proof;
+pub mod time;
 pub mod verdict;
 pub mod vm;
 pub mod work;
@@ -22,6 +23,7 @@ pub use error::{CommandError, StoreError};
 pub use host::{HostRecord, HostStore, InMemoryHostStore};
 pub use oobm::{OobError, OutOfBandManagement, PowerState};
 pub use proof::{DeathProof, ProofKind, SelfFenceTimings};
+pub use time::{Clock, SystemClock, Timestamp, TokioClock};
 pub use verdict::{Finding, HostCommander, HostVerdict, Investigator, VmVerdict};
 pub use vm::{VmKind, VmRecord};
 pub use work::{HaWorkStore, InMemoryHaWorkStore, OwnerId, WorkEvent, WorkItem};
@@ -32,6 +34,8 @@ pub use alert::MockAlertSink;
 pub use host::MockHostStore;
 #[cfg(any(test, feature = "mock"))]
 pub use oobm::MockOutOfBandManagement;
+#[cfg(any(test, feature = "mock"))]
+pub use time::MockClock;
 #[cfg(any(test, feature = "mock"))]
 pub use verdict::{MockHostCommander, MockInvestigator};
 #[cfg(any(test, feature = "mock"))]

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::time::Timestamp;
 use cloudha_protocol::HostId;
-use tokio::time::Instant;
 
 /// What kind of proof.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,7 +63,7 @@ pub struct DeathProof {
     kind: ProofKind,
     host: Option<HostId>,
     evidence: String,
-    at: Instant,
+    at: Timestamp,
     timings: Option<SelfFenceTimings>,
 }
 
@@ -73,7 +73,7 @@ impl DeathProof {
             kind,
             host,
             evidence,
-            at: Instant::now(),
+            at: Timestamp::UNIX_EPOCH,
             timings: None,
         }
     }
@@ -145,9 +145,16 @@ impl DeathProof {
         &self.evidence
     }
 
-    /// When the proof was made.
-    pub fn at(&self) -> Instant {
+    /// When the proof was recorded on its work item (the epoch until then).
+    pub fn at(&self) -> Timestamp {
         self.at
+    }
+
+    /// The proof as recorded at `at` (the HA manager stamps a proof when it records it).
+    #[must_use]
+    pub fn recorded_at(mut self, at: Timestamp) -> Self {
+        self.at = at;
+        self
     }
 
     /// The self-fence timings it relied on (self and pool fences).

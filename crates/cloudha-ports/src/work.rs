@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use cloudha_protocol::{HostId, VmId, VmState, WorkId, WorkReason, WorkStep, WorkType};
-use tokio::time::Instant;
 
+use crate::error::StoreError;
 use crate::proof::DeathProof;
+use crate::time::Timestamp;
 use crate::vm::VmRecord;
 
 /// A management server (owner of claims). Keep it stable across restarts of the same server.
@@ -18,7 +19,7 @@ pub struct OwnerId(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkEvent {
     /// When.
-    pub at: Instant,
+    pub at: Timestamp,
     /// What happened: a step change, a verdict, a fence proof, a try.
     pub what: String,
 }
@@ -43,13 +44,15 @@ pub struct WorkItem {
     /// Tries so far.
     pub tries: u32,
     /// Not before.
-    pub time_to_try: Instant,
+    pub time_to_try: Timestamp,
     /// Why.
     pub reason: WorkReason,
     /// Who holds the claim.
     pub owner: Option<OwnerId>,
     /// When it was claimed.
-    pub taken: Option<Instant>,
+    pub taken: Option<Timestamp>,
+    /// Bumped by the store on every write: a write carrying an older version is refused.
+    pub version: u64,
     /// Held by the correlated-failure brake: not taken until the brake lifts.
     pub braked: bool,
     /// Why the VM's old copy cannot run any more (a power, pool or self fence, a dead verdict,
@@ -67,7 +70,7 @@ impl WorkItem {
         reason: WorkReason,
         vm: &VmRecord,
         host: Option<HostId>,
-        now: Instant,
+        now: Timestamp,
     ) -> Self {
         Self {
             id: WorkId(0),
@@ -82,6 +85,7 @@ impl WorkItem {
             reason,
             owner: None,
             taken: None,
+            version: 0,
             braked: false,
             fence_proof: None,
             history: vec![WorkEvent {
@@ -92,7 +96,7 @@ impl WorkItem {
     }
 
     /// Appends to the history.
-    pub fn note(&mut self, at: Instant, what: impl Into<String>) {
+    pub fn note(&mut self, at: Timestamp, what: impl Into<String>) {
         self.history.push(WorkEvent {
             at,
             what: what.into(),
@@ -100,47 +104,88 @@ impl WorkItem {
     }
 }
 
-/// Where work items live. Plain calls: an implementation over SQL runs each as one short
-/// transaction (`take` is `SELECT … FOR UPDATE` of the first eligible row).
+/// Where work items live (CloudStack's `op_ha_work`). Every call is async and may fail; an
+/// implementation over SQL runs each as one short transaction (`take` is `SELECT … FOR UPDATE
+/// SKIP LOCKED` of the first eligible row). Every write bumps the item's `version`.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait::async_trait]
 pub trait HaWorkStore: Send + Sync {
     /// Stores a new item; returns its id.
-    fn insert(&self, item: WorkItem) -> WorkId;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn insert(&self, item: WorkItem) -> Result<WorkId, StoreError>;
 
     /// Claims the first item (by time to try, then id) that has no owner, is due by `now`, is not
     /// final and not braked: stamps `owner` and `taken`.
-    fn take(&self, owner: OwnerId, now: Instant) -> Option<WorkItem>;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError>;
 
-    /// Writes an item back as it is (its `owner` field decides whether it stays claimed).
-    fn update(&self, item: &WorkItem);
+    /// Writes back an item `writer` has claimed, as it is (its `owner` field decides whether it
+    /// stays claimed). Compare-and-set: refused with [`StoreError::Stale`] unless the stored item
+    /// is claimed by `writer` at `item.version`, so a slow former owner cannot overwrite a newer
+    /// owner's write. Returns the new version.
+    ///
+    /// # Errors
+    /// `Stale`, `UnknownWork`, `Backend`.
+    async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError>;
 
     /// One item.
-    fn get(&self, id: WorkId) -> Option<WorkItem>;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn get(&self, id: WorkId) -> Result<Option<WorkItem>, StoreError>;
 
     /// Every item of a VM, oldest first.
-    fn for_vm(&self, vm: VmId) -> Vec<WorkItem>;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn for_vm(&self, vm: VmId) -> Result<Vec<WorkItem>, StoreError>;
 
     /// Every item, oldest first.
-    fn list(&self) -> Vec<WorkItem>;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn list(&self) -> Result<Vec<WorkItem>, StoreError>;
 
     /// How many items are not final.
-    fn pending(&self) -> usize;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn pending(&self) -> Result<usize, StoreError>;
 
     /// Releases the claims of `owner` on items not final. Returns how many.
-    fn release_owner(&self, owner: OwnerId) -> usize;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn release_owner(&self, owner: OwnerId) -> Result<usize, StoreError>;
 
     /// Unclaimed, not final items go back to step Investigating (re-checked before any action).
     /// Returns how many.
-    fn mark_pending_investigating(&self, now: Instant) -> usize;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError>;
 
     /// Lifts the brake of the braked items of `vms`, making them due at `now`. Returns how many.
-    fn unbrake(&self, now: Instant, vms: &[VmId]) -> usize;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError>;
 
     /// Deletes final items whose time to try is at or before `cutoff`. Returns how many.
-    fn cleanup(&self, cutoff: Instant) -> usize;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn cleanup(&self, cutoff: Timestamp) -> Result<usize, StoreError>;
 
     /// The earliest time to try of an unclaimed, unbraked, not final item.
-    fn next_due(&self) -> Option<Instant>;
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
 }
 
 /// A `HaWorkStore` in memory, indexed by due time and by VM so that taking work and looking up a
@@ -155,7 +200,7 @@ struct Items {
     next: u64,
     by_id: BTreeMap<WorkId, WorkItem>,
     /// Eligible items (no owner, not final, not braked) by time to try.
-    due: BTreeSet<(Instant, WorkId)>,
+    due: BTreeSet<(Timestamp, WorkId)>,
     by_vm: HashMap<VmId, Vec<WorkId>>,
     pending: usize,
 }
@@ -210,6 +255,7 @@ impl Items {
         for id in &ids {
             if let Some(mut item) = self.by_id.get(id).cloned() {
                 f(&mut item);
+                item.version += 1;
                 self.put(item);
             }
         }
@@ -223,47 +269,18 @@ impl InMemoryHaWorkStore {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Items> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn eligible(i: &WorkItem) -> bool {
-    i.owner.is_none() && !i.step.is_final() && !i.braked
-}
-
-impl HaWorkStore for InMemoryHaWorkStore {
-    fn insert(&self, mut item: WorkItem) -> WorkId {
-        let mut items = self.lock();
-        items.next += 1;
-        item.id = WorkId(items.next);
-        let id = item.id;
-        items.put(item);
-        id
-    }
-
-    fn take(&self, owner: OwnerId, now: Instant) -> Option<WorkItem> {
-        let mut items = self.lock();
-        let &(at, id) = items.due.first()?;
-        if at > now {
-            return None;
-        }
-        let mut item = items.by_id.get(&id)?.clone();
-        item.owner = Some(owner);
-        item.taken = Some(now);
-        items.put(item.clone());
-        Some(item)
-    }
-
-    fn update(&self, item: &WorkItem) {
-        self.lock().put(item.clone());
-    }
-
-    fn get(&self, id: WorkId) -> Option<WorkItem> {
+    /// One item, without awaiting.
+    pub fn item(&self, id: WorkId) -> Option<WorkItem> {
         self.lock().by_id.get(&id).cloned()
     }
 
-    fn for_vm(&self, vm: VmId) -> Vec<WorkItem> {
+    /// How many items are not final, without awaiting.
+    pub fn pending_count(&self) -> usize {
+        self.lock().pending
+    }
+
+    /// The items of a VM, oldest first, without awaiting.
+    pub fn items_of(&self, vm: VmId) -> Vec<WorkItem> {
         let items = self.lock();
         items
             .by_vm
@@ -274,26 +291,100 @@ impl HaWorkStore for InMemoryHaWorkStore {
             .collect()
     }
 
-    fn list(&self) -> Vec<WorkItem> {
+    /// Every item, oldest first, without awaiting (for reports over the in-memory store).
+    pub fn items(&self) -> Vec<WorkItem> {
         self.lock().by_id.values().cloned().collect()
     }
 
-    fn pending(&self) -> usize {
-        self.lock().pending
+    fn lock(&self) -> std::sync::MutexGuard<'_, Items> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn eligible(i: &WorkItem) -> bool {
+    i.owner.is_none() && !i.step.is_final() && !i.braked
+}
+
+#[async_trait::async_trait]
+impl HaWorkStore for InMemoryHaWorkStore {
+    async fn insert(&self, mut item: WorkItem) -> Result<WorkId, StoreError> {
+        let mut items = self.lock();
+        items.next += 1;
+        item.id = WorkId(items.next);
+        item.version = 0;
+        let id = item.id;
+        items.put(item);
+        Ok(id)
     }
 
-    fn release_owner(&self, owner: OwnerId) -> usize {
-        self.lock().change_all(
+    async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
+        let mut items = self.lock();
+        let Some(&(at, id)) = items.due.first() else {
+            return Ok(None);
+        };
+        if at > now {
+            return Ok(None);
+        }
+        let Some(mut item) = items.by_id.get(&id).cloned() else {
+            return Ok(None);
+        };
+        item.owner = Some(owner);
+        item.taken = Some(now);
+        item.version += 1;
+        items.put(item.clone());
+        Ok(Some(item))
+    }
+
+    async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
+        let mut items = self.lock();
+        let stored = items
+            .by_id
+            .get(&item.id)
+            .ok_or(StoreError::UnknownWork(item.id))?;
+        if stored.owner != Some(writer) || stored.version != item.version {
+            return Err(StoreError::Stale {
+                work: item.id,
+                writer,
+                version: item.version,
+                holder: stored.owner,
+                current: stored.version,
+            });
+        }
+        let mut item = item.clone();
+        item.version += 1;
+        let version = item.version;
+        items.put(item);
+        Ok(version)
+    }
+
+    async fn get(&self, id: WorkId) -> Result<Option<WorkItem>, StoreError> {
+        Ok(self.lock().by_id.get(&id).cloned())
+    }
+
+    async fn for_vm(&self, vm: VmId) -> Result<Vec<WorkItem>, StoreError> {
+        Ok(self.items_of(vm))
+    }
+
+    async fn list(&self) -> Result<Vec<WorkItem>, StoreError> {
+        Ok(self.items())
+    }
+
+    async fn pending(&self) -> Result<usize, StoreError> {
+        Ok(self.lock().pending)
+    }
+
+    async fn release_owner(&self, owner: OwnerId) -> Result<usize, StoreError> {
+        Ok(self.lock().change_all(
             |i| i.owner == Some(owner) && !i.step.is_final(),
             |i| {
                 i.owner = None;
                 i.taken = None;
             },
-        )
+        ))
     }
 
-    fn mark_pending_investigating(&self, now: Instant) -> usize {
-        self.lock().change_all(
+    async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError> {
+        Ok(self.lock().change_all(
             |i| i.owner.is_none() && !i.step.is_final(),
             |i| {
                 if i.step != WorkStep::Investigating {
@@ -304,21 +395,21 @@ impl HaWorkStore for InMemoryHaWorkStore {
                     i.step = WorkStep::Investigating;
                 }
             },
-        )
+        ))
     }
 
-    fn unbrake(&self, now: Instant, vms: &[VmId]) -> usize {
-        self.lock().change_all(
+    async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError> {
+        Ok(self.lock().change_all(
             |i| i.braked && vms.contains(&i.vm),
             |i| {
                 i.braked = false;
                 i.time_to_try = now;
                 i.note(now, "brake lifted");
             },
-        )
+        ))
     }
 
-    fn cleanup(&self, cutoff: Instant) -> usize {
+    async fn cleanup(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
         let mut items = self.lock();
         let old: Vec<WorkId> = items
             .by_id
@@ -329,10 +420,10 @@ impl HaWorkStore for InMemoryHaWorkStore {
         for id in &old {
             items.remove(*id);
         }
-        old.len()
+        Ok(old.len())
     }
 
-    fn next_due(&self) -> Option<Instant> {
-        self.lock().due.first().map(|(at, _)| *at)
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self.lock().due.first().map(|(at, _)| *at))
     }
 }

@@ -12,7 +12,7 @@ use cloudha_ha::{
     FenceOutcome, Fencer, InMemoryVms, OrchestratorError, StartError, StartParams, VmOrchestrator,
 };
 use cloudha_ports::{
-    Alert, AlertSink, HaWorkStore, HostRecord, OobError, OutOfBandManagement, PowerState, VmRecord,
+    Alert, AlertSink, HostRecord, OobError, OutOfBandManagement, PowerState, VmRecord,
 };
 use cloudha_protocol::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -450,7 +450,7 @@ impl SimVms {
         };
         let proof = ha
             .then(|| {
-                self.work.for_vm(vm).into_iter().rev().find(|i| {
+                self.work.items_of(vm).into_iter().rev().find(|i| {
                     i.work_type == WorkType::Ha && i.owner.is_some() && !i.step.is_final()
                 })
             })

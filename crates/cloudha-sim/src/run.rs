@@ -11,8 +11,7 @@ use cloudha_ha::{
 };
 use cloudha_liveness::{AgentManager, Oobm, Ports, StatusChange};
 use cloudha_ports::{
-    HaWorkStore, HostRecord, HostStore, InMemoryHaWorkStore, InMemoryHostStore, OwnerId, VmKind,
-    VmRecord,
+    HostRecord, HostStore, InMemoryHaWorkStore, InMemoryHostStore, OwnerId, VmKind, VmRecord,
 };
 use cloudha_protocol::*;
 use cloudha_registry::Registry;
@@ -26,7 +25,7 @@ use crate::cloud::{
 use crate::report::*;
 use crate::rng::Rng;
 use crate::scenario::{Expect, FaultKind, Hypervisor, Scenario, SelfFence, Storage};
-use crate::world::{Cause, Death, HostTruth, Placement, VmTruth, World};
+use crate::world::{Cause, Death, HostTruth, Placement, SIM_EPOCH, VmTruth, World};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -446,6 +445,7 @@ impl Cloud {
                 fencers,
                 alerts: self.alerts.clone(),
                 investigations: agent.investigations(),
+                clock: Arc::new(self.world.clock),
             },
             tasks.clone(),
         );
@@ -778,10 +778,10 @@ impl Cloud {
             })
             .collect();
         let mut proofs: BTreeMap<VmId, Vec<ProofReport>> = BTreeMap::new();
-        for item in self.work.list() {
+        for item in self.work.items() {
             if let Some(p) = &item.fence_proof {
                 proofs.entry(item.vm).or_default().push(ProofReport {
-                    at_s: at_s(world, p.at()),
+                    at_s: p.at().saturating_duration_since(SIM_EPOCH).as_millis() as f64 / 1000.0,
                     kind: p.kind().to_string(),
                     host: host_name(p.host()),
                     evidence: p.evidence().to_owned(),

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use cloudha_ports::{DeathProof, ProofKind};
+use cloudha_ports::{DeathProof, ProofKind, Timestamp, TokioClock};
 use cloudha_protocol::{ClusterId, HostId, HypervisorType, VmId, VmState};
 use tokio::time::Instant;
 
@@ -179,15 +179,22 @@ impl State {
 pub(crate) struct World {
     state: Mutex<State>,
     pub(crate) t0: Instant,
+    /// The engine's clock: virtual time from `t0`, mapped onto [`SIM_EPOCH`].
+    pub(crate) clock: TokioClock,
     pub(crate) force_ha: bool,
     pub(crate) timings: SimTimings,
 }
+
+/// The wall-clock time a simulation starts at (2026-01-01T00:00:00Z), whatever the day: the
+/// engine's records carry wall-clock times, and a fixed epoch keeps runs deterministic.
+pub(crate) const SIM_EPOCH: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
 
 impl World {
     pub(crate) fn new(t0: Instant, force_ha: bool, timings: SimTimings) -> Self {
         Self {
             state: Mutex::new(State::default()),
             t0,
+            clock: TokioClock::with_origin(SIM_EPOCH, t0),
             force_ha,
             timings,
         }

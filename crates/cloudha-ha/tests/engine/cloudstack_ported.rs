@@ -435,6 +435,9 @@ impl Ha {
                 fencers: vec![],
                 alerts: alerts.clone(),
                 investigations: Arc::new(Investigations::default()),
+                clock: Arc::new(TokioClock::new(Timestamp::from_micros(
+                    1_767_225_600_000_000,
+                ))),
             },
             tasks.clone(),
         );
@@ -508,7 +511,7 @@ async fn scheduleRestartForVmsOnHost() {
         (alerts[0].pod, alerts[0].zone),
         (Some(PodId(1)), Some(ZoneId(1)))
     );
-    assert!(t.work.list().is_empty());
+    assert!(t.work.items().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -527,7 +530,7 @@ async fn scheduleRestartForVmsOnHostNotSupported() {
     t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, true)
         .await;
     assert!(t.kinds().is_empty(), "{:?}", t.kinds());
-    assert!(t.work.list().is_empty());
+    assert!(t.work.items().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -541,7 +544,7 @@ async fn scheduleRestartForVmsOnHostHADisabled() {
     t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, true)
         .await;
     assert_eq!(t.kinds(), [AlertKind::HaDisabled]);
-    assert!(t.work.list().is_empty());
+    assert!(t.work.items().is_empty());
     assert_eq!(
         t.vms.get(VmId(10)).unwrap().state,
         VmState::Running,
@@ -574,7 +577,7 @@ async fn scheduleRestartForVmsOnHostNonEmptyVMList() {
     );
     t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, true)
         .await;
-    let mut items = t.work.list();
+    let mut items = t.work.items();
     items.sort_by_key(|i| i.id);
     let got: Vec<_> = items
         .iter()
@@ -629,7 +632,7 @@ async fn scheduleRestartHADisabled() {
         None,
         "nothing scheduled"
     );
-    assert!(t.work.list().is_empty(), "{:?}", t.work.list());
+    assert!(t.work.items().is_empty(), "{:?}", t.work.items());
     assert_eq!(t.kinds(), vec![AlertKind::HaDisabled]);
     // The second trigger's path (no investigation) does not force-stop either.
     assert_eq!(
@@ -646,11 +649,11 @@ async fn scheduleRestartHADisabled() {
     );
     assert!(
         t.work
-            .list()
+            .items()
             .iter()
             .all(|i| i.tries == 0 && i.fence_proof.is_none()),
         "{:?}",
-        t.work.list()
+        t.work.items()
     );
     assert!(!t.kinds().contains(&AlertKind::HaRestart));
     t.tasks.shutdown().await;
@@ -666,7 +669,7 @@ async fn scheduleRestartHostNotSupported() {
             .await,
         None
     );
-    assert!(t.work.list().is_empty());
+    assert!(t.work.items().is_empty());
     assert!(t.kinds().is_empty());
 }
 
@@ -697,7 +700,7 @@ async fn scheduleRestartVmStoppedUnexpectedlyResolvesHostLocation() {
     );
     assert!(a.message.contains("i-2-3-VM"), "{}", a.message);
     assert_eq!(t.vms.get(VmId(3)).unwrap().state, VmState::Stopped);
-    assert!(t.work.list().is_empty());
+    assert!(t.work.items().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

@@ -468,11 +468,6 @@ async fn neighbour_and_pool_fencers_prove_only_past_the_self_fence_deadline() {
                 "{ctx}"
             );
             assert!(timings.heartbeat_age > timings.deadline, "{ctx}");
-            assert_eq!(
-                proof.at(),
-                Instant::now(),
-                "{ctx}: made when the fence ended"
-            );
         }
     }
     assert_eq!(

@@ -111,6 +111,7 @@ struct H {
     fencer: Arc<ScriptedFencer>,
     tasks: Tasks,
     config: Config,
+    clock: TokioClock,
 }
 
 const FAILED: HostId = HostId(1);
@@ -151,8 +152,9 @@ fn build(config: Config, vms_on_failed: u64) -> H {
         delay: Duration::ZERO,
     });
     let tasks = Tasks::new();
+    let clock = TokioClock::new(Timestamp::from_micros(1_767_225_600_000_000));
     let ha = new_manager(
-        &config, &hosts, &vms, &work, &alerts, &verdict, &fencer, &tasks,
+        &config, &hosts, &vms, &work, &alerts, &verdict, &fencer, &tasks, clock,
     );
     H {
         ha,
@@ -164,6 +166,7 @@ fn build(config: Config, vms_on_failed: u64) -> H {
         fencer,
         tasks,
         config,
+        clock,
     }
 }
 
@@ -177,6 +180,7 @@ fn new_manager(
     verdict: &Arc<VmVerdicts>,
     fencer: &Arc<ScriptedFencer>,
     tasks: &Tasks,
+    clock: TokioClock,
 ) -> HaManager {
     HaManager::new(
         config.clone(),
@@ -189,6 +193,7 @@ fn new_manager(
             fencers: vec![fencer.clone()],
             alerts: alerts.clone(),
             investigations: Arc::new(Investigations::default()),
+            clock: Arc::new(clock),
         },
         tasks.clone(),
     )
@@ -233,7 +238,7 @@ impl H {
             .await;
     }
     fn item(&self, vm: u64) -> WorkItem {
-        self.work.for_vm(VmId(vm)).pop().expect("an item")
+        self.work.items_of(VmId(vm)).pop().expect("an item")
     }
     fn starts(&self, vm: u64) -> usize {
         self.vms
@@ -414,10 +419,10 @@ async fn restart_branches_data_driven() {
                 .inner
                 .set_state(VmId(100), VmState::Migrating, Some(FAILED));
         }
-        let t0 = Instant::now();
+        let t0 = h.clock.now();
         h.ha.start().await;
         sleep(Duration::from_secs(1)).await;
-        let item = h.work.get(id).unwrap();
+        let item = h.work.item(id).unwrap();
         let ctx = format!(
             "{}: {:?}",
             c.name,
@@ -433,7 +438,7 @@ async fn restart_branches_data_driven() {
         match c.retry_after {
             Some(d) => {
                 assert_eq!(item.tries, 1, "{ctx}");
-                assert_eq!(item.time_to_try - t0, d, "{ctx}");
+                assert_eq!(item.time_to_try.saturating_duration_since(t0), d, "{ctx}");
             }
             None => assert_eq!(item.tries, 0, "{ctx}"),
         }
@@ -591,13 +596,13 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
     h.ha.start().await;
     sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        h.work.get(first).unwrap().history.last().unwrap().what,
+        h.work.item(first).unwrap().history.last().unwrap().what,
         "done: a newer HA item exists for the VM"
     );
-    assert_eq!(h.work.get(second).unwrap().step, WorkStep::Done);
+    assert_eq!(h.work.item(second).unwrap().step, WorkStep::Done);
     assert_eq!(h.starts(100), 1);
     assert_eq!(
-        h.work.get(gone).unwrap().history.last().unwrap().what,
+        h.work.item(gone).unwrap().history.last().unwrap().what,
         "done: VM gone"
     );
 
@@ -609,7 +614,7 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
             .unwrap();
     h.ha.start().await;
     sleep(Duration::from_secs(1)).await;
-    assert_eq!(h.work.get(id).unwrap().step, WorkStep::Cancelled);
+    assert_eq!(h.work.item(id).unwrap().step, WorkStep::Cancelled);
     assert_eq!(h.starts(100), 0);
     h.shutdown().await;
 }
@@ -642,7 +647,7 @@ async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
         delay: Duration::from_secs(10),
     });
     let ha = new_manager(
-        &h.config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &h.tasks,
+        &h.config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &h.tasks, h.clock,
     );
     ha.start().await;
     sleep(Duration::from_secs(5)).await;
@@ -755,7 +760,7 @@ async fn the_operator_releases_the_brake_or_declares_a_host_dead() {
     h.fail_host().await;
     sleep(Duration::from_secs(2)).await;
     assert!(h.item(100).braked);
-    h.ha.release_brake(ClusterId(1));
+    h.ha.release_brake(ClusterId(1)).await;
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.starts(100), 1, "released: fenced and restarted");
     assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 1);
@@ -874,29 +879,35 @@ async fn stop_migrate_and_destroy_flows() {
     h.ha.start().await;
     let stop =
         h.ha.schedule_stop(VmId(100), FAILED, WorkType::ForceStop)
+            .await
             .unwrap();
     let migrate =
         h.ha.schedule_migration(VmId(101), WorkReason::HostMaintenance)
+            .await
             .unwrap();
-    let destroy = h.ha.schedule_destroy(VmId(102), Some(FAILED)).unwrap();
+    let destroy =
+        h.ha.schedule_destroy(VmId(102), Some(FAILED))
+            .await
+            .unwrap();
     sleep(Duration::from_secs(1)).await;
-    assert_eq!(h.work.get(stop).unwrap().step, WorkStep::Done);
+    assert_eq!(h.work.item(stop).unwrap().step, WorkStep::Done);
     assert_eq!(h.vm(100).state, VmState::Stopped);
-    assert_eq!(h.work.get(migrate).unwrap().step, WorkStep::Done);
+    assert_eq!(h.work.item(migrate).unwrap().step, WorkStep::Done);
     assert_eq!(h.vm(101).host, Some(HostId(2)));
-    assert_eq!(h.work.get(destroy).unwrap().step, WorkStep::Done);
+    assert_eq!(h.work.item(destroy).unwrap().step, WorkStep::Done);
     assert_eq!(h.vm(102).state, VmState::Destroyed);
     // CheckStop of a VM that changed meanwhile: done without stopping it.
     h.vms.inner.upsert(vm(103, FAILED, true));
     let id =
         h.ha.schedule_stop(VmId(103), FAILED, WorkType::CheckStop)
+            .await
             .unwrap();
     h.vms
         .inner
         .set_state(VmId(103), VmState::Running, Some(HostId(2)));
     sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        h.work.get(id).unwrap().history.last().unwrap().what,
+        h.work.item(id).unwrap().history.last().unwrap().what,
         "done: VM changed since scheduling"
     );
     assert_eq!(h.vm(103).state, VmState::Running);
@@ -905,14 +916,19 @@ async fn stop_migrate_and_destroy_flows() {
         h.vms.inner.set_capacity(HostId(id), 0);
     }
     h.vms.inner.upsert(vm(104, FAILED, true));
-    let t0 = Instant::now();
+    let t0 = h.clock.now();
     let id =
         h.ha.schedule_migration(VmId(104), WorkReason::HostMaintenance)
+            .await
             .unwrap();
     sleep(Duration::from_secs(1)).await;
-    let item = h.work.get(id).unwrap();
+    let item = h.work.item(id).unwrap();
     assert_eq!(
-        (item.step, item.tries, item.time_to_try - t0),
+        (
+            item.step,
+            item.tries,
+            item.time_to_try.saturating_duration_since(t0)
+        ),
         (WorkStep::Migrating, 1, Duration::from_secs(120))
     );
     h.shutdown().await;
@@ -931,10 +947,10 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
     h.ha.start().await;
     h.fail_host().await;
     sleep(Duration::from_secs(10)).await;
-    assert_eq!(h.work.list().len(), 1);
+    assert_eq!(h.work.items().len(), 1);
     sleep(Duration::from_secs(3600)).await;
     assert!(
-        h.work.list().is_empty(),
+        h.work.items().is_empty(),
         "done 1 h ago, window 30 min: purged at the hourly cleanup"
     );
     // A recent failure is inherited by a new item for the same VM.
@@ -957,7 +973,7 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
             .await
             .unwrap();
     assert_eq!(
-        h.work.get(newer).unwrap().tries,
+        h.work.item(newer).unwrap().tries,
         2,
         "tries inherited within time.between.failures"
     );
@@ -982,7 +998,7 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
     // One fence for the host (20 s), then each start takes 10 s: mid-work at 45 s.
     *h.vms.start_delay.lock().unwrap() = Duration::from_secs(10);
     let first = new_manager(
-        &config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &h.tasks,
+        &config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &h.tasks, h.clock,
     );
     first.start().await;
     h.host_down(FAILED);
@@ -998,16 +1014,16 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
     // The manager process dies: its tasks end, its claims stay in the store.
     h.tasks.shutdown().await;
     assert!(
-        h.work.list().iter().any(|i| i.owner.is_some()),
+        h.work.items().iter().any(|i| i.owner.is_some()),
         "claims left behind"
     );
     // It comes back with the same identity over the same store.
     let tasks = Tasks::new();
     let second = new_manager(
-        &config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &tasks,
+        &config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &tasks, h.clock,
     );
     second.start().await;
-    for i in h.work.list() {
+    for i in h.work.items() {
         assert!(
             i.step.is_final() || i.step == WorkStep::Investigating,
             "pending items back to Investigating: {i:?}"
@@ -1020,7 +1036,10 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
         assert_eq!(h.vm(v).state, VmState::Running);
         assert_ne!(h.vm(v).host, Some(FAILED));
     }
-    assert!(h.work.list().iter().all(|i| i.step.is_final()), "none lost");
+    assert!(
+        h.work.items().iter().all(|i| i.step.is_final()),
+        "none lost"
+    );
     tasks.shutdown().await;
 }
 
@@ -1033,15 +1052,20 @@ async fn a_departed_peers_claims_are_released_and_served_here() {
             .await
             .unwrap();
     // A peer took the item, then died.
-    let taken = h.work.take(OwnerId(99), Instant::now()).unwrap();
+    let taken = h
+        .work
+        .take(OwnerId(99), Timestamp::from_micros(u64::MAX))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(taken.id, id);
     h.ha.start().await;
     sleep(Duration::from_secs(5)).await;
     assert_eq!(h.starts(100), 0, "claimed by the peer: not ours to run");
-    assert_eq!(h.ha.release_peer(OwnerId(99)), 1);
+    assert_eq!(h.ha.release_peer(OwnerId(99)).await.unwrap(), 1);
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.starts(100), 1);
-    assert_eq!(h.work.get(id).unwrap().step, WorkStep::Done);
+    assert_eq!(h.work.item(id).unwrap().step, WorkStep::Done);
     h.shutdown().await;
 }
 
@@ -1057,7 +1081,7 @@ async fn with_vm_ha_disabled_pending_work_waits_its_types_interval() {
         ..config()
     };
     let h = build(config, 3);
-    let t0 = Instant::now();
+    let t0 = h.clock.now();
     let mut ids = Vec::new();
     for (i, work_type) in [WorkType::Ha, WorkType::Migration, WorkType::Stop]
         .into_iter()
@@ -1072,19 +1096,23 @@ async fn with_vm_ha_disabled_pending_work_waits_its_types_interval() {
             Some(FAILED),
             t0,
         );
-        ids.push((work_type, h.work.insert(item)));
+        ids.push((work_type, h.work.insert(item).await.unwrap()));
     }
     h.ha.start().await;
     sleep(Duration::from_secs(1)).await;
     for (work_type, id) in ids {
-        let item = h.work.get(id).unwrap();
+        let item = h.work.item(id).unwrap();
         let want = match work_type {
             WorkType::Ha => 600,
             WorkType::Migration => 120,
             _ => 300,
         };
         assert_eq!(
-            (item.tries, item.time_to_try - t0, item.step),
+            (
+                item.tries,
+                item.time_to_try.saturating_duration_since(t0),
+                item.step
+            ),
             // (back to Investigating at start, §5.6)
             (0, Duration::from_secs(want), WorkStep::Investigating),
             "{work_type:?}"

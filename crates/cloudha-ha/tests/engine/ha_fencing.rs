@@ -151,6 +151,9 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
                 fencers: vec![neighbour.clone(), power.clone()],
                 alerts: h.alerts.clone(),
                 investigations: h.manager.investigations(),
+                clock: Arc::new(TokioClock::new(Timestamp::from_micros(
+                    1_767_225_600_000_000,
+                ))),
             },
             tasks.clone(),
         );
@@ -190,7 +193,7 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
             bmc.calls.lock().unwrap()
         );
         assert!(bmc.total() <= 3, "{ctx}: at most 3 BMC calls in all");
-        let items = work.list();
+        let items = work.items();
         assert_eq!(items.len(), VMS as usize, "{ctx}");
         for item in &items {
             assert_eq!(item.step, WorkStep::Done, "{ctx}: {:?}", item.history);
@@ -263,6 +266,9 @@ async fn fence_failed_is_raised_once_per_host_and_retry_round() {
             fencers: vec![power.clone()],
             alerts: alerts.clone(),
             investigations: Arc::new(Investigations::default()),
+            clock: Arc::new(TokioClock::new(Timestamp::from_micros(
+                1_767_225_600_000_000,
+            ))),
         },
         tasks.clone(),
     );
@@ -306,7 +312,7 @@ async fn fence_failed_is_raised_once_per_host_and_retry_round() {
             "never started while unfenced"
         );
     }
-    let tries: Vec<u32> = work.list().iter().map(|i| i.tries).collect();
+    let tries: Vec<u32> = work.items().iter().map(|i| i.tries).collect();
     assert!(
         tries.iter().all(|t| *t == 3),
         "every item spent its tries: {tries:?}"
@@ -343,6 +349,9 @@ async fn a_hosts_proof_is_not_reused_after_its_status_changes() {
             fencers: vec![power.clone()],
             alerts: Arc::new(RecordingAlerts::default()),
             investigations: Arc::new(Investigations::default()),
+            clock: Arc::new(TokioClock::new(Timestamp::from_micros(
+                1_767_225_600_000_000,
+            ))),
         },
         tasks.clone(),
     );
@@ -413,6 +422,9 @@ async fn the_ha_alert_switch_mutes_only_ha_disabled() {
                 fencers: vec![],
                 alerts: alerts.clone(),
                 investigations: Arc::new(Investigations::default()),
+                clock: Arc::new(TokioClock::new(Timestamp::from_micros(
+                    1_767_225_600_000_000,
+                ))),
             },
             Tasks::new(),
         );
@@ -421,7 +433,7 @@ async fn the_ha_alert_switch_mutes_only_ha_disabled() {
         let ctx = format!("vm.ha.enabled = {ha_enabled}, vm.ha.alerts.enabled = {alerts_enabled}");
         assert_eq!(alerts.kinds(HOST), want, "{ctx}");
         assert_eq!(
-            work.list().len(),
+            work.items().len(),
             usize::from(ha_enabled),
             "{ctx}: scheduled"
         );
@@ -467,6 +479,9 @@ async fn a_heartbeat_seen_beating_stops_the_fence_chain() {
             fencers: vec![neighbour.clone(), power.clone()],
             alerts: Arc::new(RecordingAlerts::default()),
             investigations: Arc::new(Investigations::default()),
+            clock: Arc::new(TokioClock::new(Timestamp::from_micros(
+                1_767_225_600_000_000,
+            ))),
         },
         tasks.clone(),
     );
@@ -479,7 +494,7 @@ async fn a_heartbeat_seen_beating_stops_the_fence_chain() {
     assert_eq!(bmc.total(), 0);
     let v = vms.get(VmId(100)).unwrap();
     assert_eq!((v.state, v.host), (VmState::Running, Some(HOST)));
-    let item = work.list().pop().unwrap();
+    let item = work.items().pop().unwrap();
     assert_eq!((item.step, item.tries), (WorkStep::Investigating, 1));
     assert!(item.fence_proof.is_none());
     tasks.shutdown().await;

@@ -10,5 +10,6 @@ mod ha_fencing;
 mod investigation;
 mod lifecycle;
 mod monitor;
+mod store_faults;
 mod support;
 mod verdicts;

@@ -1,0 +1,263 @@
+//! The HA manager over a work store that fails: backend errors (with their source) are retried,
+//! the item is neither lost nor run twice; a write refused because the claim moved stops the
+//! processing at once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudha_attache::Tasks;
+use cloudha_ha::*;
+use cloudha_liveness::*;
+use cloudha_ports::*;
+use cloudha_protocol::*;
+use tokio::time::sleep;
+
+/// The in-memory store, failing the next `fail_takes` takes and `fail_updates` updates with a
+/// backend error whose source is an I/O error; every error it returned is kept.
+struct FlakyWork {
+    inner: InMemoryHaWorkStore,
+    fail_takes: AtomicUsize,
+    fail_updates: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+}
+
+impl FlakyWork {
+    fn fail(&self, counter: &AtomicUsize, what: &str) -> Result<(), StoreError> {
+        if counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let e = StoreError::backend(
+                what,
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset by peer",
+                ),
+            );
+            let source = std::error::Error::source(&e).map(ToString::to_string);
+            self.errors
+                .lock()
+                .unwrap()
+                .push(format!("{e}: {}", source.unwrap_or_default()));
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl HaWorkStore for FlakyWork {
+    async fn insert(&self, item: WorkItem) -> Result<WorkId, StoreError> {
+        self.inner.insert(item).await
+    }
+    async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
+        self.fail(&self.fail_takes, "take")?;
+        self.inner.take(owner, now).await
+    }
+    async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
+        self.fail(&self.fail_updates, "update")?;
+        self.inner.update(writer, item).await
+    }
+    async fn get(&self, id: WorkId) -> Result<Option<WorkItem>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn for_vm(&self, vm: VmId) -> Result<Vec<WorkItem>, StoreError> {
+        self.inner.for_vm(vm).await
+    }
+    async fn list(&self) -> Result<Vec<WorkItem>, StoreError> {
+        self.inner.list().await
+    }
+    async fn pending(&self) -> Result<usize, StoreError> {
+        self.inner.pending().await
+    }
+    async fn release_owner(&self, owner: OwnerId) -> Result<usize, StoreError> {
+        self.inner.release_owner(owner).await
+    }
+    async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.inner.mark_pending_investigating(now).await
+    }
+    async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError> {
+        self.inner.unbrake(now, vms).await
+    }
+    async fn cleanup(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
+        self.inner.cleanup(cutoff).await
+    }
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.next_due().await
+    }
+}
+
+/// Fences by saying so, counting calls; may take time.
+struct Fences {
+    calls: AtomicUsize,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl Fencer for Fences {
+    fn name(&self) -> &'static str {
+        "Scripted"
+    }
+    async fn fence(&self, _: &VmRecord, host: &HostRecord) -> FenceOutcome {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        sleep(self.delay).await;
+        FenceOutcome::Fenced(DeathProof::power_fenced(
+            host.id,
+            "powered off, read back Off",
+        ))
+    }
+}
+
+struct Rig {
+    ha: HaManager,
+    vms: Arc<InMemoryVms>,
+    work: Arc<FlakyWork>,
+    fences: Arc<Fences>,
+    tasks: Tasks,
+}
+
+/// Host 1 (Down) and host 2 (Up) in cluster 1; HA VM 100 on host 1.
+fn rig(owner: OwnerId, fence_delay: Duration, work: Option<Arc<FlakyWork>>) -> Rig {
+    let hosts = Arc::new(InMemoryHostStore::new());
+    for (id, status) in [(1, Status::Down), (2, Status::Up)] {
+        let mut r = HostRecord::new(HostId(id), format!("h{id}"), HypervisorType::Kvm);
+        r.cluster = Some(ClusterId(1));
+        r.status = Some(status);
+        hosts.upsert(r);
+    }
+    let vms = Arc::new(InMemoryVms::new());
+    vms.upsert(VmRecord {
+        id: VmId(100),
+        name: "vm100".into(),
+        kind: VmKind::User,
+        host: Some(HostId(1)),
+        last_host: None,
+        state: VmState::Running,
+        update_count: 0,
+        ha_enabled: true,
+        local_root_disk: false,
+        hypervisor: HypervisorType::Kvm,
+        cluster: Some(ClusterId(1)),
+        zone: None,
+    });
+    let work = work.unwrap_or_else(|| {
+        Arc::new(FlakyWork {
+            inner: InMemoryHaWorkStore::new(),
+            fail_takes: AtomicUsize::new(0),
+            fail_updates: AtomicUsize::new(0),
+            errors: Mutex::new(Vec::new()),
+        })
+    });
+    let fences = Arc::new(Fences {
+        calls: AtomicUsize::new(0),
+        delay: fence_delay,
+    });
+    let tasks = Tasks::new();
+    let config = Config {
+        ha_startup_grace: Duration::ZERO,
+        ..Config::default()
+    };
+    let ha = HaManager::new(
+        config,
+        owner,
+        HaPorts {
+            hosts,
+            work: work.clone(),
+            vms: vms.clone(),
+            investigators: Vec::new(),
+            fencers: vec![fences.clone()],
+            alerts: Arc::new(LogAlerts),
+            investigations: Arc::new(Investigations::default()),
+            clock: Arc::new(TokioClock::new(Timestamp::from_micros(
+                1_767_225_600_000_000,
+            ))),
+        },
+        tasks.clone(),
+    );
+    Rig {
+        ha,
+        vms,
+        work,
+        fences,
+        tasks,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn backend_errors_are_retried_and_the_item_is_neither_lost_nor_run_twice() {
+    let r = rig(OwnerId(1), Duration::ZERO, None);
+    // The first take fails, then the write-back of the finished item fails three times over
+    // (the mid-processing save too): the store is down for a while.
+    r.work.fail_takes.store(1, Ordering::SeqCst);
+    r.work.fail_updates.store(4, Ordering::SeqCst);
+    r.ha.start().await;
+    let id =
+        r.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .expect("scheduled");
+    sleep(Duration::from_secs(120)).await;
+
+    let errors = r.work.errors.lock().unwrap().clone();
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.ends_with(": connection reset by peer")),
+        "each error carries its source: {errors:?}"
+    );
+    let item = r.work.inner.item(id).expect("not lost");
+    assert_eq!(item.step, WorkStep::Done, "{:?}", item.history);
+    assert_eq!(
+        item.owner, None,
+        "the claim was released once the store came back"
+    );
+    let vm = r.vms.get(VmId(100)).unwrap();
+    assert_eq!((vm.state, vm.host), (VmState::Running, Some(HostId(2))));
+    assert_eq!(r.fences.calls.load(Ordering::SeqCst), 1, "fenced once");
+    assert_eq!(r.work.inner.pending_count(), 0);
+    r.tasks.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_claim_moved_stops_without_writing() {
+    // Owner 1 takes the item and fences slowly (60 s); meanwhile it is declared departed and
+    // owner 2 takes the item over. Owner 1's save after its fence is refused: it must neither
+    // start the VM nor overwrite owner 2's item.
+    let slow = rig(OwnerId(1), Duration::from_secs(60), None);
+    slow.ha.start().await;
+    let id = slow
+        .ha
+        .schedule_restart(VmId(100), true, WorkReason::HostDown)
+        .await
+        .expect("scheduled");
+    sleep(Duration::from_secs(10)).await;
+    let held = slow.work.inner.item(id).unwrap();
+    assert_eq!(held.owner, Some(OwnerId(1)), "owner 1 is fencing");
+
+    // Owner 2 (its peer) releases owner 1's claims and takes the item itself, by hand.
+    assert_eq!(slow.work.release_owner(OwnerId(1)).await.unwrap(), 1);
+    let mut taken = slow
+        .work
+        .take(OwnerId(2), Timestamp::from_micros(u64::MAX))
+        .await
+        .unwrap()
+        .expect("released");
+    taken.note(taken.taken.unwrap(), "owner 2 took over");
+    taken.version = slow.work.update(OwnerId(2), &taken).await.unwrap();
+
+    sleep(Duration::from_secs(120)).await;
+    let item = slow.work.inner.item(id).unwrap();
+    assert_eq!(item.owner, Some(OwnerId(2)), "owner 2 still holds it");
+    assert_eq!(
+        item.version, taken.version,
+        "owner 1 wrote nothing after losing the claim"
+    );
+    let vm = slow.vms.get(VmId(100)).unwrap();
+    assert_eq!(
+        (vm.state, vm.host),
+        (VmState::Running, Some(HostId(1))),
+        "owner 1 neither force-stopped nor started the VM"
+    );
+    slow.tasks.shutdown().await;
+}
