@@ -46,7 +46,7 @@ macro_rules! tagged_enum {
             }
 
             /// Decodes one JSON object, as serde's derive would (the two agree on every input;
-            /// `tests/agreement.rs` checks it).
+            /// `tests/agreement/` checks it).
             ///
             /// An item that starts with its tag, as we encode it (`{"type":"ping",...`), is read
             /// directly: the tag from the text, then the payload struct, with no buffering of the

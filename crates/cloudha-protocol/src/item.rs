@@ -13,7 +13,7 @@
 //!
 //! Anything else (the tag not first, the sequence form `["ping",7]`, an item the direct read
 //! refuses) is left to the derive itself, so both agree there by construction. A property test
-//! (`tests/agreement.rs`) checks the claim on generated and mutated items.
+//! (`tests/agreement/`) checks the claim on generated and mutated items.
 
 use std::cell::Cell;
 use std::fmt;
