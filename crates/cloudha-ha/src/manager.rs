@@ -1250,6 +1250,10 @@ impl HaInner {
             Ok(vm) => vm,
             Err(outcome) => return outcome,
         };
+        // The claim is checked before acting on the VM.
+        if let Err(outcome) = self.save(item).await {
+            return outcome;
+        }
         let changed = vm.state != item.previous_state
             || vm.update_count != item.update_count
             || vm.host.is_none()
@@ -1271,6 +1275,9 @@ impl HaInner {
             Ok(vm) => vm,
             Err(outcome) => return outcome,
         };
+        if let Err(outcome) = self.save(item).await {
+            return outcome;
+        }
         let expunge = matches!(vm.kind, VmKind::SecondaryStorageVm | VmKind::ConsoleProxy);
         if !expunge && item.previous_state == VmState::Destroyed {
             return Outcome::Done("already destroyed".into());

@@ -50,11 +50,19 @@ impl Fencer for ScriptedFencer {
     }
 }
 
-/// The in-memory orchestrator, counting starts per VM; a start may take time.
+/// The in-memory orchestrator, counting starts per VM; a start may take time. Stops, forced
+/// stops and destroys are logged in order.
 struct CountingVms {
     inner: InMemoryVms,
     starts: Mutex<HashMap<VmId, Vec<StartParams>>>,
     start_delay: Mutex<Duration>,
+    calls: Mutex<Vec<(VmId, &'static str)>>,
+}
+
+impl CountingVms {
+    fn log(&self, vm: VmId, call: &'static str) {
+        self.calls.lock().unwrap().push((vm, call));
+    }
 }
 
 #[async_trait::async_trait]
@@ -69,9 +77,11 @@ impl VmOrchestrator for CountingVms {
         self.inner.running_on(host)
     }
     async fn force_stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
+        self.log(vm, "force_stop");
         self.inner.force_stop(vm).await
     }
     async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
+        self.log(vm, "stop");
         self.inner.stop(vm).await
     }
     async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
@@ -97,6 +107,7 @@ impl VmOrchestrator for CountingVms {
         self.inner.migrate_away(vm, from, c).await
     }
     async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
+        self.log(vm, if expunge { "expunge" } else { "destroy" });
         self.inner.destroy(vm, expunge).await
     }
 }
@@ -137,6 +148,7 @@ fn build(config: Config, vms_on_failed: u64) -> H {
         inner: InMemoryVms::new(),
         starts: Mutex::new(HashMap::new()),
         start_delay: Mutex::new(Duration::ZERO),
+        calls: Mutex::new(Vec::new()),
     });
     for i in 0..vms_on_failed {
         vms.inner.upsert(vm(100 + i, FAILED, true));
@@ -250,6 +262,28 @@ impl H {
     }
     fn vm(&self, vm: u64) -> VmRecord {
         self.vms.get(VmId(vm)).unwrap()
+    }
+    /// The stops, forced stops and destroys of a VM, in order.
+    fn calls(&self, vm: u64) -> Vec<&'static str> {
+        self.vms
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(v, _)| *v == VmId(vm))
+            .map(|(_, c)| *c)
+            .collect()
+    }
+    /// The last history entry of an item.
+    fn last_note(&self, id: WorkId) -> String {
+        self.work
+            .item(id)
+            .unwrap()
+            .history
+            .last()
+            .unwrap()
+            .what
+            .clone()
     }
     fn kinds(&self) -> Vec<AlertKind> {
         self.alerts
@@ -1119,5 +1153,539 @@ async fn with_vm_ha_disabled_pending_work_waits_its_types_interval() {
         );
     }
     assert_eq!(h.starts(100), 0, "nothing started");
+    h.shutdown().await;
+}
+
+// ---- Guards of scheduling and processing (each pinned by a cargo-mutants survivor). ----
+
+/// An item for `rec` as another server (or an earlier run) left it in the store.
+fn stored_item(
+    work_type: WorkType,
+    step: WorkStep,
+    rec: &VmRecord,
+    tries: u32,
+    time_to_try: Timestamp,
+) -> WorkItem {
+    let mut i = WorkItem::new(
+        work_type,
+        step,
+        WorkReason::HostDown,
+        rec,
+        rec.host.or(rec.last_host),
+        time_to_try,
+    );
+    i.tries = tries;
+    i
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_managers_debug_form_names_its_owner() {
+    let h = build(config(), 0);
+    let s = format!("{:?}", h.ha);
+    assert!(
+        s.starts_with("HaManager") && s.contains("OwnerId(7)"),
+        "{s}"
+    );
+}
+
+/// CloudStack's `canScheduleNew`: a new restart inherits the tries of an HA item whose time to
+/// try is within time.between.failures of now (the bound included); an older HA item, or recent
+/// work of another type, passes nothing on.
+#[tokio::test(start_paused = true)]
+async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
+    let window = Duration::from_secs(1800);
+    let h = build(
+        Config {
+            time_between_failures: window,
+            ..config()
+        },
+        3,
+    );
+    let t0 = h.clock.now();
+    for v in [100, 101] {
+        h.work
+            .insert(stored_item(WorkType::Ha, WorkStep::Done, &h.vm(v), 3, t0))
+            .await
+            .unwrap();
+    }
+    sleep(window).await;
+    let at_bound =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    assert_eq!(
+        h.work.item(at_bound).unwrap().tries,
+        3,
+        "failed exactly time.between.failures ago: still inherited"
+    );
+    sleep(Duration::from_secs(1)).await;
+    let past =
+        h.ha.schedule_restart(VmId(101), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    assert_eq!(
+        h.work.item(past).unwrap().tries,
+        0,
+        "failed longer ago: a fresh start"
+    );
+    h.work
+        .insert(stored_item(
+            WorkType::Stop,
+            WorkStep::Done,
+            &h.vm(102),
+            4,
+            h.clock.now(),
+        ))
+        .await
+        .unwrap();
+    let other =
+        h.ha.schedule_restart(VmId(102), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    assert_eq!(
+        h.work.item(other).unwrap().tries,
+        0,
+        "a stop's tries are not a restart's"
+    );
+    h.shutdown().await;
+}
+
+/// §5.3 `scheduleStop`: a (legacy) Stop is refused while another Stop of the VM is pending; no
+/// other work holds it back, it holds no other stop back, and a finished Stop allows a new one.
+#[tokio::test(start_paused = true)]
+async fn a_stop_is_not_scheduled_twice_and_holds_nothing_else_back() {
+    let h = build(config(), 1);
+    let vm = VmId(100);
+    h.ha.schedule_migration(vm, WorkReason::HostMaintenance)
+        .await
+        .unwrap();
+    let stop =
+        h.ha.schedule_stop(vm, FAILED, WorkType::Stop)
+            .await
+            .expect("a pending migration does not hold a stop back");
+    assert_eq!(
+        h.ha.schedule_stop(vm, FAILED, WorkType::Stop).await,
+        None,
+        "a Stop is already pending"
+    );
+    assert!(
+        h.ha.schedule_stop(vm, FAILED, WorkType::CheckStop)
+            .await
+            .is_some()
+    );
+    assert!(
+        h.ha.schedule_stop(vm, FAILED, WorkType::ForceStop)
+            .await
+            .is_some()
+    );
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.work.item(stop).unwrap().step, WorkStep::Done);
+    assert!(
+        h.ha.schedule_stop(vm, FAILED, WorkType::Stop)
+            .await
+            .is_some(),
+        "the earlier Stop is finished"
+    );
+    h.shutdown().await;
+}
+
+/// The second trigger's grace: a VM missing from its Up host's reports counts as off only once
+/// it has been missing for longer than ping.interval × ping.timeout (not at the bound), and a
+/// report showing it on starts that clock again.
+#[tokio::test(start_paused = true)]
+async fn a_vm_missing_from_reports_is_restarted_only_after_the_ping_deadline() {
+    let h = build(config(), 0);
+    let deadline = h.config.ping_deadline();
+    h.vms.inner.upsert(vm(300, HostId(2), true));
+    h.vms.inner.upsert(vm(301, HostId(3), true));
+    h.ha.start().await;
+    h.ha.vm_power_report(HostId(2), &[]);
+    sleep(Duration::from_secs(1)).await;
+    assert!(h.work.items_of(VmId(300)).is_empty(), "just went missing");
+    sleep(deadline - Duration::from_secs(1)).await;
+    h.ha.vm_power_report(HostId(2), &[]);
+    sleep(Duration::from_secs(1)).await;
+    assert!(
+        h.work.items_of(VmId(300)).is_empty(),
+        "missing for exactly the deadline, not longer"
+    );
+    h.ha.vm_power_report(HostId(2), &[]);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(300), 1, "missing for longer than the deadline");
+
+    // VM 301 goes missing, shows up again, goes missing again: the clock restarts.
+    let on = [VmStateReport {
+        vm: VmId(301),
+        power: VmPowerState::PowerOn,
+    }];
+    h.ha.vm_power_report(HostId(3), &[]);
+    sleep(deadline - Duration::from_secs(50)).await;
+    h.ha.vm_power_report(HostId(3), &on);
+    sleep(Duration::from_secs(100)).await;
+    h.ha.vm_power_report(HostId(3), &[]);
+    sleep(Duration::from_secs(1)).await;
+    assert!(
+        h.work.items_of(VmId(301)).is_empty(),
+        "seen on since: missing only from now"
+    );
+    sleep(deadline).await;
+    h.ha.vm_power_report(HostId(3), &[]);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(301), 1);
+    h.shutdown().await;
+}
+
+/// The second trigger leaves a VM with unfinished work to that work; finished work of the VM
+/// does not hold a restart back.
+#[tokio::test(start_paused = true)]
+async fn a_vm_reported_off_with_pending_work_is_left_to_that_work() {
+    let h = build(config(), 0);
+    h.vms.inner.upsert(vm(300, HostId(2), true));
+    h.vms.inner.upsert(vm(301, HostId(2), true));
+    // Not started: the queue stays as it is.
+    h.ha.schedule_migration(VmId(300), WorkReason::HostMaintenance)
+        .await
+        .unwrap();
+    h.work
+        .insert(stored_item(
+            WorkType::Ha,
+            WorkStep::Done,
+            &h.vm(301),
+            0,
+            h.clock.now(),
+        ))
+        .await
+        .unwrap();
+    let off = |v| VmStateReport {
+        vm: VmId(v),
+        power: VmPowerState::PowerOff,
+    };
+    h.ha.vm_power_report(HostId(2), &[off(300), off(301)]);
+    sleep(Duration::from_secs(1)).await;
+    let items = h.work.items_of(VmId(300));
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(h.vm(300).state, VmState::Running, "not force-stopped");
+    let items = h.work.items_of(VmId(301));
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(
+        (items[1].work_type, items[1].reason),
+        (WorkType::Ha, WorkReason::VmStoppedOnUpHost)
+    );
+    assert_eq!(h.vm(301).state, VmState::Stopped);
+    h.shutdown().await;
+}
+
+/// §5.5 step 1: only a newer, unfinished HA item supersedes a restart; an older pending HA item,
+/// a newer finished one or newer work of another type does not.
+#[tokio::test(start_paused = true)]
+async fn only_a_newer_pending_ha_item_supersedes_a_restart() {
+    let h = build(config(), 1);
+    h.host_down(FAILED);
+    let rec = h.vm(100);
+    let later = h.clock.now() + Duration::from_secs(3600);
+    h.work
+        .insert(stored_item(
+            WorkType::Ha,
+            WorkStep::Investigating,
+            &rec,
+            1,
+            later,
+        ))
+        .await
+        .unwrap();
+    let id =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    for (work_type, step, at) in [
+        (WorkType::Ha, WorkStep::Done, h.clock.now()),
+        (WorkType::Migration, WorkStep::Scheduled, later),
+    ] {
+        h.work
+            .insert(stored_item(work_type, step, &rec, 0, at))
+            .await
+            .unwrap();
+    }
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    let note = h.last_note(id);
+    assert!(note.starts_with("done: started on host"), "{note}");
+    assert_eq!(h.starts(100), 1);
+    h.shutdown().await;
+}
+
+/// §5.5 step 1: while another HA item of the VM is held by a server, a restart waits
+/// investigate.retry.interval (spending a try); other work held by a server does not hold it.
+#[tokio::test(start_paused = true)]
+async fn a_restart_waits_while_another_ha_item_of_the_vm_is_running() {
+    let h = build(config(), 2);
+    h.host_down(FAILED);
+    for (work_type, step, v) in [
+        (WorkType::Ha, WorkStep::Investigating, 100),
+        (WorkType::Migration, WorkStep::Migrating, 101),
+    ] {
+        let mut held = stored_item(work_type, step, &h.vm(v), 0, h.clock.now());
+        held.owner = Some(OwnerId(99));
+        held.taken = Some(h.clock.now());
+        h.work.insert(held).await.unwrap();
+    }
+    let waits =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    let goes =
+        h.ha.schedule_restart(VmId(101), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    let t0 = h.clock.now();
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    let item = h.work.item(waits).unwrap();
+    assert_eq!(
+        (
+            item.step,
+            item.tries,
+            item.time_to_try.saturating_duration_since(t0)
+        ),
+        (WorkStep::Investigating, 1, Duration::from_secs(60)),
+        "{:?}",
+        item.history
+    );
+    assert!(
+        h.last_note(waits)
+            .contains("another HA item for the VM is running")
+    );
+    assert_eq!(h.starts(100), 0);
+    let note = h.last_note(goes);
+    assert!(note.starts_with("done: started on host"), "{note}");
+    assert_eq!(h.starts(101), 1);
+    h.shutdown().await;
+}
+
+/// §5.5 step 2: a VM whose record changed since scheduling is left alone, even when only its
+/// update counter moved (same state, same host): neither fenced nor restarted.
+#[tokio::test(start_paused = true)]
+async fn a_vm_updated_in_place_since_scheduling_is_not_restarted() {
+    let h = build(config(), 1);
+    h.host_down(FAILED);
+    let id =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    h.vms
+        .inner
+        .set_state(VmId(100), VmState::Running, Some(FAILED));
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    let note = h.last_note(id);
+    assert!(
+        note.starts_with("done: VM changed since scheduling"),
+        "{note}"
+    );
+    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(h.starts(100), 0);
+    assert!(h.calls(100).is_empty());
+    h.shutdown().await;
+}
+
+/// §5.5 step 3: an item still investigating whose VM is no longer on the host (stopped, with
+/// no host, and no proof that HA stopped it) is done: no fence, no restart.
+#[tokio::test(start_paused = true)]
+async fn an_investigating_item_whose_vm_left_its_host_is_done_without_restart() {
+    let h = build(config(), 1);
+    h.host_down(FAILED);
+    h.vms.inner.set_state(VmId(100), VmState::Stopped, None);
+    let id =
+        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+            .await
+            .unwrap();
+    assert_eq!(h.work.item(id).unwrap().host, Some(FAILED), "its last host");
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.last_note(id), "done: VM no longer on the host");
+    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(h.starts(100), 0);
+    assert_eq!(h.vm(100).state, VmState::Stopped);
+    h.shutdown().await;
+}
+
+/// A VM its own Up host reports off is restarted with that host among the candidates: only a
+/// host that is not Up is kept out of the placement.
+#[tokio::test(start_paused = true)]
+async fn a_vm_reported_off_by_its_up_host_may_restart_on_that_host() {
+    let h = build(config(), 0);
+    h.vms.inner.upsert(vm(300, HostId(2), true));
+    h.ha.start().await;
+    h.ha.vm_power_report(
+        HostId(2),
+        &[VmStateReport {
+            vm: VmId(300),
+            power: VmPowerState::PowerOff,
+        }],
+    );
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.starts(300), 1);
+    let params = h.vms.starts.lock().unwrap()[&VmId(300)][0].clone();
+    assert!(params.candidates.contains(&HostId(2)), "{params:?}");
+    h.shutdown().await;
+}
+
+/// §5.6: a restart scheduled on proof (the VM reported off by its Up host, force-stopped at
+/// once) goes back to Investigating when a manager starts over the store; HA stopped the VM
+/// itself, so it is not investigated again but restarted.
+#[tokio::test(start_paused = true)]
+async fn a_restart_on_proof_resumes_after_a_manager_start_without_investigation() {
+    let h = build(config(), 0);
+    h.vms.inner.upsert(vm(300, HostId(2), true));
+    // Reported off before the manager starts: the item waits in the store.
+    h.ha.vm_power_report(
+        HostId(2),
+        &[VmStateReport {
+            vm: VmId(300),
+            power: VmPowerState::PowerOff,
+        }],
+    );
+    sleep(Duration::from_secs(1)).await;
+    let item = h.item(300);
+    assert_eq!(item.step, WorkStep::Scheduled);
+    assert!(item.fence_proof.is_some());
+    assert_eq!((h.vm(300).state, h.vm(300).host), (VmState::Stopped, None));
+    h.ha.start().await;
+    assert_eq!(h.item(300).step, WorkStep::Investigating);
+    sleep(Duration::from_secs(1)).await;
+    let note = h.last_note(item.id);
+    assert!(note.starts_with("done: started on host"), "{note}");
+    assert_eq!(h.starts(300), 1);
+    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 0);
+    h.shutdown().await;
+}
+
+/// §5.5 `stopVM`: Stop always stops, normally; CheckStop stops normally and ForceStop forcibly,
+/// but only a VM unchanged since scheduling (same state, update counter and host) and still on
+/// a host.
+#[tokio::test(start_paused = true)]
+async fn stop_work_types_and_the_unchanged_since_scheduling_check() {
+    let h = build(config(), 6);
+    // An item left in the store without a host, for a VM on no host (CloudStack's
+    // `vm.getHostId() == null`): nothing to stop.
+    h.vms.inner.set_state(VmId(105), VmState::Stopped, None);
+    let mut hostless = stored_item(
+        WorkType::ForceStop,
+        WorkStep::Scheduled,
+        &h.vm(105),
+        0,
+        h.clock.now(),
+    );
+    hostless.host = None;
+    let hostless = h.work.insert(hostless).await.unwrap();
+    let cases = [
+        (100, WorkType::Stop, Some(HostId(2)), vec!["stop"]),
+        (101, WorkType::CheckStop, None, vec!["stop"]),
+        (102, WorkType::ForceStop, None, vec!["force_stop"]),
+        // Updated in place: same state, same host, only the update counter moved.
+        (103, WorkType::CheckStop, Some(FAILED), vec![]),
+        (104, WorkType::ForceStop, Some(FAILED), vec![]),
+    ];
+    let mut ids = Vec::new();
+    for (v, work_type, _, _) in &cases {
+        ids.push(
+            h.ha.schedule_stop(VmId(*v), FAILED, *work_type)
+                .await
+                .unwrap(),
+        );
+    }
+    for (v, _, moved_to, _) in &cases {
+        if let Some(host) = moved_to {
+            h.vms
+                .inner
+                .set_state(VmId(*v), VmState::Running, Some(*host));
+        }
+    }
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    for ((v, work_type, _, calls), id) in cases.iter().zip(ids) {
+        let ctx = format!(
+            "vm {v} {work_type:?}: {:?}",
+            h.work.item(id).unwrap().history
+        );
+        assert_eq!(&h.calls(*v), calls, "{ctx}");
+        let (note, state) = if calls.is_empty() {
+            ("done: VM changed since scheduling", VmState::Running)
+        } else {
+            ("done: stopped", VmState::Stopped)
+        };
+        assert_eq!(h.last_note(id), note, "{ctx}");
+        assert_eq!(h.vm(*v).state, state, "{ctx}");
+    }
+    assert_eq!(h.last_note(hostless), "done: VM changed since scheduling");
+    assert!(h.calls(105).is_empty());
+    h.shutdown().await;
+}
+
+/// §5.5 `destroyVM`: a Running VM is force-stopped first, a stopped one is not; an already
+/// Destroyed user VM is left as it is, while a console proxy is expunged even then.
+#[tokio::test(start_paused = true)]
+async fn destroy_force_stops_running_vms_and_skips_destroyed_user_vms() {
+    let h = build(config(), 4);
+    h.vms.inner.upsert(VmRecord {
+        kind: VmKind::ConsoleProxy,
+        ..vm(103, FAILED, true)
+    });
+    h.vms.inner.set_state(VmId(101), VmState::Stopped, None);
+    for v in [102, 103] {
+        h.vms.inner.set_state(VmId(v), VmState::Destroyed, None);
+    }
+    let mut ids = Vec::new();
+    for v in 100..104 {
+        ids.push(h.ha.schedule_destroy(VmId(v), Some(FAILED)).await.unwrap());
+    }
+    let count_102 = h.vm(102).update_count;
+    h.ha.start().await;
+    sleep(Duration::from_secs(1)).await;
+    let want: [(&[&str], &str); 4] = [
+        (&["force_stop", "destroy"], "done: destroyed"),
+        (&["destroy"], "done: destroyed"),
+        (&[], "done: already destroyed"),
+        (&["expunge"], "done: destroyed"),
+    ];
+    for ((v, id), (calls, note)) in (100..104).zip(ids).zip(want) {
+        assert_eq!(h.calls(v), calls, "vm {v}");
+        assert_eq!(h.last_note(id), note, "vm {v}");
+    }
+    assert_eq!(h.vm(100).state, VmState::Destroyed);
+    assert_eq!(
+        h.vm(102).update_count,
+        count_102,
+        "already destroyed: untouched"
+    );
+    assert!(h.vms.get(VmId(103)).is_none(), "the console proxy expunged");
+    h.shutdown().await;
+}
+
+/// §5.6 cleanup: only final items whose time to try is at least time.between.failures old are
+/// purged; a recent one stays (its tries are still inherited) until a later round.
+#[tokio::test(start_paused = true)]
+async fn cleanup_keeps_final_items_younger_than_time_between_failures() {
+    let h = build(
+        Config {
+            time_between_cleanup: Duration::from_secs(3600),
+            time_between_failures: Duration::from_secs(1800),
+            ..config()
+        },
+        1,
+    );
+    h.ha.start().await;
+    sleep(Duration::from_secs(3000)).await;
+    h.fail_host().await;
+    sleep(Duration::from_secs(601)).await;
+    assert_eq!(h.item(100).step, WorkStep::Done);
+    assert_eq!(
+        h.work.items().len(),
+        1,
+        "done 10 min before the cleanup, window 30 min: kept"
+    );
+    sleep(Duration::from_secs(3600)).await;
+    assert!(h.work.items().is_empty(), "purged at the next round");
     h.shutdown().await;
 }
