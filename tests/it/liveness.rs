@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudha_attache::{ServerResource, Tasks};
+use cloudha_attache::ServerResource;
 use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
@@ -107,7 +107,8 @@ struct Fleet {
     manager: AgentManager,
     world: Arc<World>,
     registry: Arc<Registry>,
-    ha: Arc<Ha>,
+    /// Every status change since the fleet was made (what an HA manager follows).
+    changes: Mutex<StatusChanges>,
     alerts: Arc<Alerts>,
 }
 
@@ -155,17 +156,6 @@ impl OutOfBandManagement for WorldBmc {
     }
 }
 
-#[derive(Default)]
-struct Ha(Mutex<Vec<HostId>>);
-
-#[async_trait::async_trait]
-impl HaScheduler for Ha {
-    async fn schedule_restarts_for_host(&self, host: &HostRecord, _: WorkReason, _: bool) {
-        self.0.lock().unwrap().push(host.id);
-    }
-    fn vm_power_report(&self, _: HostId, _: &[VmStateReport]) {}
-}
-
 async fn fleet(hypervisor: HypervisorType, n: u64, config: Config) -> Fleet {
     fleet_with_bmc(hypervisor, n, config, false).await
 }
@@ -174,60 +164,69 @@ async fn fleet(hypervisor: HypervisorType, n: u64, config: Config) -> Fleet {
 async fn fleet_with_bmc(hypervisor: HypervisorType, n: u64, config: Config, bmc: bool) -> Fleet {
     let world = Arc::new(World::default());
     let registry = Arc::new(Registry::default());
-    let ha = Arc::new(Ha::default());
     let alerts = Arc::new(Alerts::default());
     let store = Arc::new(InMemoryHostStore::new());
     let oobm = bmc.then(|| {
         Arc::new(Oobm::new(
             Arc::new(WorldBmc(world.clone())),
             config.oobm_action_timeout,
+            Arc::new(TokioClock::new(Timestamp::UNIX_EPOCH)),
         ))
     });
-    let manager = AgentManager::new(
-        config,
-        Ports {
-            store,
-            registry: registry.clone(),
-            alerts: alerts.clone(),
-            ha: Some(ha.clone()),
-            investigators: None,
-            oobm,
-        },
-        Tasks::new(),
-    )
-    .unwrap();
+    let mut ports = Ports::new(
+        store,
+        registry.clone(),
+        alerts.clone(),
+        Arc::new(TokioClock::new(Timestamp::UNIX_EPOCH)),
+    );
+    if let Some(oobm) = oobm {
+        ports = ports.with_oobm(oobm);
+    }
+    let manager = AgentManager::new(config, ports).unwrap();
+    let changes = Mutex::new(manager.subscribe());
     for i in 1..=n {
         let id = HostId(i);
         world.set(id, true, true, true);
         let mut record = HostRecord::new(id, format!("h{i}"), hypervisor);
         record.cluster = Some(ClusterId(1));
         record.pod = Some(PodId(1));
-        manager.add_direct_host(
-            record,
-            Arc::new(Resource {
-                id,
-                hypervisor,
-                world: world.clone(),
-            }),
-        );
+        manager
+            .add_direct_host(
+                record,
+                Arc::new(Resource {
+                    id,
+                    hypervisor,
+                    world: world.clone(),
+                }),
+            )
+            .await
+            .unwrap();
     }
-    manager.start().await;
+    manager.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     for i in 1..=n {
-        assert_eq!(manager.store().status(HostId(i)), Some(Status::Up));
+        assert_eq!(manager.hosts().status(HostId(i)), Some(Status::Up));
     }
     Fleet {
         manager,
         world,
         registry,
-        ha,
+        changes,
         alerts,
     }
 }
 
 impl Fleet {
     fn status(&self, i: u64) -> Option<Status> {
-        self.manager.store().status(HostId(i))
+        self.manager.hosts().status(HostId(i))
+    }
+    /// The hosts that went Down since the last call, in order: what VM-HA would be handed.
+    fn downs(&self) -> Vec<HostId> {
+        let mut changes = self.changes.lock().unwrap();
+        std::iter::from_fn(|| changes.try_recv())
+            .filter(|c| c.to == Status::Down && c.from != Some(Status::Down))
+            .map(|c| c.host)
+            .collect()
     }
     async fn stop(self) {
         self.manager.stop().await;
@@ -242,7 +241,7 @@ async fn a_xen_host_that_loses_power_is_proven_down_by_its_neighbours() {
     sleep(Duration::from_secs(150 + 60 + 2)).await;
     assert_eq!(f.status(2), Some(Status::Down));
     assert_eq!(f.status(1), Some(Status::Up));
-    assert_eq!(*f.ha.0.lock().unwrap(), vec![HostId(2)]);
+    assert_eq!(f.downs(), vec![HostId(2)]);
     let down = f.manager.history(HostId(2)).pop().unwrap();
     assert_eq!(down.event, Event::HostDown);
     assert!(
@@ -275,15 +274,12 @@ async fn a_kvm_host_whose_agent_dies_with_its_heartbeat_alive_is_never_down() {
     // Re-investigated every interval while in Alert, and never Down while the heartbeat beats.
     sleep(Duration::from_secs(3600)).await;
     assert_eq!(f.status(2), Some(Status::Alert));
-    assert!(
-        f.ha.0.lock().unwrap().is_empty(),
-        "no VM-HA for a live host"
-    );
+    assert!(f.downs().is_empty(), "no VM-HA for a live host");
     // Then the host really dies: the Alert re-investigation proves it Down.
     f.world.set(HostId(2), false, false, false);
     sleep(Duration::from_secs(61)).await;
     assert_eq!(f.status(2), Some(Status::Down));
-    assert_eq!(*f.ha.0.lock().unwrap(), vec![HostId(2)]);
+    assert_eq!(f.downs(), vec![HostId(2)]);
     f.stop().await;
 }
 
@@ -308,7 +304,7 @@ async fn a_lone_host_nobody_can_vouch_for_goes_to_alert_at_detection() {
     // Re-investigated while in Alert, never Down: nobody can vouch for it.
     sleep(Duration::from_secs(1800)).await;
     assert_eq!(f.status(1), Some(Status::Alert));
-    assert!(f.ha.0.lock().unwrap().is_empty());
+    assert!(f.downs().is_empty());
     // It powers back on: the direct scan reconnects it.
     f.world.set(HostId(1), true, true, true);
     sleep(Duration::from_secs(91)).await;
@@ -334,10 +330,7 @@ async fn a_kvm_agent_restart_on_a_live_host_ends_in_alert_and_comes_back_up() {
             .iter()
             .all(|c| c.to != Status::Down)
     );
-    assert!(
-        f.ha.0.lock().unwrap().is_empty(),
-        "a live host is never fenced"
-    );
+    assert!(f.downs().is_empty(), "a live host is never fenced");
     assert_eq!(
         f.world.get(HostId(2)),
         (true, false, false),
@@ -351,6 +344,6 @@ async fn a_kvm_agent_restart_on_a_live_host_ends_in_alert_and_comes_back_up() {
     f.world.set(HostId(2), false, false, false);
     sleep(Duration::from_secs(60 + 150 + 2)).await;
     assert_eq!(f.status(2), Some(Status::Down));
-    assert_eq!(*f.ha.0.lock().unwrap(), vec![HostId(2)]);
+    assert_eq!(f.downs(), vec![HostId(2)]);
     f.stop().await;
 }

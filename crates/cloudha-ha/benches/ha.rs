@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use cloudha_attache::Tasks;
 use cloudha_ha::*;
 use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
+use cloudha_registry::Registry;
 
 struct Unknown;
 #[async_trait::async_trait]
@@ -52,7 +52,7 @@ fn main() {
             r.cluster = Some(ClusterId(id % clusters));
             r.zone = Some(ZoneId(1));
             r.status = Some(if id < failed { Status::Down } else { Status::Up });
-            hosts.upsert(r);
+            hosts.insert(r);
         }
         let vms = Arc::new(InMemoryVms::new());
         for h in 0..failed {
@@ -76,24 +76,26 @@ fn main() {
         }
         let work = Arc::new(InMemoryHaWorkStore::new());
         let config = Config { ha_startup_grace: std::time::Duration::ZERO, ha_brake_fraction: 1.0, ..Config::default() };
-        let tasks = Tasks::new();
+        // An agent manager over the hosts (not started: the failed hosts are Down already).
+        let agent = AgentManager::new(
+            config.clone(),
+            Ports::new(hosts.clone(), Arc::new(Registry::default()), Arc::new(LogAlerts), Arc::new(SystemClock))
+                .with_investigators(Vec::new())
+                .with_host_down_alert(HostDownAlert::LeftToHa),
+        )
+        .unwrap();
+        for r in hosts.list() {
+            agent.add_host(r).await.unwrap();
+        }
         let ha = HaManager::new(
             config,
             OwnerId(1),
-            HaPorts {
-                hosts: hosts.clone(),
-                work: work.clone(),
-                vms: vms.clone(),
-                investigators: vec![Arc::new(Unknown)],
-                fencers: vec![Arc::new(Fenced)],
-                alerts: Arc::new(LogAlerts),
-                investigations: Arc::new(Investigations::default()),
-                clock: Arc::new(TokioClock::new(Timestamp::from_micros(1_767_225_600_000_000))),
-            },
-            tasks.clone(),
+            &agent,
+            HaPorts::new(work.clone(), vms.clone(), vec![Arc::new(Fenced)], Arc::new(LogAlerts))
+                .with_investigators(vec![Arc::new(Unknown)]),
         );
         let start = StdInstant::now();
-        ha.start().await;
+        ha.start().await.unwrap();
         for h in 0..failed {
             ha.schedule_restarts_for_host(&hosts.get(HostId(h)).unwrap(), WorkReason::HostDown, true).await;
         }
@@ -109,6 +111,6 @@ fn main() {
         let running = vms.all().iter().filter(|v| v.state == VmState::Running && v.host.is_some_and(|h| h.0 >= failed)).count();
         assert_eq!(running, total, "every VM restarted on a healthy host");
         println!("metric: ha::restart_work_items_per_second {:.0} items/s (vms={total}, failed_hosts={failed}, {secs:.2}s)", total as f64 / secs);
-        tasks.shutdown().await;
+        ha.stop().await;
     });
 }

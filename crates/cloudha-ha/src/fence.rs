@@ -8,13 +8,13 @@ use std::time::Duration;
 use cloudha_protocol::{Answer, Command, FenceAnswer, FenceCommand, HostId, HypervisorType, VmId};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::time::Instant;
 
 use cloudha_liveness::Config;
 use cloudha_liveness::investigate::Neighbours;
 use cloudha_liveness::oobm::Oobm;
 use cloudha_ports::{
-    DeathProof, HostCommander, HostRecord, HostStore, PowerState, SelfFenceTimings, VmRecord,
+    Clock, DeathProof, HostCommander, HostDirectory, HostRecord, PowerState, SelfFenceTimings,
+    Timestamp, VmRecord,
 };
 
 /// What a fencer achieved.
@@ -95,6 +95,13 @@ enum Stale {
     NoProof(String),
 }
 
+/// The target's last connect, and the clock that tells when a heartbeat stamp was written.
+#[derive(Clone, Copy)]
+struct Connect<'a> {
+    since: Option<Timestamp>,
+    clock: &'a dyn Clock,
+}
+
 /// Asks one neighbour whether the target's heartbeat is dead and, if it is but not yet past
 /// `deadline`, waits until it must be and asks again. A proof needs the heartbeat's age, read
 /// past the deadline (an age-less "dead" proves no timing: the heartbeat may have come back and
@@ -106,13 +113,14 @@ async fn stale_past_deadline(
     target: HostId,
     vm: Option<VmId>,
     deadline: Duration,
-    since: Option<Instant>,
+    connect: Connect<'_>,
 ) -> Stale {
+    let Connect { since, clock } = connect;
     let before_connect = |age: Duration| {
         since.is_some_and(|c| {
-            Instant::now()
-                .checked_sub(age)
-                .is_none_or(|stamp| stamp < c)
+            let now = clock.now();
+            // A stamp older than the clock can tell is older than any connect.
+            now.as_micros() < age.as_micros() as u64 || now - age < c
         })
     };
     let first = match ask_fence(commander, via, target, vm).await {
@@ -164,12 +172,12 @@ async fn neighbours_agree(
     target: HostId,
     vm: Option<VmId>,
     deadline: Duration,
-    since: Option<Instant>,
+    connect: Connect<'_>,
     agreement: usize,
 ) -> Result<(Duration, String), FenceOutcome> {
     let mut asks: FuturesUnordered<_> = neighbours
         .iter()
-        .map(|n| stale_past_deadline(commander, *n, target, vm, deadline, since))
+        .map(|n| stale_past_deadline(commander, *n, target, vm, deadline, connect))
         .collect();
     let (mut proofs, mut why) = (Vec::new(), Vec::new());
     while let Some(r) = asks.next().await {
@@ -206,23 +214,26 @@ async fn neighbours_agree(
 struct HeartbeatFence {
     neighbours: Neighbours,
     deadline: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl HeartbeatFence {
     fn new(
         commander: Arc<dyn HostCommander>,
-        store: Arc<dyn HostStore>,
+        hosts: Arc<dyn HostDirectory>,
+        clock: Arc<dyn Clock>,
         config: &Config,
         deadline: Duration,
     ) -> Self {
         Self {
             neighbours: Neighbours::new(
                 commander,
-                store,
+                hosts,
                 None,
                 config.ha_investigators_agreement as usize,
             ),
             deadline,
+            clock,
         }
     }
 
@@ -241,7 +252,10 @@ impl HeartbeatFence {
             host.id,
             Some(vm.id),
             self.deadline,
-            host.connected_at,
+            Connect {
+                since: host.connected_at,
+                clock: &*self.clock,
+            },
             self.neighbours.agreement(),
         )
         .await?;
@@ -263,15 +277,18 @@ impl HeartbeatFence {
 pub struct NeighbourFencer(HeartbeatFence);
 
 impl NeighbourFencer {
-    /// Asks neighbours through `commander`; neighbours from `store`; timings from `config`.
+    /// Asks neighbours through `commander`; neighbours from `hosts`; heartbeat stamps judged
+    /// against host connects by `clock`; timings from `config`.
     pub fn new(
         commander: Arc<dyn HostCommander>,
-        store: Arc<dyn HostStore>,
+        hosts: Arc<dyn HostDirectory>,
+        clock: Arc<dyn Clock>,
         config: &Config,
     ) -> Self {
         Self(HeartbeatFence::new(
             commander,
-            store,
+            hosts,
+            clock,
             config,
             config.kvm_self_fence_deadline(),
         ))
@@ -314,15 +331,18 @@ impl Fencer for NeighbourFencer {
 pub struct XenPoolFencer(HeartbeatFence);
 
 impl XenPoolFencer {
-    /// Asks pool members through `commander`; members from `store`; timings from `config`.
+    /// Asks pool members through `commander`; members from `hosts`; heartbeat stamps judged
+    /// against host connects by `clock`; timings from `config`.
     pub fn new(
         commander: Arc<dyn HostCommander>,
-        store: Arc<dyn HostStore>,
+        hosts: Arc<dyn HostDirectory>,
+        clock: Arc<dyn Clock>,
         config: &Config,
     ) -> Self {
         Self(HeartbeatFence::new(
             commander,
-            store,
+            hosts,
+            clock,
             config,
             config.xen_self_fence_deadline(),
         ))
@@ -384,7 +404,7 @@ impl Fencer for PowerFencer {
                 h,
                 format!(
                     "the BMC read host {h} off {:?} ago, and it has not connected since",
-                    at.elapsed()
+                    self.oobm.clock().now().saturating_duration_since(at)
                 ),
             ));
         }

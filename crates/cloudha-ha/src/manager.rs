@@ -7,42 +7,64 @@ use std::time::Duration;
 use cloudha_attache::Tasks;
 use cloudha_ports::{Clock, StoreError, Timestamp};
 use cloudha_protocol::{
-    ClusterId, HostId, HostType, ResourceState, Status, VmId, VmPowerState, VmState, VmStateReport,
-    WorkId, WorkReason, WorkStep, WorkType,
+    ClusterId, HostId, HostType, ListenerId, ResourceState, Status, VmId, VmPowerState, VmState,
+    VmStateReport, WorkId, WorkReason, WorkStep, WorkType,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use cloudha_liveness::{Config, HaScheduler, Investigations, investigate};
+use cloudha_liveness::{
+    AgentManager, Config, HostDownAlert, Investigations, ManagerError, StatusChanges, investigate,
+};
 use cloudha_ports::{
-    Alert, AlertKind, AlertSink, DeathProof, HaWorkStore, HostRecord, HostStore, Investigator,
+    Alert, AlertKind, AlertSink, DeathProof, HaWorkStore, HostDirectory, HostRecord, Investigator,
     OwnerId, ProofKind, VmKind, VmRecord, VmVerdict, WorkItem,
 };
+use cloudha_registry::{ConnectError, Interest, Listener};
 
 use crate::fence::{FenceOutcome, Fencer};
 use crate::vm::{Planner, StartError, StartParams, VmOrchestrator};
 
-/// The ports the HA manager is built on.
+/// The ports the HA manager is built on, besides the agent manager it composes. Make one with
+/// [`HaPorts::new`].
+#[non_exhaustive]
 pub struct HaPorts {
-    /// Host records (status, cluster, tags).
-    pub hosts: Arc<dyn HostStore>,
     /// The work queue.
     pub work: Arc<dyn HaWorkStore>,
     /// VM records and actions.
     pub vms: Arc<dyn VmOrchestrator>,
-    /// The VM investigator chain (usually the agent manager's).
-    pub investigators: Vec<Arc<dyn Investigator>>,
     /// The fence chain, in order.
     pub fencers: Vec<Arc<dyn Fencer>>,
     /// Where alerts go.
     pub alerts: Arc<dyn AlertSink>,
-    /// The hosts the agent manager suspects (under investigation, or silent past their ping):
-    /// they count as suspect for the brake.
-    pub investigations: Arc<Investigations>,
-    /// The time of day for work items' times (`SystemClock`, or a `TokioClock` under a
-    /// simulator's paused time).
-    pub clock: Arc<dyn Clock>,
+    /// The VM investigator chain; `None`: the agent manager's.
+    pub investigators: Option<Vec<Arc<dyn Investigator>>>,
+}
+
+impl HaPorts {
+    /// The ports, with the agent manager's investigator chain.
+    pub fn new(
+        work: Arc<dyn HaWorkStore>,
+        vms: Arc<dyn VmOrchestrator>,
+        fencers: Vec<Arc<dyn Fencer>>,
+        alerts: Arc<dyn AlertSink>,
+    ) -> Self {
+        Self {
+            work,
+            vms,
+            fencers,
+            alerts,
+            investigators: None,
+        }
+    }
+
+    /// With this VM investigator chain instead of the agent manager's.
+    #[must_use]
+    pub fn with_investigators(mut self, investigators: Vec<Arc<dyn Investigator>>) -> Self {
+        self.investigators = Some(investigators);
+        self
+    }
 }
 
 /// How one processing of an item ended.
@@ -86,6 +108,24 @@ struct HaInner {
     config: Config,
     owner: OwnerId,
     ports: HaPorts,
+    /// The VM investigator chain.
+    investigators: Vec<Arc<dyn Investigator>>,
+    /// The agent manager's hosts (its cache: status, cluster, tags).
+    hosts: Arc<dyn HostDirectory>,
+    /// The hosts the agent manager suspects (under investigation, or silent past their ping):
+    /// they count as suspect for the brake.
+    investigations: Arc<Investigations>,
+    /// The agent manager (operator actions set a host's administrative state through it).
+    agent: AgentManager,
+    /// The time of day for work items' times (the agent manager's clock).
+    clock: Arc<dyn Clock>,
+    /// The status changes, read by the status task from start on.
+    changes: Mutex<Option<StatusChanges>>,
+    /// The VM states of each connecting host's startup, reported once it is Up.
+    connecting: Mutex<HashMap<HostId, Vec<VmStateReport>>>,
+    /// The power-report listener in the agent manager's registry.
+    listener: OnceLock<ListenerId>,
+    life: Mutex<Life>,
     tasks: Tasks,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -127,27 +167,64 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Where a component is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    New,
+    Running,
+    Stopped,
+}
+
 impl HaManager {
-    /// An HA manager claiming work as `owner` (keep it stable across restarts of the same
-    /// server), its tasks owned by `tasks`. Nothing runs until [`HaManager::start`].
-    pub fn new(config: Config, owner: OwnerId, ports: HaPorts, tasks: Tasks) -> Self {
-        let slots = Arc::new(Semaphore::new(config.ha_workers as usize));
-        Self {
-            inner: Arc::new(HaInner {
-                config,
-                owner,
-                ports,
-                tasks,
-                wake: Notify::new(),
-                slots,
-                started_at: OnceLock::new(),
-                released: Mutex::new(HashSet::new()),
-                braked: Mutex::new(HashMap::new()),
-                missing: Mutex::new(HashMap::new()),
-                reporting: Mutex::new(HashSet::new()),
-                fences: Mutex::new(HashMap::new()),
-            }),
+    /// An HA manager over `agent`, claiming work as `owner` (keep it stable across restarts of
+    /// the same server). It follows `agent`'s status changes from now on (a host going Down has
+    /// its VMs scheduled, once started) and registers a listener in its registry for the VM
+    /// power reports of pings and connects. Nothing runs until [`HaManager::start`]; the HA
+    /// manager owns its tasks, and [`HaManager::stop`] ends them.
+    ///
+    /// Build `agent` with [`HostDownAlert::LeftToHa`]: the HA manager raises the host-down
+    /// alert, with the list of the host's VMs (otherwise both raise one).
+    pub fn new(config: Config, owner: OwnerId, agent: &AgentManager, ports: HaPorts) -> Self {
+        if agent.host_down_alert() == HostDownAlert::Raise {
+            tracing::warn!(
+                "the agent manager raises host-down alerts too: build it with HostDownAlert::LeftToHa"
+            );
         }
+        let slots = Arc::new(Semaphore::new(config.ha_workers as usize));
+        let investigators = ports
+            .investigators
+            .clone()
+            .unwrap_or_else(|| agent.investigators());
+        let inner = Arc::new(HaInner {
+            config,
+            owner,
+            ports,
+            investigators,
+            hosts: agent.hosts(),
+            investigations: agent.investigations(),
+            agent: agent.clone(),
+            clock: Arc::clone(agent.clock()),
+            changes: Mutex::new(Some(agent.subscribe())),
+            connecting: Mutex::new(HashMap::new()),
+            listener: OnceLock::new(),
+            life: Mutex::new(Life::New),
+            tasks: Tasks::new(),
+            wake: Notify::new(),
+            slots,
+            started_at: OnceLock::new(),
+            released: Mutex::new(HashSet::new()),
+            braked: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
+            reporting: Mutex::new(HashSet::new()),
+            fences: Mutex::new(HashMap::new()),
+        });
+        let id = agent.registry().register(
+            Arc::new(PowerReports(Arc::downgrade(&inner))),
+            Interest::ALL,
+            false,
+        );
+        let _ = inner.listener.set(id);
+        Self { inner }
     }
 
     /// The work queue.
@@ -157,9 +234,21 @@ impl HaManager {
 
     /// Start (§5.6): this server's old claims are released, pending items go back to
     /// Investigating and lose any brake (it is evaluated again), then the workers, the brake
-    /// watcher and the cleanup start. The startup grace of the brake runs from now.
-    pub async fn start(&self) {
+    /// watcher, the cleanup and the status follower start. The startup grace of the brake runs
+    /// from now. Starting a running manager does nothing.
+    ///
+    /// # Errors
+    /// [`ManagerError::Stopped`] after [`Self::stop`].
+    pub async fn start(&self) -> Result<(), ManagerError> {
         let inner = &self.inner;
+        {
+            let mut life = lock(&inner.life);
+            match *life {
+                Life::Running => return Ok(()),
+                Life::Stopped => return Err(ManagerError::Stopped),
+                Life::New => *life = Life::Running,
+            }
+        }
         let _ = inner.started_at.set(Instant::now());
         let now = inner.now();
         let work = &inner.ports.work;
@@ -198,6 +287,30 @@ impl HaManager {
             inner.tasks.token().child_token(),
             async move { me.cleanup_loop().await }.instrument(tracing::info_span!("ha_cleanup")),
         );
+        if let Some(changes) = lock(&inner.changes).take() {
+            let me = Arc::clone(inner);
+            inner.tasks.spawn(
+                inner.tasks.token().child_token(),
+                async move { me.status_loop(changes).await }
+                    .instrument(tracing::info_span!("ha_status")),
+            );
+        }
+        Ok(())
+    }
+
+    /// Stop: the power-report listener leaves the registry and every task of the HA manager
+    /// ends before this returns (a worker stops between steps; its claimed item stays in the
+    /// store for the next start or a peer). The agent manager is not stopped. Stopping twice
+    /// does nothing more.
+    pub async fn stop(&self) {
+        let inner = &self.inner;
+        if std::mem::replace(&mut *lock(&inner.life), Life::Stopped) == Life::Stopped {
+            return;
+        }
+        if let Some(id) = inner.listener.get() {
+            inner.agent.registry().unregister(*id);
+        }
+        inner.tasks.shutdown().await;
     }
 
     /// A peer management server left: its claims are released so this server's workers take
@@ -221,6 +334,29 @@ impl HaManager {
         reason: WorkReason,
     ) -> Option<WorkId> {
         self.inner.schedule_restart(vm, investigate, reason).await
+    }
+
+    /// Schedules restarts for the VMs of `host` (CloudStack's `scheduleRestartForVmsOnHost`),
+    /// raising the host-down alert with their list. The HA manager does this itself for every
+    /// host the agent manager moves to Down; this is for an embedder with another source of
+    /// proof. `investigate`: each VM is investigated (and fenced if it may run) before a start.
+    pub async fn schedule_restarts_for_host(
+        &self,
+        host: &HostRecord,
+        reason: WorkReason,
+        investigate: bool,
+    ) {
+        self.inner
+            .schedule_for_host(host, reason, investigate)
+            .await;
+    }
+
+    /// VM power states reported by `host` (the second HA trigger). The HA manager's registry
+    /// listener calls this for an Up routing host's pings and a connect's startup; it is public
+    /// for an embedder whose hosts report VM states another way. Plain call: it runs on the
+    /// ping path and awaits nothing.
+    pub fn vm_power_report(&self, host: HostId, states: &[VmStateReport]) {
+        self.inner.power_report(host, states);
     }
 
     /// Schedules a stop (`Stop`, `CheckStop` or `ForceStop`) of a VM on `host`.
@@ -264,14 +400,16 @@ impl HaManager {
 
     /// Operator: declares `host` dead (CloudStack's `declareHostAsDegraded`): its VMs restart
     /// without fencing, on the operator's word, recorded as such.
+    ///
+    /// # Errors
+    /// Unknown host; the store's (nothing is then scheduled).
     pub async fn declare_host_dead(&self, host: HostId) -> Result<(), cloudha_ports::StoreError> {
         let inner = &self.inner;
         inner
-            .ports
-            .hosts
-            .set_resource_state(host, ResourceState::Degraded)?;
+            .agent
+            .set_resource_state(host, ResourceState::Degraded)
+            .await?;
         let rec = inner
-            .ports
             .hosts
             .get(host)
             .ok_or(cloudha_ports::StoreError::UnknownHost(host))?;
@@ -282,21 +420,53 @@ impl HaManager {
     }
 }
 
+/// The HA manager's listener in the agent manager's registry: the VM power states of an Up
+/// routing host's pings (the second HA trigger) and of a connect's startup (reported once the
+/// host is Up, as the connect's VM state sync).
+struct PowerReports(std::sync::Weak<HaInner>);
+
 #[async_trait::async_trait]
-impl HaScheduler for HaManager {
-    async fn schedule_restarts_for_host(
+impl Listener for PowerReports {
+    fn process_commands(
         &self,
-        host: &HostRecord,
-        reason: WorkReason,
-        investigate: bool,
-    ) {
-        self.inner
-            .schedule_for_host(host, reason, investigate)
-            .await;
+        host: HostId,
+        _seq: cloudha_protocol::Sequence,
+        commands: &[cloudha_protocol::Command],
+    ) -> bool {
+        let Some(inner) = self.0.upgrade() else {
+            return false;
+        };
+        for c in commands {
+            if let cloudha_protocol::Command::PingRouting(p) = c
+                && inner.hosts.status(host) == Some(Status::Up)
+            {
+                inner.power_report(host, &p.vm_states);
+            }
+        }
+        false
     }
 
-    fn vm_power_report(&self, host: HostId, states: &[VmStateReport]) {
-        self.inner.power_report(host, states);
+    async fn process_connect(
+        &self,
+        host: HostId,
+        startup: &cloudha_protocol::StartupCommand,
+        _rebalance: bool,
+    ) -> Result<(), ConnectError> {
+        if let Some(inner) = self.0.upgrade() {
+            lock(&inner.connecting).insert(host, startup.vm_states.clone());
+        }
+        Ok(())
+    }
+
+    fn process_disconnect(&self, host: HostId, _status: Status) -> bool {
+        if let Some(inner) = self.0.upgrade() {
+            lock(&inner.connecting).remove(&host);
+        }
+        false
+    }
+
+    fn is_recurring(&self) -> bool {
+        true
     }
 }
 
@@ -314,7 +484,7 @@ impl HaInner {
         if kind == AlertKind::HaDisabled && !self.config.vm_ha_alerts_enabled {
             return;
         }
-        let rec = host.and_then(|h| self.ports.hosts.get(h));
+        let rec = host.and_then(|h| self.hosts.get(h));
         self.ports.alerts.raise(Alert {
             kind,
             host,
@@ -519,6 +689,30 @@ impl HaInner {
         Some(id)
     }
 
+    /// Follows the agent manager's status changes: a host that goes Down has its VMs scheduled
+    /// (CloudStack's `scheduleRestartForVmsOnHost`, investigating each VM first); a host that
+    /// comes Up after a connect has the VM states of its startup reported.
+    async fn status_loop(self: Arc<Self>, mut changes: StatusChanges) {
+        while let Some(change) = changes.recv().await {
+            match change.to {
+                Status::Down if change.from != Some(Status::Down) => {
+                    let Some(rec) = self.hosts.get(change.host) else {
+                        continue;
+                    };
+                    self.schedule_for_host(&rec, WorkReason::HostDown, true)
+                        .await;
+                }
+                Status::Up if change.event == cloudha_protocol::Event::Ready => {
+                    let states = lock(&self.connecting).remove(&change.host);
+                    if let Some(states) = states {
+                        self.power_report(change.host, &states);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The second trigger: an HA VM the records say runs on `host` is reported off (or missing
     /// for longer than T) by that Up host.
     fn power_report(self: &Arc<Self>, host: HostId, states: &[VmStateReport]) {
@@ -582,7 +776,6 @@ impl HaInner {
         }
         let c = cluster?;
         let hosts: Vec<HostRecord> = self
-            .ports
             .hosts
             .in_cluster(c)
             .into_iter()
@@ -591,7 +784,7 @@ impl HaInner {
         let size = hosts.len();
         let suspect = hosts
             .iter()
-            .filter(|h| h.status != Some(Status::Up) || self.ports.investigations.suspect(h.id))
+            .filter(|h| h.status != Some(Status::Up) || self.investigations.suspect(h.id))
             .count();
         // A correlated failure takes at least two hosts: one failed host of a one-host cluster
         // (100 % suspect) is an ordinary failure, not a partition of the manager.
@@ -837,7 +1030,7 @@ impl HaInner {
     }
 
     fn now(&self) -> Timestamp {
-        self.ports.clock.now()
+        self.clock.now()
     }
 
     /// Inserts a new item; a backend failure is retried a few times (bounded: scheduling runs
@@ -891,7 +1084,7 @@ impl HaInner {
             && item.reason != WorkReason::HostDegraded
             && item
                 .host
-                .is_some_and(|h| self.ports.hosts.status(h) == Some(Status::Up))
+                .is_some_and(|h| self.hosts.status(h) == Some(Status::Up))
     }
 
     fn retry(&self, interval: Duration, why: impl Into<String>) -> Outcome {
@@ -904,9 +1097,8 @@ impl HaInner {
 
     fn candidates(&self, vm: &VmRecord, failed: Option<HostId>, planner: Planner) -> Vec<HostId> {
         let pool = match (planner, vm.cluster) {
-            (Planner::Default, Some(c)) => self.ports.hosts.in_cluster(c),
+            (Planner::Default, Some(c)) => self.hosts.in_cluster(c),
             _ => self
-                .ports
                 .hosts
                 .list()
                 .into_iter()
@@ -968,7 +1160,7 @@ impl HaInner {
                 vm.state, item.previous_state
             ));
         }
-        let host = item.host.and_then(|h| self.ports.hosts.get(h));
+        let host = item.host.and_then(|h| self.hosts.get(h));
         let cluster = vm.cluster.or(host.as_ref().and_then(|h| h.cluster));
         if item.reason != WorkReason::HostDegraded
             && let Some(why) = self.brake(cluster, Instant::now())
@@ -1019,7 +1211,7 @@ impl HaInner {
         }
         let host_up = host
             .as_ref()
-            .is_some_and(|h| self.ports.hosts.status(h.id) == Some(Status::Up));
+            .is_some_and(|h| self.hosts.status(h.id) == Some(Status::Up));
         if !host_up && vm.local_root_disk {
             return Outcome::Done("root disk on local storage: cannot restart elsewhere".into());
         }
@@ -1091,15 +1283,14 @@ impl HaInner {
             item.fence_proof = Some(proof.recorded_at(now));
             return Ok(());
         }
-        let (verdict, by) =
-            investigate::investigate_vm(&self.ports.investigators, vm.id, host).await;
+        let (verdict, by) = investigate::investigate_vm(&self.investigators, vm.id, host).await;
         item.note(
             now,
             format!("VM verdict {verdict:?} by {}", by.unwrap_or("nobody")),
         );
         match verdict {
             VmVerdict::Alive => {
-                return Err(if self.ports.hosts.status(host.id) == Some(Status::Up) {
+                return Err(if self.hosts.status(host.id) == Some(Status::Up) {
                     Outcome::Done("VM alive and its host is Up: no restart needed".into())
                 } else {
                     self.retry(
@@ -1157,7 +1348,6 @@ impl HaInner {
         let mut last = slot.lock().await;
         let now = Instant::now();
         let current = self
-            .ports
             .hosts
             .get(host.id)
             .map_or(host.update_count, |h| h.update_count);

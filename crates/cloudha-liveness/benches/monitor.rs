@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
-use cloudha_attache::Tasks;
 use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
@@ -28,7 +27,8 @@ fn main() {
         ingestion(
             if full { 100_000 } else { 2_000 },
             if full { 20 } else { 2 },
-        );
+        )
+        .await;
         let sizes: &[u64] = if full {
             &[10_000, 100_000, 1_000_000]
         } else {
@@ -40,29 +40,35 @@ fn main() {
     });
 }
 
-fn ingestion(hosts: u64, rounds: u64) {
+async fn ingestion(hosts: u64, rounds: u64) {
     let store = Arc::new(InMemoryHostStore::new());
     let registry = Arc::new(Registry::default());
     let manager = AgentManager::new(
         Config::default(),
-        Ports {
-            store: store.clone(),
+        Ports::new(
+            store.clone(),
             registry,
-            alerts: Arc::new(LogAlerts),
-            ha: None,
-            investigators: Some(Vec::new()),
-            oobm: None,
-        },
-        Tasks::new(),
+            Arc::new(LogAlerts),
+            Arc::new(SystemClock),
+        )
+        .with_investigators(Vec::new()),
     )
     .unwrap();
-    let now = Instant::now();
     for id in 0..hosts {
         let mut r = HostRecord::new(HostId(id), format!("h{id}"), HypervisorType::XenServer);
         r.status = Some(Status::Up);
-        store.upsert(r);
-        manager.monitor().arm(HostId(id), now);
+        store.insert(r);
     }
+    // Start loads the records and tracks every host (a ping deadline of now + T); a ping
+    // brings each back Up from ManagementServerDown's Disconnected.
+    manager.start().await.unwrap();
+    for id in 0..hosts {
+        manager
+            .apply(HostId(id), Event::Ping, "bench")
+            .await
+            .unwrap();
+    }
+    assert_eq!(manager.tracked() as u64, hosts);
     let sink = manager.sink();
     let pings: Vec<[Command; 1]> = (0..hosts)
         .map(|id| {

@@ -38,7 +38,10 @@ pub enum ManagerError {
         #[source]
         source: TransitionError,
     },
-    /// The store refused.
+    /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The component was stopped: it does not start again (make a new one).
+    #[error("stopped: a stopped component does not start again")]
+    Stopped,
 }

@@ -4,46 +4,48 @@
 //! reach the manager's [`cloudha_attache::CommandSink`], go through the listener registry to every
 //! command monitor, among them the behind-on-ping [`PingMonitor`]; a host not heard from for
 //! `ping.interval × ping.timeout` is disconnected with investigation (CheckHealth, then the
-//! [`cloudha_ports::Investigator`] chain, then the verdict table of spec §4.4), and only a host proven **Down**
-//! is handed to VM-HA through the [`HaScheduler`] port.
+//! [`cloudha_ports::Investigator`] chain, then the verdict table of spec §4.4), and only a host
+//! proven **Down** moves to Down: the HA manager (crate `cloudha-ha`) follows the
+//! [`StatusChanges`] stream and restarts its VMs.
 //!
 //! It composes `cloudha-attache` and `cloudha-registry` behind their traits (`Attache`,
-//! `ListenerRegistry`), works over the ports of `cloudha-ports` (host store, alerts,
-//! investigators, probes, out-of-band management) and defines one port of its own,
-//! [`HaScheduler`] (a mock with the `mock` feature).
+//! `ListenerRegistry`) and works over the ports of `cloudha-ports` (host store, alerts,
+//! investigators, probes, out-of-band management, clock). It knows nothing of VM-HA.
 //!
-//! The HA manager (crate `cloudha-ha`) implements [`HaScheduler`].
-//!
-//! Status changes go through one place ([`AgentManager::apply`]), which uses the §4.2 table,
-//! records every change in a per-host history and sends it to subscribers.
+//! Host records are loaded from the [`cloudha_ports::HostStore`] at start into the manager's
+//! cache, which the ping path and every decision read ([`AgentManager::hosts`]); status changes
+//! go through one place ([`AgentManager::apply`]), which uses the §4.2 table, writes the change
+//! through to the store (a compare-and-set), records it in a per-host history and sends it to
+//! subscribers. Last-ping times reach the store in batches, once per `ping.interval`.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use cloudha_attache::Tasks;
 //! use cloudha_liveness::{AgentManager, Config, Ports};
-//! use cloudha_ports::{HostRecord, HostStore, InMemoryHostStore, LogAlerts};
+//! use cloudha_ports::{HostDirectory, HostRecord, InMemoryHostStore, LogAlerts, SystemClock};
 //! use cloudha_protocol::{Event, HostId, HypervisorType, Status};
 //! use cloudha_registry::Registry;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
 //! let store = Arc::new(InMemoryHostStore::new());
-//! let ports = Ports {
-//!     store: store.clone(),
-//!     registry: Arc::new(Registry::default()),
-//!     alerts: Arc::new(LogAlerts),
-//!     ha: None,            // or an HaManager, later through `set_ha`
-//!     investigators: None, // the chain of `ha.investigators.order`
-//!     oobm: None,          // BMC access: power readings are evidence, shared with fencing
-//! };
-//! let manager = AgentManager::new(Config::default(), ports, Tasks::new()).unwrap();
-//! manager.add_host(HostRecord::new(HostId(1), "kvm-1", HypervisorType::Kvm));
-//! manager.apply(HostId(1), Event::AgentConnected, "agent connected").unwrap();
+//! let ports = Ports::new(
+//!     store.clone(),
+//!     Arc::new(Registry::default()),
+//!     Arc::new(LogAlerts),
+//!     Arc::new(SystemClock),
+//! ); // `.with_investigators(..)`, `.with_oobm(..)`: optional
+//! let manager = AgentManager::new(Config::default(), ports).unwrap();
+//! manager.start().await.unwrap(); // loads the store; monitor, last-ping writer, direct scan
+//! manager.add_host(HostRecord::new(HostId(1), "kvm-1", HypervisorType::Kvm)).await.unwrap();
+//! let mut changes = manager.subscribe();
+//! manager.apply(HostId(1), Event::AgentConnected, "agent connected").await.unwrap();
+//! // Written through: the store and the manager's cache agree.
 //! assert_eq!(store.status(HostId(1)), Some(Status::Connecting));
+//! assert_eq!(manager.hosts().status(HostId(1)), Some(Status::Connecting));
+//! assert_eq!(changes.recv().await.unwrap().to, Status::Connecting);
 //! // An absent cell of the §4.2 table is a typed error naming status and event.
-//! assert!(manager.apply(HostId(1), Event::WaitedTooLong, "no such transition").is_err());
-//! manager.start().await; // monitor, direct-agent scan
-//! manager.stop().await; // every task ended
+//! assert!(manager.apply(HostId(1), Event::WaitedTooLong, "no such transition").await.is_err());
+//! manager.stop().await; // every task of the manager ended
 //! # }
 //! ```
 
@@ -53,14 +55,12 @@ pub mod investigate;
 mod manager;
 pub mod monitor;
 pub mod oobm;
-pub mod ports;
 
 pub use config::Config;
 pub use error::{ConfigError, ManagerError};
-pub use manager::{AgentManager, Attaches, HISTORY_LIMIT, Investigations, Ports, StatusChange};
+pub use manager::{
+    AgentManager, Attaches, HISTORY_LIMIT, HostDownAlert, Investigations, Ports, StatusChange,
+    StatusChanges,
+};
 pub use monitor::PingMonitor;
 pub use oobm::Oobm;
-pub use ports::{HaScheduler, NoHa};
-
-#[cfg(any(test, feature = "mock"))]
-pub use ports::MockHaScheduler;

@@ -24,6 +24,8 @@ struct Node {
     /// Tick (multiple of the resolution since the epoch) at which the host is behind.
     due: u64,
     last_ping: Instant,
+    /// Pinged since the last [`Wheel::take_pinged`] (its last ping is not yet stored).
+    pinged: bool,
     prev: u32,
     next: u32,
     slot: u32,
@@ -39,6 +41,8 @@ pub(crate) struct Wheel {
     nodes: Vec<Node>,
     free: Vec<u32>,
     index: HashMap<HostId, u32>,
+    /// Hosts pinged since the last [`Wheel::take_pinged`] (may hold hosts since removed).
+    pinged: Vec<HostId>,
     /// Last tick drained.
     cursor: u64,
 }
@@ -54,6 +58,7 @@ impl Wheel {
             nodes: Vec::new(),
             free: Vec::new(),
             index: HashMap::new(),
+            pinged: Vec::new(),
             cursor: 0,
         }
     }
@@ -123,6 +128,7 @@ impl Wheel {
             host,
             due,
             last_ping: at,
+            pinged: false,
             prev: NIL,
             next: NIL,
             slot: 0,
@@ -147,7 +153,12 @@ impl Wheel {
             return false;
         };
         let due = self.due_tick(at);
-        self.nodes[i as usize].last_ping = at;
+        let node = &mut self.nodes[i as usize];
+        node.last_ping = at;
+        if !node.pinged {
+            node.pinged = true;
+            self.pinged.push(host);
+        }
         if self.nodes[i as usize].due != due {
             self.unlink(i);
             self.link(i, due);
@@ -161,6 +172,21 @@ impl Wheel {
         self.unlink(i);
         self.free.push(i);
         Some(self.nodes[i as usize].last_ping)
+    }
+
+    /// The hosts pinged since the last call, with their last ping (each once).
+    pub(crate) fn take_pinged(&mut self) -> Vec<(HostId, Instant)> {
+        let mut out = Vec::with_capacity(self.pinged.len());
+        for host in std::mem::take(&mut self.pinged) {
+            if let Some(&i) = self.index.get(&host) {
+                let node = &mut self.nodes[i as usize];
+                if node.pinged {
+                    node.pinged = false;
+                    out.push((host, node.last_ping));
+                }
+            }
+        }
+        out
     }
 
     pub(crate) fn last_ping(&self, host: HostId) -> Option<Instant> {
@@ -247,6 +273,13 @@ impl PingMonitor {
     /// The last ping of a tracked host.
     pub fn last_ping(&self, host: HostId) -> Option<Instant> {
         self.wheel().last_ping(host)
+    }
+
+    /// The hosts pinged since the last call, with their last ping (each once): what the
+    /// manager writes to the store in a batch. A host that left the monitor is not listed (its
+    /// last ping was returned by [`Self::remove`] or [`Self::behind`]).
+    pub fn take_pinged(&self) -> Vec<(HostId, Instant)> {
+        self.wheel().take_pinged()
     }
 
     /// Number of tracked hosts.
@@ -384,6 +417,26 @@ mod tests {
         assert_eq!(w.remove(HostId(3)), Some(t0 + Duration::from_secs(600)));
         assert_eq!(w.remove(HostId(3)), None);
         assert_eq!(w.len(), 98);
+    }
+
+    #[test]
+    fn pinged_hosts_are_taken_once_with_their_latest_ping() {
+        let t0 = Instant::now();
+        let mut w = Wheel::new(t0, S, Duration::from_secs(150));
+        for h in 0..4 {
+            w.arm(HostId(h), t0);
+        }
+        assert!(w.take_pinged().is_empty(), "arming is not a ping");
+        w.touch(HostId(1), t0 + S);
+        w.touch(HostId(2), t0 + S);
+        w.touch(HostId(1), t0 + 2 * S);
+        w.remove(HostId(2));
+        assert_eq!(w.take_pinged(), vec![(HostId(1), t0 + 2 * S)]);
+        assert!(w.take_pinged().is_empty());
+        // Removed then armed again: only a new ping lists it.
+        w.arm(HostId(2), t0 + 3 * S);
+        w.touch(HostId(2), t0 + 4 * S);
+        assert_eq!(w.take_pinged(), vec![(HostId(2), t0 + 4 * S)]);
     }
 
     #[test]

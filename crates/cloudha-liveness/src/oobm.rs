@@ -10,9 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use cloudha_ports::{OobError, OutOfBandManagement, PowerState};
+use cloudha_ports::{Clock, OobError, OutOfBandManagement, PowerState, Timestamp};
 use cloudha_protocol::HostId;
-use tokio::time::Instant;
 
 /// A power reading younger than this is reused instead of asking the BMC again. It is shorter
 /// than any host needs to boot and re-join, and a reading is forgotten at once when the manager
@@ -24,8 +23,8 @@ pub const POWER_READING_FRESH: Duration = Duration::from_secs(60);
 pub struct PowerReading {
     /// What the BMC said.
     pub state: PowerState,
-    /// When.
-    pub at: Instant,
+    /// When (the front's clock).
+    pub at: Timestamp,
 }
 
 /// The manager's front to out-of-band management: every call bounded by `wait`, every call
@@ -33,9 +32,10 @@ pub struct PowerReading {
 pub struct Oobm {
     port: std::sync::Arc<dyn OutOfBandManagement>,
     wait: Duration,
+    clock: std::sync::Arc<dyn Clock>,
     readings: Mutex<HashMap<HostId, PowerReading>>,
     /// When a power reading of each host last failed.
-    failures: Mutex<HashMap<HostId, Instant>>,
+    failures: Mutex<HashMap<HostId, Timestamp>>,
     calls: Mutex<HashMap<HostId, u64>>,
 }
 
@@ -52,15 +52,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Oobm {
-    /// Calls through `port`, each bounded by `wait` (`outofbandmanagement.action.timeout`).
-    pub fn new(port: std::sync::Arc<dyn OutOfBandManagement>, wait: Duration) -> Self {
+    /// Calls through `port`, each bounded by `wait` (`outofbandmanagement.action.timeout`);
+    /// readings are stamped by `clock`.
+    pub fn new(
+        port: std::sync::Arc<dyn OutOfBandManagement>,
+        wait: Duration,
+        clock: std::sync::Arc<dyn Clock>,
+    ) -> Self {
         Self {
             port,
             wait,
+            clock,
             readings: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The clock readings are stamped by.
+    pub fn clock(&self) -> &std::sync::Arc<dyn Clock> {
+        &self.clock
     }
 
     fn count(&self, host: HostId) {
@@ -87,14 +98,14 @@ impl Oobm {
             .inspect_err(|_| {
                 // No answer now: an older reading must not stand in for one.
                 lock(&self.readings).remove(&host);
-                lock(&self.failures).insert(host, Instant::now());
+                lock(&self.failures).insert(host, self.clock.now());
             })?;
         lock(&self.failures).remove(&host);
         lock(&self.readings).insert(
             host,
             PowerReading {
                 state,
-                at: Instant::now(),
+                at: self.clock.now(),
             },
         );
         Ok(state)
@@ -103,25 +114,27 @@ impl Oobm {
     /// The last reading of `host` if it is younger than [`POWER_READING_FRESH`] and was taken
     /// after `since` (the host's last connect: a reading from before it came back says nothing
     /// of it now). No BMC call.
-    pub fn fresh(&self, host: HostId, since: Option<Instant>) -> Option<PowerReading> {
-        lock(&self.readings)
-            .get(&host)
-            .copied()
-            .filter(|r| r.at.elapsed() < POWER_READING_FRESH && since.is_none_or(|s| r.at > s))
+    pub fn fresh(&self, host: HostId, since: Option<Timestamp>) -> Option<PowerReading> {
+        let now = self.clock.now();
+        lock(&self.readings).get(&host).copied().filter(|r| {
+            now.saturating_duration_since(r.at) < POWER_READING_FRESH
+                && since.is_none_or(|s| r.at > s)
+        })
     }
 
     /// Whether a power reading of `host` failed within [`POWER_READING_FRESH`], after `since`
     /// (no reading since): reading again now would most likely fail too, and cost a call.
-    pub fn failed_recently(&self, host: HostId, since: Option<Instant>) -> bool {
-        lock(&self.failures)
-            .get(&host)
-            .is_some_and(|t| t.elapsed() < POWER_READING_FRESH && since.is_none_or(|s| *t > s))
+    pub fn failed_recently(&self, host: HostId, since: Option<Timestamp>) -> bool {
+        let now = self.clock.now();
+        lock(&self.failures).get(&host).is_some_and(|t| {
+            now.saturating_duration_since(*t) < POWER_READING_FRESH && since.is_none_or(|s| *t > s)
+        })
     }
 
     /// When the BMC last read `host` Off, if that is its last reading and it was taken after
     /// `since` (the host's last connect). Such a reading stays a proof that every VM copy the
     /// host ran before it is dead, however old: copies start only through a connected agent.
-    pub fn off_since(&self, host: HostId, since: Option<Instant>) -> Option<Instant> {
+    pub fn off_since(&self, host: HostId, since: Option<Timestamp>) -> Option<Timestamp> {
         lock(&self.readings)
             .get(&host)
             .filter(|r| r.state == PowerState::Off && since.is_none_or(|s| r.at > s))

@@ -1,17 +1,20 @@
-//! Host records and the `HostStore` port (spec §4.1: optimistic status updates).
+//! Host records, the [`HostStore`] port (durable; async, fallible, compare-and-set on status,
+//! spec §4.1) and the [`HostDirectory`] the engine reads hosts through (plain calls, answered
+//! from the agent manager's [`HostCache`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use cloudha_protocol::{
     ClusterId, Event, HostId, HostType, HypervisorType, PodId, ResourceState, Status, ZoneId,
 };
-use tokio::time::Instant;
 
 use crate::error::StoreError;
+use crate::time::Timestamp;
 
 /// What the manager knows of a host.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct HostRecord {
     /// The host.
     pub id: HostId,
@@ -31,13 +34,15 @@ pub struct HostRecord {
     pub status: Option<Status>,
     /// Its administrative state.
     pub resource_state: ResourceState,
-    /// When it last pinged (or connected, or was found Up), on the manager's monotonic clock.
-    pub last_ping: Option<Instant>,
+    /// When it last pinged (or connected, or was found Up). The agent manager keeps the exact
+    /// time in memory and writes it to the store in batches, so a stored value may be up to one
+    /// `ping.interval` old.
+    pub last_ping: Option<Timestamp>,
     /// When it was last disconnected.
-    pub disconnected_on: Option<Instant>,
+    pub disconnected_on: Option<Timestamp>,
     /// When its agent last connected (`AgentConnected`): evidence older than this (a heartbeat
     /// stamp, a power reading) says nothing about the host as it runs now.
-    pub connected_at: Option<Instant>,
+    pub connected_at: Option<Timestamp>,
     /// Optimistic-lock counter, incremented by every status update.
     pub update_count: u64,
     /// Host tags (for `ha.tag`).
@@ -70,75 +75,119 @@ impl HostRecord {
             self_fence_independent: false,
         }
     }
+
+    /// The record moved from its status to `to` by `event` at `now`: the status, the update
+    /// counter, and the times the event sets (`connected_at` on `AgentConnected`, `last_ping`
+    /// on `Ping` and `AgentConnected`, `disconnected_on` when the host loses its connection).
+    /// What every [`HostStore::update_status`] does once its compare succeeded.
+    pub fn apply_status(&mut self, to: Status, event: Event, now: Timestamp) {
+        let from = self.status;
+        self.status = Some(to);
+        self.update_count += 1;
+        if event == Event::AgentConnected {
+            self.connected_at = Some(now);
+        }
+        if matches!(event, Event::Ping | Event::AgentConnected) {
+            self.last_ping = Some(now);
+        }
+        if to.lost_connection() && !from.is_some_and(Status::lost_connection) {
+            self.disconnected_on = Some(now);
+        }
+    }
 }
 
-/// Where host records live. Calls are plain (not async): the ping path reads host status, so an
-/// implementation must answer fast (a durable one keeps a write-through cache).
+/// Where host records live durably. Async and fallible: an implementation talks to a database.
+/// The engine never awaits it on the ping path: the agent manager loads every record at start
+/// into its [`HostCache`], answers reads from there, writes status changes through (a
+/// compare-and-set on status and `update_count`, so two writers cannot both move a host), and
+/// writes last-ping times in batches, as CloudStack keeps its ping map in memory.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait::async_trait]
 pub trait HostStore: Send + Sync {
     /// One host.
-    fn get(&self, id: HostId) -> Option<HostRecord>;
-
-    /// Only its status (cheap; used on the ping path).
-    fn status(&self, id: HostId) -> Option<Status>;
-
-    /// Every host.
-    fn list(&self) -> Vec<HostRecord>;
-
-    /// The hosts of a cluster.
-    fn in_cluster(&self, cluster: ClusterId) -> Vec<HostRecord>;
-
-    /// The hosts of a pod.
-    fn in_pod(&self, pod: PodId) -> Vec<HostRecord>;
-
-    /// Adds or replaces a host record.
-    fn upsert(&self, record: HostRecord);
-
-    /// Moves the host from `expected` (at update `update_count`) to `to` because of `event`.
-    /// Sets `last_ping` on `Ping` and `AgentConnected`, and `disconnected_on` when `to` has lost
-    /// its connection. Returns the new record.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] when the record changed since it was read; `UnknownHost`.
-    fn update_status(
+    /// The backend's.
+    async fn get(&self, id: HostId) -> Result<Option<HostRecord>, StoreError>;
+
+    /// Every host, by id.
+    ///
+    /// # Errors
+    /// The backend's.
+    async fn list(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    /// Adds or replaces a host record.
+    ///
+    /// # Errors
+    /// The backend's.
+    async fn upsert(&self, record: &HostRecord) -> Result<(), StoreError>;
+
+    /// Moves the host from `expected` (at update `update_count`) to `to` because of `event`, as
+    /// [`HostRecord::apply_status`] does. Returns the new record.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the record changed since it was read; `UnknownHost`; the
+    /// backend's.
+    async fn update_status(
         &self,
         id: HostId,
         expected: Option<Status>,
         update_count: u64,
         to: Status,
         event: Event,
-        now: Instant,
+        now: Timestamp,
     ) -> Result<HostRecord, StoreError>;
 
     /// Sets the administrative state.
     ///
     /// # Errors
-    /// `UnknownHost`.
-    fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError>;
+    /// `UnknownHost`; the backend's.
+    async fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError>;
 
-    /// Records the last successful ping (kept by the ping monitor while the host is tracked).
+    /// Records the last successful pings of several hosts (a batch; unknown hosts are skipped).
     ///
     /// # Errors
-    /// `UnknownHost`.
-    fn set_last_ping(&self, id: HostId, at: Instant) -> Result<(), StoreError>;
+    /// The backend's.
+    async fn set_last_pings(&self, pings: &[(HostId, Timestamp)]) -> Result<(), StoreError>;
 }
 
-/// A `HostStore` in memory, indexed by cluster and pod (HA asks for a cluster's hosts for every
-/// work item: a scan of every host would cost a fleet dearly).
+/// Plain, fast reads of the hosts the engine knows (the agent manager's [`HostCache`]): what
+/// investigators, fencers and the HA manager read on every decision.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait HostDirectory: Send + Sync {
+    /// One host.
+    fn get(&self, id: HostId) -> Option<HostRecord>;
+
+    /// Only its status (cheap; used on the ping path).
+    fn status(&self, id: HostId) -> Option<Status>;
+
+    /// Every host, by id.
+    fn list(&self) -> Vec<HostRecord>;
+
+    /// The hosts of a cluster, by id.
+    fn in_cluster(&self, cluster: ClusterId) -> Vec<HostRecord>;
+
+    /// The hosts of a pod, by id.
+    fn in_pod(&self, pod: PodId) -> Vec<HostRecord>;
+}
+
+/// Host records in memory, indexed by cluster and pod (HA asks for a cluster's hosts for every
+/// work item: a scan of every host would cost a fleet dearly). The agent manager's cache, and
+/// the heart of [`InMemoryHostStore`].
 #[derive(Debug, Default)]
-pub struct InMemoryHostStore {
+pub struct HostCache {
     hosts: Mutex<Hosts>,
 }
 
 #[derive(Debug, Default)]
 struct Hosts {
     by_id: HashMap<HostId, HostRecord>,
-    by_cluster: HashMap<ClusterId, std::collections::BTreeSet<HostId>>,
-    by_pod: HashMap<PodId, std::collections::BTreeSet<HostId>>,
+    by_cluster: HashMap<ClusterId, BTreeSet<HostId>>,
+    by_pod: HashMap<PodId, BTreeSet<HostId>>,
 }
 
-impl InMemoryHostStore {
-    /// An empty store.
+impl HostCache {
+    /// An empty cache.
     pub fn new() -> Self {
         Self::default()
     }
@@ -147,18 +196,8 @@ impl InMemoryHostStore {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every host, by id.
-    fn all(&self) -> Vec<HostRecord> {
-        let mut v: Vec<_> = self.lock().by_id.values().cloned().collect();
-        v.sort_by_key(|h| h.id);
-        v
-    }
-
     /// The hosts of an index entry, by id.
-    fn indexed(
-        &self,
-        pick: impl Fn(&Hosts) -> Option<&std::collections::BTreeSet<HostId>>,
-    ) -> Vec<HostRecord> {
+    fn indexed(&self, pick: impl Fn(&Hosts) -> Option<&BTreeSet<HostId>>) -> Vec<HostRecord> {
         let hosts = self.lock();
         pick(&hosts)
             .into_iter()
@@ -166,30 +205,9 @@ impl InMemoryHostStore {
             .filter_map(|id| hosts.by_id.get(id).cloned())
             .collect()
     }
-}
 
-impl HostStore for InMemoryHostStore {
-    fn get(&self, id: HostId) -> Option<HostRecord> {
-        self.lock().by_id.get(&id).cloned()
-    }
-
-    fn status(&self, id: HostId) -> Option<Status> {
-        self.lock().by_id.get(&id).and_then(|h| h.status)
-    }
-
-    fn list(&self) -> Vec<HostRecord> {
-        self.all()
-    }
-
-    fn in_cluster(&self, cluster: ClusterId) -> Vec<HostRecord> {
-        self.indexed(|h| h.by_cluster.get(&cluster))
-    }
-
-    fn in_pod(&self, pod: PodId) -> Vec<HostRecord> {
-        self.indexed(|h| h.by_pod.get(&pod))
-    }
-
-    fn upsert(&self, record: HostRecord) {
+    /// Adds or replaces a record.
+    pub fn upsert(&self, record: HostRecord) {
         let mut hosts = self.lock();
         let id = record.id;
         if let Some(old) = hosts.by_id.get(&id).map(|o| (o.cluster, o.pod)) {
@@ -209,14 +227,26 @@ impl HostStore for InMemoryHostStore {
         hosts.by_id.insert(id, record);
     }
 
-    fn update_status(
+    /// Replaces every record (a load from the store).
+    pub fn replace_all(&self, records: Vec<HostRecord>) {
+        *self.lock() = Hosts::default();
+        for r in records {
+            self.upsert(r);
+        }
+    }
+
+    /// The compare-and-set of [`HostStore::update_status`], in memory.
+    ///
+    /// # Errors
+    /// `Conflict` when the record changed since it was read; `UnknownHost`.
+    pub fn update_status(
         &self,
         id: HostId,
         expected: Option<Status>,
         update_count: u64,
         to: Status,
         event: Event,
-        now: Instant,
+        now: Timestamp,
     ) -> Result<HostRecord, StoreError> {
         let mut hosts = self.lock();
         let h = hosts
@@ -230,21 +260,15 @@ impl HostStore for InMemoryHostStore {
                 update_count,
             });
         }
-        h.status = Some(to);
-        h.update_count += 1;
-        if event == Event::AgentConnected {
-            h.connected_at = Some(now);
-        }
-        if matches!(event, Event::Ping | Event::AgentConnected) {
-            h.last_ping = Some(now);
-        }
-        if to.lost_connection() && !expected.is_some_and(Status::lost_connection) {
-            h.disconnected_on = Some(now);
-        }
+        h.apply_status(to, event, now);
         Ok(h.clone())
     }
 
-    fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {
+    /// Sets the administrative state.
+    ///
+    /// # Errors
+    /// `UnknownHost`.
+    pub fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {
         self.lock()
             .by_id
             .get_mut(&id)
@@ -253,12 +277,110 @@ impl HostStore for InMemoryHostStore {
         Ok(())
     }
 
-    fn set_last_ping(&self, id: HostId, at: Instant) -> Result<(), StoreError> {
-        self.lock()
-            .by_id
-            .get_mut(&id)
-            .ok_or(StoreError::UnknownHost(id))?
-            .last_ping = Some(at);
+    /// Sets last-ping times (unknown hosts are skipped).
+    pub fn set_last_pings(&self, pings: &[(HostId, Timestamp)]) {
+        let mut hosts = self.lock();
+        for (id, at) in pings {
+            if let Some(h) = hosts.by_id.get_mut(id) {
+                h.last_ping = Some(*at);
+            }
+        }
+    }
+}
+
+impl HostDirectory for HostCache {
+    fn get(&self, id: HostId) -> Option<HostRecord> {
+        self.lock().by_id.get(&id).cloned()
+    }
+
+    fn status(&self, id: HostId) -> Option<Status> {
+        self.lock().by_id.get(&id).and_then(|h| h.status)
+    }
+
+    fn list(&self) -> Vec<HostRecord> {
+        let mut v: Vec<_> = self.lock().by_id.values().cloned().collect();
+        v.sort_by_key(|h| h.id);
+        v
+    }
+
+    fn in_cluster(&self, cluster: ClusterId) -> Vec<HostRecord> {
+        self.indexed(|h| h.by_cluster.get(&cluster))
+    }
+
+    fn in_pod(&self, pod: PodId) -> Vec<HostRecord> {
+        self.indexed(|h| h.by_pod.get(&pod))
+    }
+}
+
+/// A [`HostStore`] in memory (the default, and what tests inspect): a [`HostCache`] behind the
+/// async port. Its plain reads (inherent `get`, `status`, `list`) show what was written to the
+/// store, which may lag the agent manager's cache by one batch of last-ping times.
+#[derive(Debug, Default)]
+pub struct InMemoryHostStore {
+    hosts: HostCache,
+}
+
+impl InMemoryHostStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a record at once (setting up a test or a simulation).
+    pub fn insert(&self, record: HostRecord) {
+        self.hosts.upsert(record);
+    }
+
+    /// One host, as stored (a plain read, for tests and simulations).
+    pub fn get(&self, id: HostId) -> Option<HostRecord> {
+        self.hosts.get(id)
+    }
+
+    /// A host's stored status.
+    pub fn status(&self, id: HostId) -> Option<Status> {
+        self.hosts.status(id)
+    }
+
+    /// Every stored host, by id.
+    pub fn list(&self) -> Vec<HostRecord> {
+        self.hosts.list()
+    }
+}
+
+#[async_trait::async_trait]
+impl HostStore for InMemoryHostStore {
+    async fn get(&self, id: HostId) -> Result<Option<HostRecord>, StoreError> {
+        Ok(self.hosts.get(id))
+    }
+
+    async fn list(&self) -> Result<Vec<HostRecord>, StoreError> {
+        Ok(self.hosts.list())
+    }
+
+    async fn upsert(&self, record: &HostRecord) -> Result<(), StoreError> {
+        self.hosts.upsert(record.clone());
+        Ok(())
+    }
+
+    async fn update_status(
+        &self,
+        id: HostId,
+        expected: Option<Status>,
+        update_count: u64,
+        to: Status,
+        event: Event,
+        now: Timestamp,
+    ) -> Result<HostRecord, StoreError> {
+        self.hosts
+            .update_status(id, expected, update_count, to, event, now)
+    }
+
+    async fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {
+        self.hosts.set_resource_state(id, state)
+    }
+
+    async fn set_last_pings(&self, pings: &[(HostId, Timestamp)]) -> Result<(), StoreError> {
+        self.hosts.set_last_pings(pings);
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ pub mod work;
 
 pub use alert::{Alert, AlertKind, AlertSink, LogAlerts};
 pub use error::{CommandError, StoreError};
-pub use host::{HostRecord, HostStore, InMemoryHostStore};
+pub use host::{HostCache, HostDirectory, HostRecord, HostStore, InMemoryHostStore};
 pub use oobm::{OobError, OutOfBandManagement, PowerState};
 pub use proof::{DeathProof, ProofKind, SelfFenceTimings};
 pub use time::{Clock, SystemClock, Timestamp, TokioClock};
@@ -31,7 +31,7 @@ pub use work::{HaWorkStore, InMemoryHaWorkStore, OwnerId, WorkEvent, WorkItem};
 #[cfg(any(test, feature = "mock"))]
 pub use alert::MockAlertSink;
 #[cfg(any(test, feature = "mock"))]
-pub use host::MockHostStore;
+pub use host::{MockHostDirectory, MockHostStore};
 #[cfg(any(test, feature = "mock"))]
 pub use oobm::MockOutOfBandManagement;
 #[cfg(any(test, feature = "mock"))]

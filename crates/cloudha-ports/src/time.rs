@@ -125,6 +125,12 @@ impl TokioClock {
         self.epoch + instant.saturating_duration_since(self.origin)
     }
 
+    /// The tokio instant of a timestamp (the inverse of [`Self::at`]; a timestamp before the
+    /// epoch maps to the origin).
+    pub fn instant(&self, at: Timestamp) -> tokio::time::Instant {
+        self.origin + at.saturating_duration_since(self.epoch)
+    }
+
     /// The epoch (the timestamp of the clock's creation).
     pub fn epoch(&self) -> Timestamp {
         self.epoch

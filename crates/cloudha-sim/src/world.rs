@@ -190,6 +190,11 @@ pub(crate) struct World {
 pub(crate) const SIM_EPOCH: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
 
 impl World {
+    /// The virtual instant of an engine timestamp.
+    pub(crate) fn instant(&self, at: Timestamp) -> Instant {
+        self.t0 + at.saturating_duration_since(self.clock.epoch())
+    }
+
     pub(crate) fn new(t0: Instant, force_ha: bool, timings: SimTimings) -> Self {
         Self {
             state: Mutex::new(State::default()),

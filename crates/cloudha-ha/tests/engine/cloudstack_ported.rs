@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudha_attache::{RequestError, Tasks};
+use cloudha_attache::RequestError;
 use cloudha_ha::*;
 use cloudha_liveness::*;
 use cloudha_ports::*;
@@ -36,7 +36,7 @@ async fn kvm_fence(
     independent: bool,
     commander: MockHostCommander,
 ) -> FenceOutcome {
-    let store = Arc::new(InMemoryHostStore::new());
+    let store = Arc::new(HostCache::new());
     for (i, (status, hypervisor)) in hosts.iter().enumerate() {
         let mut r = HostRecord::new(HostId(1 + i as u64), format!("h{}", i + 1), *hypervisor);
         r.cluster = Some(ClusterId(1));
@@ -47,7 +47,7 @@ async fn kvm_fence(
         store.upsert(r);
     }
     let target = store.get(HOST).unwrap();
-    NeighbourFencer::new(Arc::new(commander), store, &Config::default())
+    NeighbourFencer::new(Arc::new(commander), store, clock(), &Config::default())
         .fence(&vm_on(HOST), &target)
         .await
 }
@@ -213,7 +213,11 @@ async fn testWithSingleNotKVM() {
 // ---------------------------------------------------------------------------------------------
 
 fn power_fence_with(oob: MockOutOfBandManagement) -> PowerFencer {
-    PowerFencer::new(Arc::new(Oobm::new(Arc::new(oob), Duration::from_secs(60))))
+    PowerFencer::new(Arc::new(Oobm::new(
+        Arc::new(oob),
+        Duration::from_secs(60),
+        clock(),
+    )))
 }
 
 async fn power_fence(oob: MockOutOfBandManagement) -> FenceOutcome {
@@ -328,7 +332,7 @@ async fn testFenceFailsWhenPowerStateCannotBeConfirmedOff_cloudha_differs() {
 // ---------------------------------------------------------------------------------------------
 
 /// An agent manager whose chain is `investigators`, with host 1 (Up, no attache) in zone 1.
-fn manager_with(config: Config, investigators: Vec<Arc<dyn Investigator>>) -> Harness {
+async fn manager_with(config: Config, investigators: Vec<Arc<dyn Investigator>>) -> Harness {
     let h = harness_with(
         config,
         Wiring {
@@ -340,7 +344,7 @@ fn manager_with(config: Config, investigators: Vec<Arc<dyn Investigator>>) -> Ha
     r.zone = Some(ZoneId(1));
     r.pod = Some(PodId(1));
     r.status = Some(Status::Up);
-    h.store.upsert(r);
+    h.manager.add_host(r).await.unwrap();
     h
 }
 
@@ -359,7 +363,8 @@ async fn investigateHostStatusSuccess() {
     let h = manager_with(
         Config::default(),
         vec![Arc::new(mock_investigator(Some(HostVerdict::Down)))],
-    );
+    )
+    .await;
     let found = h.manager.investigate(HOST).await;
     let (f, by) = found.expect("a verdict");
     assert_eq!(
@@ -371,7 +376,7 @@ async fn investigateHostStatusSuccess() {
 
 #[tokio::test(start_paused = true)]
 async fn investigateHostStatusFailure() {
-    let h = manager_with(Config::default(), vec![Arc::new(mock_investigator(None))]);
+    let h = manager_with(Config::default(), vec![Arc::new(mock_investigator(None))]).await;
     assert_eq!(h.manager.investigate(HOST).await, None);
     h.shutdown().await;
 }
@@ -389,7 +394,8 @@ async fn investigateHostStatusHADisabled() {
             ..Config::default()
         },
         vec![Arc::new(never)],
-    );
+    )
+    .await;
     let (f, _) = h.manager.investigate(HOST).await.expect("a verdict");
     assert_eq!(f.verdict, HostVerdict::Alert);
     let alerts = h.alerts.of(AlertKind::HaDisabled, HOST);
@@ -407,58 +413,49 @@ async fn investigateHostStatusHADisabled() {
 
 struct Ha {
     ha: HaManager,
+    agent: AgentManager,
     hosts: Arc<InMemoryHostStore>,
     vms: Arc<InMemoryVms>,
     work: Arc<InMemoryHaWorkStore>,
     alerts: Arc<RecordingAlerts>,
-    tasks: Tasks,
 }
 
 impl Ha {
-    fn new(config: Config) -> Self {
+    async fn new(config: Config) -> Self {
         let hosts = Arc::new(InMemoryHostStore::new());
         let vms = Arc::new(InMemoryVms::new());
         let work = Arc::new(InMemoryHaWorkStore::new());
         let alerts = Arc::new(RecordingAlerts::default());
-        let tasks = Tasks::new();
+        let config = Config {
+            ha_startup_grace: Duration::ZERO,
+            ..config
+        };
+        let agent = agent_over(&config, &hosts, alerts.clone()).await;
         let ha = HaManager::new(
-            Config {
-                ha_startup_grace: Duration::ZERO,
-                ..config
-            },
+            config,
             OwnerId(1),
-            HaPorts {
-                hosts: hosts.clone(),
-                work: work.clone(),
-                vms: vms.clone(),
-                investigators: vec![],
-                fencers: vec![],
-                alerts: alerts.clone(),
-                investigations: Arc::new(Investigations::default()),
-                clock: Arc::new(TokioClock::new(Timestamp::from_micros(
-                    1_767_225_600_000_000,
-                ))),
-            },
-            tasks.clone(),
+            &agent,
+            HaPorts::new(work.clone(), vms.clone(), vec![], alerts.clone())
+                .with_investigators(vec![]),
         );
         Self {
             ha,
+            agent,
             hosts,
             vms,
             work,
             alerts,
-            tasks,
         }
     }
 
     /// A routing host, Down, in pod `pod` of zone 1.
-    fn host(&self, id: u64, name: &str, hypervisor: HypervisorType, pod: u64) -> HostRecord {
+    async fn host(&self, id: u64, name: &str, hypervisor: HypervisorType, pod: u64) -> HostRecord {
         let mut r = HostRecord::new(HostId(id), name, hypervisor);
         r.pod = Some(PodId(pod));
         r.zone = Some(ZoneId(1));
         r.cluster = Some(ClusterId(1));
         r.status = Some(Status::Down);
-        self.hosts.upsert(r.clone());
+        self.agent.add_host(r.clone()).await.unwrap();
         r
     }
 
@@ -501,8 +498,8 @@ impl Ha {
 #[tokio::test(start_paused = true)]
 async fn scheduleRestartForVmsOnHost() {
     // A KVM routing host with no VM on it: one "host is down" alert, nothing scheduled.
-    let t = Ha::new(Config::default());
-    let host = t.host(1, "kvm1", HypervisorType::Kvm, 1);
+    let t = Ha::new(Config::default()).await;
+    let host = t.host(1, "kvm1", HypervisorType::Kvm, 1).await;
     t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, true)
         .await;
     let alerts = t.alerts.of(AlertKind::HostDown, HOST);
@@ -517,8 +514,8 @@ async fn scheduleRestartForVmsOnHost() {
 #[tokio::test(start_paused = true)]
 async fn scheduleRestartForVmsOnHostNotSupported() {
     // VMware: its VMs are vSphere HA's; no alert, nothing scheduled, even with HA VMs on it.
-    let t = Ha::new(Config::default());
-    let host = t.host(1, "esx1", HypervisorType::VMware, 1);
+    let t = Ha::new(Config::default()).await;
+    let host = t.host(1, "esx1", HypervisorType::VMware, 1).await;
     t.vm(
         10,
         "i-2-10-VM",
@@ -538,8 +535,9 @@ async fn scheduleRestartForVmsOnHostHADisabled() {
     let t = Ha::new(Config {
         vm_ha_enabled: false,
         ..Config::default()
-    });
-    let host = t.host(1, "kvm1", HypervisorType::Kvm, 1);
+    })
+    .await;
+    let host = t.host(1, "kvm1", HypervisorType::Kvm, 1).await;
     t.vm(10, "i-2-10-VM", VmKind::User, 1, HypervisorType::Kvm, true);
     t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, true)
         .await;
@@ -557,8 +555,8 @@ async fn scheduleRestartForVmsOnHostNonEmptyVMList() {
     // A user VM and a virtual router, both HA, on a XenServer host: both scheduled (each once;
     // CloudStack's mock setup scheduled the router twice), system VMs first, one host-down
     // alert naming them.
-    let t = Ha::new(Config::default());
-    let host = t.host(1, "xen1", HypervisorType::XenServer, 1);
+    let t = Ha::new(Config::default()).await;
+    let host = t.host(1, "xen1", HypervisorType::XenServer, 1).await;
     t.vm(
         1,
         "i-2-3-VM",
@@ -617,15 +615,15 @@ async fn scheduleRestartHADisabled() {
     let t = Ha::new(Config {
         vm_ha_enabled: false,
         ..Config::default()
-    });
-    t.host(1, "kvm1", HypervisorType::Kvm, 1);
-    t.host(2, "kvm2", HypervisorType::Kvm, 1);
-    t.hosts.upsert(HostRecord {
-        status: Some(Status::Up),
-        ..t.hosts.get(HostId(2)).unwrap()
-    });
+    })
+    .await;
+    t.host(1, "kvm1", HypervisorType::Kvm, 1).await;
+    t.host(2, "kvm2", HypervisorType::Kvm, 1).await;
+    let mut up = t.hosts.get(HostId(2)).unwrap();
+    up.status = Some(Status::Up);
+    t.agent.add_host(up).await.unwrap();
     t.vm(1, "i-2-1-VM", VmKind::User, 1, HypervisorType::Kvm, true);
-    t.ha.start().await;
+    t.ha.start().await.unwrap();
     assert_eq!(
         t.ha.schedule_restart(VmId(1), true, WorkReason::Unknown)
             .await,
@@ -656,13 +654,13 @@ async fn scheduleRestartHADisabled() {
         t.work.items()
     );
     assert!(!t.kinds().contains(&AlertKind::HaRestart));
-    t.tasks.shutdown().await;
+    t.ha.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn scheduleRestartHostNotSupported() {
-    let t = Ha::new(Config::default());
-    t.host(1, "esx1", HypervisorType::VMware, 1);
+    let t = Ha::new(Config::default()).await;
+    t.host(1, "esx1", HypervisorType::VMware, 1).await;
     t.vm(1, "i-2-1-VM", VmKind::User, 1, HypervisorType::VMware, true);
     assert_eq!(
         t.ha.schedule_restart(VmId(1), true, WorkReason::Unknown)
@@ -677,8 +675,8 @@ async fn scheduleRestartHostNotSupported() {
 async fn scheduleRestartVmStoppedUnexpectedlyResolvesHostLocation() {
     // A non-HA VM that stopped on its own (investigate = false): one "stopped unexpectedly"
     // alert carrying its host, pod and zone; the VM is marked stopped; nothing scheduled.
-    let t = Ha::new(Config::default());
-    t.host(5, "cs-kvm06", HypervisorType::Kvm, 2);
+    let t = Ha::new(Config::default()).await;
+    t.host(5, "cs-kvm06", HypervisorType::Kvm, 2).await;
     t.vm(3, "i-2-3-VM", VmKind::User, 5, HypervisorType::Kvm, false);
     assert_eq!(
         t.ha.schedule_restart(VmId(3), false, WorkReason::Unknown)
@@ -706,7 +704,7 @@ async fn scheduleRestartVmStoppedUnexpectedlyResolvesHostLocation() {
 #[tokio::test(start_paused = true)]
 async fn scheduleRestartVmStoppedUnexpectedlyFallsBackWhenHostGone() {
     // The VM's host record is gone: the alert still names the host by id.
-    let t = Ha::new(Config::default());
+    let t = Ha::new(Config::default()).await;
     t.vm(3, "i-2-3-VM", VmKind::User, 5, HypervisorType::Kvm, false);
     assert_eq!(
         t.ha.schedule_restart(VmId(3), false, WorkReason::Unknown)

@@ -49,10 +49,13 @@ async fn refused(refusal: ConnectError) -> (Harness, Arc<FakeHost>) {
     h.registry
         .register(Arc::new(listener), Interest::CONNECTIONS, false);
     let host = FakeHost::new(HostId(1), HostType::Routing);
-    h.manager.add_direct_host(
-        Harness::record(HostId(1), HostType::Routing, ResourceState::Enabled),
-        host.clone(),
-    );
+    h.manager
+        .add_direct_host(
+            Harness::record(HostId(1), HostType::Routing, ResourceState::Enabled),
+            host.clone(),
+        )
+        .await
+        .unwrap();
     assert!(!h.manager.connect_direct(HostId(1)).await);
     (h, host)
 }
@@ -66,7 +69,7 @@ async fn a_setup_refusal_disconnects_the_host() {
         Event::AgentDisconnected
     );
     assert!(h.manager.attache(HostId(1)).is_none());
-    assert_eq!(h.manager.monitor().tracked(), 0);
+    assert_eq!(h.manager.tracked(), 0);
     h.shutdown().await;
 }
 
@@ -90,10 +93,13 @@ async fn a_failed_ready_disconnects_the_host() {
     let h = harness(Config::default());
     let host = FakeHost::new(HostId(1), HostType::Routing);
     host.ready_ok.store(false, Ordering::SeqCst);
-    h.manager.add_direct_host(
-        Harness::record(HostId(1), HostType::Routing, ResourceState::Enabled),
-        host.clone(),
-    );
+    h.manager
+        .add_direct_host(
+            Harness::record(HostId(1), HostType::Routing, ResourceState::Enabled),
+            host.clone(),
+        )
+        .await
+        .unwrap();
     assert!(!h.manager.connect_direct(HostId(1)).await);
     assert_eq!(h.status(HostId(1)), Some(Status::Alert));
     assert_eq!(
@@ -114,10 +120,13 @@ async fn an_unreachable_direct_host_stays_unconnected() {
     let h = harness(Config::default());
     let host = FakeHost::new(HostId(1), HostType::Routing);
     host.power_off();
-    h.manager.add_direct_host(
-        Harness::record(HostId(1), HostType::Routing, ResourceState::Enabled),
-        host,
-    );
+    h.manager
+        .add_direct_host(
+            Harness::record(HostId(1), HostType::Routing, ResourceState::Enabled),
+            host,
+        )
+        .await
+        .unwrap();
     assert!(!h.manager.connect_direct(HostId(1)).await);
     assert_eq!(h.status(HostId(1)), None);
     h.shutdown().await;
@@ -159,11 +168,14 @@ async fn connected_agents_are_accepted_only_for_known_hosts() {
     );
 
     // Known host: accepted; the connect flow runs (Ready answered by the agent side here).
-    h.manager.add_host(Harness::record(
-        HostId(5),
-        HostType::Routing,
-        ResourceState::Enabled,
-    ));
+    h.manager
+        .add_host(Harness::record(
+            HostId(5),
+            HostType::Routing,
+            ResourceState::Enabled,
+        ))
+        .await
+        .unwrap();
     let (mut agent, manager_side) = tokio::io::duplex(64 * 1024);
     let startup = Envelope::request(
         Sequence(1),

@@ -394,8 +394,8 @@ fn cluster(
     neighbours: usize,
     neighbour_hypervisor: HypervisorType,
     neighbour_status: Status,
-) -> (Arc<InMemoryHostStore>, HostRecord) {
-    let store = Arc::new(InMemoryHostStore::new());
+) -> (Arc<HostCache>, HostRecord) {
+    let store = Arc::new(HostCache::new());
     let mut target = HostRecord::new(HOST, "h1", hypervisor);
     target.cluster = Some(ClusterId(1));
     target.status = Some(Status::Down);
@@ -427,20 +427,29 @@ async fn neighbour_and_pool_fencers_prove_only_past_the_self_fence_deadline() {
             r.neighbour_hypervisor.unwrap_or(r.hypervisor),
             r.neighbour_status,
         );
-        target.connected_at = r
-            .connected_ago
-            .map(|ago| Instant::now() - Duration::from_secs(ago));
+        let now = tokio_clock().now();
+        target.connected_at = r.connected_ago.map(|ago| now - Duration::from_secs(ago));
         let commander = Arc::new(FakeCommander::default());
         for (i, answers) in r.neighbours.iter().enumerate() {
             commander.on(2 + i as u64, Probe::Fence, answers);
         }
         let (fencer, deadline): (Box<dyn Fencer>, Duration) = match r.fencer {
             Which::Neighbour => (
-                Box::new(NeighbourFencer::new(commander.clone(), store, &config)),
+                Box::new(NeighbourFencer::new(
+                    commander.clone(),
+                    store,
+                    clock(),
+                    &config,
+                )),
                 config.kvm_self_fence_deadline(),
             ),
             Which::Pool => (
-                Box::new(XenPoolFencer::new(commander.clone(), store, &config)),
+                Box::new(XenPoolFencer::new(
+                    commander.clone(),
+                    store,
+                    clock(),
+                    &config,
+                )),
                 config.xen_self_fence_deadline(),
             ),
         };
@@ -502,7 +511,7 @@ async fn the_neighbour_fencers_deadline_follows_the_heartbeat_settings() {
         let commander = Arc::new(FakeCommander::default());
         // If not past the deadline, the re-read shows a fresh write.
         commander.on(2, Probe::Fence, &[dead_for(age), ALIVE]);
-        let outcome = NeighbourFencer::new(commander.clone(), store, &config)
+        let outcome = NeighbourFencer::new(commander.clone(), store, clock(), &config)
             .fence(&vm_on(HOST), &target)
             .await;
         assert_eq!(
@@ -796,14 +805,14 @@ async fn the_power_fencer_counts_only_a_confirmed_off() {
         target.status = Some(Status::Down);
         if let Some(age) = r.read_before {
             if let Some(ms) = r.connected_before_read_ms {
-                target.connected_at = Some(Instant::now());
+                target.connected_at = Some(tokio_clock().now());
                 sleep(Duration::from_millis(ms)).await;
             }
             let _ = oobm.power_status(HOST).await;
             if r.connected_after_read {
                 // Strictly after the reading.
                 sleep(Duration::from_millis(1)).await;
-                target.connected_at = Some(Instant::now());
+                target.connected_at = Some(tokio_clock().now());
             }
             sleep(Duration::from_secs(age)).await;
         }
@@ -855,9 +864,9 @@ async fn the_oobm_front_bounds_counts_and_forgets() {
         &[Bmc::Is(Off)],
     );
     let wait = Duration::from_secs(25);
-    let oobm = Oobm::new(bmc.clone(), wait);
+    let oobm = Oobm::new(bmc.clone(), wait, clock());
     assert_eq!(oobm.fresh(HOST, None), None, "nothing read yet");
-    let t0 = Instant::now();
+    let t0 = tokio_clock().now();
     assert_eq!(oobm.power_status(HOST).await, Ok(On));
     assert_eq!(
         oobm.fresh(HOST, None).map(|r| (r.state, r.at)),
@@ -907,15 +916,16 @@ async fn the_oobm_front_bounds_counts_and_forgets() {
 fn the_fencers_names_are_cloudstacks() {
     let config = Config::default();
     let bmc = FakeBmc::reading(PowerState::On);
-    let oobm = Arc::new(Oobm::new(bmc, Duration::from_secs(60)));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(Timestamp::UNIX_EPOCH));
+    let oobm = Arc::new(Oobm::new(bmc, Duration::from_secs(60), clock.clone()));
     let commander: Arc<dyn HostCommander> = Arc::new(MockHostCommander::new());
-    let store: Arc<dyn HostStore> = Arc::new(InMemoryHostStore::new());
+    let store: Arc<dyn HostDirectory> = Arc::new(HostCache::new());
     assert_eq!(
-        NeighbourFencer::new(commander.clone(), store.clone(), &config).name(),
+        NeighbourFencer::new(commander.clone(), store.clone(), clock.clone(), &config).name(),
         "NeighbourFencer"
     );
     assert_eq!(
-        XenPoolFencer::new(commander, store, &config).name(),
+        XenPoolFencer::new(commander, store, clock, &config).name(),
         "XenPoolFencer"
     );
     assert_eq!(PowerFencer::new(oobm.clone()).name(), "PowerFencer");

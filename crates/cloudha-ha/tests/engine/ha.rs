@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudha_attache::Tasks;
 use cloudha_ha::*;
 use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
-use tokio::time::{Instant, sleep};
+use tokio::time::sleep;
 
-use crate::support::RecordingAlerts;
+use crate::support::{RecordingAlerts, agent_over};
 
 /// A VM investigator whose verdict the test sets.
 struct VmVerdicts(Mutex<VmVerdict>);
@@ -114,13 +113,13 @@ impl VmOrchestrator for CountingVms {
 
 struct H {
     ha: HaManager,
+    agent: AgentManager,
     hosts: Arc<InMemoryHostStore>,
     vms: Arc<CountingVms>,
     work: Arc<InMemoryHaWorkStore>,
     alerts: Arc<RecordingAlerts>,
     verdict: Arc<VmVerdicts>,
     fencer: Arc<ScriptedFencer>,
-    tasks: Tasks,
     config: Config,
     clock: TokioClock,
 }
@@ -135,15 +134,18 @@ fn config() -> Config {
 }
 
 /// Cluster 1: hosts 1..=4 (KVM, Up) and cluster 2: hosts 11..=12, zone 1. VM 100+i on host 1.
-fn build(config: Config, vms_on_failed: u64) -> H {
+async fn build(config: Config, vms_on_failed: u64) -> H {
     let hosts = Arc::new(InMemoryHostStore::new());
+    let alerts = Arc::new(RecordingAlerts::default());
+    let clock = crate::support::tokio_clock();
     for (id, cluster) in [(1, 1), (2, 1), (3, 1), (4, 1), (11, 2), (12, 2)] {
         let mut r = HostRecord::new(HostId(id), format!("h{id}"), HypervisorType::Kvm);
         r.cluster = Some(ClusterId(cluster));
         r.zone = Some(ZoneId(1));
         r.status = Some(Status::Up);
-        hosts.upsert(r);
+        hosts.insert(r);
     }
+    let agent = agent_over(&config, &hosts, alerts.clone()).await;
     let vms = Arc::new(CountingVms {
         inner: InMemoryVms::new(),
         starts: Mutex::new(HashMap::new()),
@@ -154,7 +156,6 @@ fn build(config: Config, vms_on_failed: u64) -> H {
         vms.inner.upsert(vm(100 + i, FAILED, true));
     }
     let work = Arc::new(InMemoryHaWorkStore::new());
-    let alerts = Arc::new(RecordingAlerts::default());
     let verdict = Arc::new(VmVerdicts(Mutex::new(VmVerdict::Unknown)));
     let fencer = Arc::new(ScriptedFencer {
         outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
@@ -163,51 +164,49 @@ fn build(config: Config, vms_on_failed: u64) -> H {
         calls: AtomicUsize::new(0),
         delay: Duration::ZERO,
     });
-    let tasks = Tasks::new();
-    let clock = TokioClock::new(Timestamp::from_micros(1_767_225_600_000_000));
-    let ha = new_manager(
-        &config, &hosts, &vms, &work, &alerts, &verdict, &fencer, &tasks, clock,
-    );
+    let ha = new_manager(&config, &agent, &vms, &work, &alerts, &verdict, &fencer);
     H {
         ha,
+        agent,
         hosts,
         vms,
         work,
         alerts,
         verdict,
         fencer,
-        tasks,
         config,
         clock,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Lets the HA manager's tasks take what is ready (the status follower, a scheduling) without
+/// moving paused time.
+async fn settle() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}
+
 fn new_manager(
     config: &Config,
-    hosts: &Arc<InMemoryHostStore>,
+    agent: &AgentManager,
     vms: &Arc<CountingVms>,
     work: &Arc<InMemoryHaWorkStore>,
     alerts: &Arc<RecordingAlerts>,
     verdict: &Arc<VmVerdicts>,
     fencer: &Arc<ScriptedFencer>,
-    tasks: &Tasks,
-    clock: TokioClock,
 ) -> HaManager {
     HaManager::new(
         config.clone(),
         OwnerId(7),
-        HaPorts {
-            hosts: hosts.clone(),
-            work: work.clone(),
-            vms: vms.clone(),
-            investigators: vec![verdict.clone()],
-            fencers: vec![fencer.clone()],
-            alerts: alerts.clone(),
-            investigations: Arc::new(Investigations::default()),
-            clock: Arc::new(clock),
-        },
-        tasks.clone(),
+        agent,
+        HaPorts::new(
+            work.clone(),
+            vms.clone(),
+            vec![fencer.clone()],
+            alerts.clone(),
+        )
+        .with_investigators(vec![verdict.clone()]),
     )
 }
 
@@ -229,25 +228,36 @@ fn vm(id: u64, host: HostId, ha: bool) -> VmRecord {
 }
 
 impl H {
-    fn host_down(&self, id: HostId) {
-        let r = self.hosts.get(id).unwrap();
-        self.hosts
-            .update_status(
-                id,
-                r.status,
-                r.update_count,
-                Status::Down,
-                Event::HostDown,
-                Instant::now(),
-            )
+    /// The agent manager moves `id` to Down; a started HA manager schedules its VMs.
+    async fn host_down(&self, id: HostId) {
+        self.agent.apply(id, Event::HostDown, "test").await.unwrap();
+        settle().await;
+    }
+    /// `id` went Down before this HA manager was built: the agent manager moves it, and a new HA
+    /// manager (which follows changes from now on) replaces the old one, which never started.
+    async fn mark_down(&mut self, id: HostId) {
+        self.agent.apply(id, Event::HostDown, "test").await.unwrap();
+        self.ha = new_manager(
+            &self.config,
+            &self.agent,
+            &self.vms,
+            &self.work,
+            &self.alerts,
+            &self.verdict,
+            &self.fencer,
+        );
+    }
+    /// The agent manager moves `id` back Up (a reconnect).
+    async fn host_up(&self, id: HostId) {
+        self.agent
+            .apply(id, Event::AgentConnected, "test")
+            .await
             .unwrap();
+        self.agent.apply(id, Event::Ready, "test").await.unwrap();
+        settle().await;
     }
     async fn fail_host(&self) {
-        self.host_down(FAILED);
-        let rec = self.hosts.get(FAILED).unwrap();
-        self.ha
-            .schedule_restarts_for_host(&rec, WorkReason::HostDown, true)
-            .await;
+        self.host_down(FAILED).await;
     }
     fn item(&self, vm: u64) -> WorkItem {
         self.work.items_of(VmId(vm)).pop().expect("an item")
@@ -295,14 +305,15 @@ impl H {
             .collect()
     }
     async fn shutdown(self) {
-        self.tasks.shutdown().await;
+        self.ha.stop().await;
+        self.agent.stop().await;
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_down_hosts_ha_vm_is_fenced_stopped_and_started_elsewhere() {
-    let h = build(config(), 1);
-    h.ha.start().await;
+    let h = build(config(), 1).await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(1)).await;
     let vm = h.vm(100);
@@ -434,14 +445,14 @@ async fn restart_branches_data_driven() {
     for c in cases {
         let mut cfg = config();
         cfg.force_ha = c.force_ha;
-        let h = build(cfg, 0);
+        let mut h = build(cfg, 0).await;
         let mut v = vm(100, FAILED, c.ha_enabled);
         v.local_root_disk = c.local_disk;
         h.vms.inner.upsert(v);
         *h.verdict.0.lock().unwrap() = c.verdict;
         *h.fencer.outcome.lock().unwrap() = c.fence.clone().unwrap();
         if !c.host_up_at_check {
-            h.host_down(FAILED);
+            h.mark_down(FAILED).await;
         }
         // Not a cancellable reason: the "host Up again" cancellation is tested on its own.
         let id =
@@ -454,7 +465,7 @@ async fn restart_branches_data_driven() {
                 .set_state(VmId(100), VmState::Migrating, Some(FAILED));
         }
         let t0 = h.clock.now();
-        h.ha.start().await;
+        h.ha.start().await.unwrap();
         sleep(Duration::from_secs(1)).await;
         let item = h.work.item(id).unwrap();
         let ctx = format!(
@@ -490,11 +501,11 @@ async fn restart_branches_data_driven() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_fence_is_retried_and_a_later_fence_restarts() {
-    let h = build(config(), 1);
+    let h = build(config(), 1).await;
     *h.fencer.outcome.lock().unwrap() = FenceOutcome::Failed {
         reason: "bmc unreachable".into(),
     };
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(601)).await;
     assert_eq!(
@@ -520,11 +531,12 @@ async fn max_retries_then_give_up_with_an_alert() {
             ..config()
         },
         1,
-    );
+    )
+    .await;
     *h.fencer.outcome.lock().unwrap() = FenceOutcome::Failed {
         reason: "no".into(),
     };
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(600 * 5)).await;
     let item = h.item(100);
@@ -543,11 +555,11 @@ async fn max_retries_then_give_up_with_an_alert() {
 
 #[tokio::test(start_paused = true)]
 async fn insufficient_capacity_falls_back_to_the_ha_planner() {
-    let h = build(config(), 1);
+    let h = build(config(), 1).await;
     for id in [2, 3, 4] {
         h.vms.inner.set_capacity(HostId(id), 0);
     }
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -564,11 +576,11 @@ async fn insufficient_capacity_falls_back_to_the_ha_planner() {
             .any(|e| e.what.contains("trying the HA planner"))
     );
     // No capacity anywhere: alert and retry after restart.retry.interval.
-    let h = build(config(), 1);
+    let h = build(config(), 1).await;
     for id in [2, 3, 4, 11, 12] {
         h.vms.inner.set_capacity(HostId(id), 0);
     }
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(1)).await;
     let item = h.item(100);
@@ -587,18 +599,19 @@ async fn insufficient_capacity_falls_back_to_the_ha_planner() {
 
 #[tokio::test(start_paused = true)]
 async fn ha_tag_limits_placement_and_down_hosts_are_never_candidates() {
-    let h = build(
+    let mut h = build(
         Config {
             ha_tag: Some("ha_host".into()),
             ..config()
         },
         1,
-    );
+    )
+    .await;
     let mut r = h.hosts.get(HostId(3)).unwrap();
     r.tags = vec!["ha_host".into()];
-    h.hosts.upsert(r);
-    h.host_down(HostId(4));
-    h.ha.start().await;
+    h.agent.add_host(r).await.unwrap();
+    h.mark_down(HostId(4)).await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.vm(100).host, Some(HostId(3)));
@@ -610,8 +623,8 @@ async fn ha_tag_limits_placement_and_down_hosts_are_never_candidates() {
 
 #[tokio::test(start_paused = true)]
 async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
-    let h = build(config(), 2);
-    h.host_down(FAILED);
+    let mut h = build(config(), 2).await;
+    h.mark_down(FAILED).await;
     // Two items for VM 100: the older one is dropped.
     let first =
         h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
@@ -627,7 +640,7 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
             .await
             .unwrap();
     h.vms.inner.destroy(VmId(101), true).await.unwrap();
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     assert_eq!(
         h.work.item(first).unwrap().history.last().unwrap().what,
@@ -641,12 +654,12 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
     );
 
     // An item still investigating a host that is Up again is cancelled.
-    let h = build(config(), 1);
+    let h = build(config(), 1).await;
     let id =
         h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
             .await
             .unwrap();
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.work.item(id).unwrap().step, WorkStep::Cancelled);
     assert_eq!(h.starts(100), 0);
@@ -663,14 +676,15 @@ async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
             ..config()
         },
         0,
-    );
+    )
+    .await;
     let failed: Vec<HostId> = (21..27).map(HostId).collect();
     for (i, id) in failed.iter().enumerate() {
         let mut r = HostRecord::new(*id, format!("h{id}"), HypervisorType::Kvm);
         r.cluster = Some(ClusterId(1));
         r.zone = Some(ZoneId(1));
         r.status = Some(Status::Up);
-        h.hosts.upsert(r);
+        h.agent.add_host(r).await.unwrap();
         h.vms.inner.upsert(vm(100 + i as u64, *id, true));
     }
     h.fencer = Arc::new(ScriptedFencer {
@@ -681,14 +695,13 @@ async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
         delay: Duration::from_secs(10),
     });
     let ha = new_manager(
-        &h.config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &h.tasks, h.clock,
+        &h.config, &h.agent, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer,
     );
-    ha.start().await;
+    ha.start().await.unwrap();
     sleep(Duration::from_secs(5)).await;
     for id in &failed {
-        h.host_down(*id);
-        ha.schedule_restarts_for_host(&h.hosts.get(*id).unwrap(), WorkReason::HostDown, true)
-            .await;
+        // The HA manager follows the agent manager's status changes.
+        h.mark_down(*id).await;
     }
     sleep(Duration::from_millis(1)).await;
     assert_eq!(
@@ -716,15 +729,16 @@ async fn the_brake_holds_fencing_while_most_of_a_cluster_is_suspect() {
             ..config()
         },
         1,
-    );
+    )
+    .await;
     h.vms.inner.upsert(VmRecord {
         cluster: Some(ClusterId(2)),
         ..vm(200, HostId(11), true)
     });
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     // 3 of 4 hosts of cluster 1 down: more than half suspect.
-    h.host_down(HostId(2));
-    h.host_down(HostId(3));
+    h.host_down(HostId(2)).await;
+    h.host_down(HostId(3)).await;
     h.fail_host().await;
     sleep(Duration::from_secs(2)).await;
     let item = h.item(100);
@@ -742,40 +756,14 @@ async fn the_brake_holds_fencing_while_most_of_a_cluster_is_suspect() {
             .contains("3 of 4 hosts")
     );
     // Braked work holds no worker: the one slot serves cluster 2.
-    h.host_down(HostId(11));
-    h.ha.schedule_restarts_for_host(
-        &h.hosts.get(HostId(11)).unwrap(),
-        WorkReason::HostDown,
-        true,
-    )
-    .await;
+    h.host_down(HostId(11)).await;
+    // (The HA manager follows the change.)
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.starts(200), 1, "other clusters go on");
     assert!(h.item(100).braked);
     // Two hosts come back (2 of 4 suspect, not more than half): the brake lifts by itself.
     for id in [2, 3] {
-        let r = h.hosts.get(HostId(id)).unwrap();
-        h.hosts
-            .update_status(
-                HostId(id),
-                r.status,
-                r.update_count,
-                Status::Connecting,
-                Event::AgentConnected,
-                Instant::now(),
-            )
-            .unwrap();
-        let r = h.hosts.get(HostId(id)).unwrap();
-        h.hosts
-            .update_status(
-                HostId(id),
-                r.status,
-                r.update_count,
-                Status::Up,
-                Event::Ready,
-                Instant::now(),
-            )
-            .unwrap();
+        h.host_up(HostId(id)).await;
     }
     sleep(Duration::from_secs(2)).await;
     assert!(!h.item(100).braked);
@@ -786,11 +774,12 @@ async fn the_brake_holds_fencing_while_most_of_a_cluster_is_suspect() {
 
 #[tokio::test(start_paused = true)]
 async fn the_operator_releases_the_brake_or_declares_a_host_dead() {
-    let h = build(config(), 1);
+    let mut h = build(config(), 1).await;
     h.vms.inner.upsert(vm(101, HostId(2), true));
-    h.ha.start().await;
-    h.host_down(HostId(2));
-    h.host_down(HostId(3));
+    // Hosts 2 and 3 went Down before this HA manager was built: host 2's VM is not scheduled.
+    h.mark_down(HostId(2)).await;
+    h.mark_down(HostId(3)).await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(2)).await;
     assert!(h.item(100).braked);
@@ -831,8 +820,9 @@ async fn startup_grace_holds_the_brake_everywhere() {
             ..config()
         },
         1,
-    );
-    h.ha.start().await;
+    )
+    .await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(10)).await;
     assert!(h.item(100).braked);
@@ -848,11 +838,11 @@ async fn startup_grace_holds_the_brake_everywhere() {
 
 #[tokio::test(start_paused = true)]
 async fn an_ha_vm_reported_off_on_an_up_host_is_restarted() {
-    let h = build(config(), 0);
+    let h = build(config(), 0).await;
     h.vms.inner.upsert(vm(300, HostId(2), true));
     h.vms.inner.upsert(vm(301, HostId(2), false));
     h.vms.inner.upsert(vm(302, HostId(2), true));
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     let report = [
         VmStateReport {
             vm: VmId(300),
@@ -898,9 +888,10 @@ async fn an_ha_vm_reported_off_on_an_up_host_is_restarted() {
             ..config()
         },
         0,
-    );
+    )
+    .await;
     h.vms.inner.upsert(vm(300, HostId(2), true));
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     h.ha.vm_power_report(HostId(2), &report[..1]);
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.starts(300), 0);
@@ -909,8 +900,8 @@ async fn an_ha_vm_reported_off_on_an_up_host_is_restarted() {
 
 #[tokio::test(start_paused = true)]
 async fn stop_migrate_and_destroy_flows() {
-    let h = build(config(), 3);
-    h.ha.start().await;
+    let h = build(config(), 3).await;
+    h.ha.start().await.unwrap();
     let stop =
         h.ha.schedule_stop(VmId(100), FAILED, WorkType::ForceStop)
             .await
@@ -977,8 +968,9 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
             ..config()
         },
         1,
-    );
-    h.ha.start().await;
+    )
+    .await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(10)).await;
     assert_eq!(h.work.items().len(), 1);
@@ -994,11 +986,12 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
             ..config()
         },
         1,
-    );
+    )
+    .await;
     *h.fencer.outcome.lock().unwrap() = FenceOutcome::Failed {
         reason: "no".into(),
     };
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(601)).await;
     assert_eq!(h.item(100).tries, 2);
@@ -1020,7 +1013,7 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
         ha_workers: 3,
         ..config()
     };
-    let mut h = build(config.clone(), 10);
+    let mut h = build(config.clone(), 10).await;
     h.fencer = Arc::new(ScriptedFencer {
         outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
             FAILED,
@@ -1032,13 +1025,10 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
     // One fence for the host (20 s), then each start takes 10 s: mid-work at 45 s.
     *h.vms.start_delay.lock().unwrap() = Duration::from_secs(10);
     let first = new_manager(
-        &config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &h.tasks, h.clock,
+        &config, &h.agent, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer,
     );
-    first.start().await;
-    h.host_down(FAILED);
-    first
-        .schedule_restarts_for_host(&h.hosts.get(FAILED).unwrap(), WorkReason::HostDown, true)
-        .await;
+    first.start().await.unwrap();
+    h.mark_down(FAILED).await;
     sleep(Duration::from_secs(45)).await;
     let done_before = (100..110).filter(|v| h.starts(*v) == 1).count();
     assert!(
@@ -1046,17 +1036,16 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
         "mid-work: {done_before} restarted"
     );
     // The manager process dies: its tasks end, its claims stay in the store.
-    h.tasks.shutdown().await;
+    first.stop().await;
     assert!(
         h.work.items().iter().any(|i| i.owner.is_some()),
         "claims left behind"
     );
     // It comes back with the same identity over the same store.
-    let tasks = Tasks::new();
     let second = new_manager(
-        &config, &h.hosts, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer, &tasks, h.clock,
+        &config, &h.agent, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer,
     );
-    second.start().await;
+    second.start().await.unwrap();
     for i in h.work.items() {
         assert!(
             i.step.is_final() || i.step == WorkStep::Investigating,
@@ -1074,13 +1063,13 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
         h.work.items().iter().all(|i| i.step.is_final()),
         "none lost"
     );
-    tasks.shutdown().await;
+    second.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_departed_peers_claims_are_released_and_served_here() {
-    let h = build(config(), 1);
-    h.host_down(FAILED);
+    let mut h = build(config(), 1).await;
+    h.mark_down(FAILED).await;
     let id =
         h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
             .await
@@ -1093,7 +1082,7 @@ async fn a_departed_peers_claims_are_released_and_served_here() {
         .unwrap()
         .unwrap();
     assert_eq!(taken.id, id);
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(5)).await;
     assert_eq!(h.starts(100), 0, "claimed by the peer: not ours to run");
     assert_eq!(h.ha.release_peer(OwnerId(99)).await.unwrap(), 1);
@@ -1114,7 +1103,7 @@ async fn with_vm_ha_disabled_pending_work_waits_its_types_interval() {
         stop_retry_interval: Duration::from_secs(300),
         ..config()
     };
-    let h = build(config, 3);
+    let h = build(config, 3).await;
     let t0 = h.clock.now();
     let mut ids = Vec::new();
     for (i, work_type) in [WorkType::Ha, WorkType::Migration, WorkType::Stop]
@@ -1132,7 +1121,7 @@ async fn with_vm_ha_disabled_pending_work_waits_its_types_interval() {
         );
         ids.push((work_type, h.work.insert(item).await.unwrap()));
     }
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     for (work_type, id) in ids {
         let item = h.work.item(id).unwrap();
@@ -1180,7 +1169,7 @@ fn stored_item(
 
 #[tokio::test(start_paused = true)]
 async fn the_managers_debug_form_names_its_owner() {
-    let h = build(config(), 0);
+    let h = build(config(), 0).await;
     let s = format!("{:?}", h.ha);
     assert!(
         s.starts_with("HaManager") && s.contains("OwnerId(7)"),
@@ -1200,7 +1189,8 @@ async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
             ..config()
         },
         3,
-    );
+    )
+    .await;
     let t0 = h.clock.now();
     for v in [100, 101] {
         h.work
@@ -1254,7 +1244,7 @@ async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
 /// other work holds it back, it holds no other stop back, and a finished Stop allows a new one.
 #[tokio::test(start_paused = true)]
 async fn a_stop_is_not_scheduled_twice_and_holds_nothing_else_back() {
-    let h = build(config(), 1);
+    let h = build(config(), 1).await;
     let vm = VmId(100);
     h.ha.schedule_migration(vm, WorkReason::HostMaintenance)
         .await
@@ -1278,7 +1268,7 @@ async fn a_stop_is_not_scheduled_twice_and_holds_nothing_else_back() {
             .await
             .is_some()
     );
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.work.item(stop).unwrap().step, WorkStep::Done);
     assert!(
@@ -1295,11 +1285,11 @@ async fn a_stop_is_not_scheduled_twice_and_holds_nothing_else_back() {
 /// report showing it on starts that clock again.
 #[tokio::test(start_paused = true)]
 async fn a_vm_missing_from_reports_is_restarted_only_after_the_ping_deadline() {
-    let h = build(config(), 0);
+    let h = build(config(), 0).await;
     let deadline = h.config.ping_deadline();
     h.vms.inner.upsert(vm(300, HostId(2), true));
     h.vms.inner.upsert(vm(301, HostId(3), true));
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     h.ha.vm_power_report(HostId(2), &[]);
     sleep(Duration::from_secs(1)).await;
     assert!(h.work.items_of(VmId(300)).is_empty(), "just went missing");
@@ -1340,7 +1330,7 @@ async fn a_vm_missing_from_reports_is_restarted_only_after_the_ping_deadline() {
 /// does not hold a restart back.
 #[tokio::test(start_paused = true)]
 async fn a_vm_reported_off_with_pending_work_is_left_to_that_work() {
-    let h = build(config(), 0);
+    let h = build(config(), 0).await;
     h.vms.inner.upsert(vm(300, HostId(2), true));
     h.vms.inner.upsert(vm(301, HostId(2), true));
     // Not started: the queue stays as it is.
@@ -1380,8 +1370,8 @@ async fn a_vm_reported_off_with_pending_work_is_left_to_that_work() {
 /// a newer finished one or newer work of another type does not.
 #[tokio::test(start_paused = true)]
 async fn only_a_newer_pending_ha_item_supersedes_a_restart() {
-    let h = build(config(), 1);
-    h.host_down(FAILED);
+    let mut h = build(config(), 1).await;
+    h.mark_down(FAILED).await;
     let rec = h.vm(100);
     let later = h.clock.now() + Duration::from_secs(3600);
     h.work
@@ -1407,7 +1397,7 @@ async fn only_a_newer_pending_ha_item_supersedes_a_restart() {
             .await
             .unwrap();
     }
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     let note = h.last_note(id);
     assert!(note.starts_with("done: started on host"), "{note}");
@@ -1419,8 +1409,8 @@ async fn only_a_newer_pending_ha_item_supersedes_a_restart() {
 /// investigate.retry.interval (spending a try); other work held by a server does not hold it.
 #[tokio::test(start_paused = true)]
 async fn a_restart_waits_while_another_ha_item_of_the_vm_is_running() {
-    let h = build(config(), 2);
-    h.host_down(FAILED);
+    let mut h = build(config(), 2).await;
+    h.mark_down(FAILED).await;
     for (work_type, step, v) in [
         (WorkType::Ha, WorkStep::Investigating, 100),
         (WorkType::Migration, WorkStep::Migrating, 101),
@@ -1439,7 +1429,7 @@ async fn a_restart_waits_while_another_ha_item_of_the_vm_is_running() {
             .await
             .unwrap();
     let t0 = h.clock.now();
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     let item = h.work.item(waits).unwrap();
     assert_eq!(
@@ -1467,8 +1457,8 @@ async fn a_restart_waits_while_another_ha_item_of_the_vm_is_running() {
 /// update counter moved (same state, same host): neither fenced nor restarted.
 #[tokio::test(start_paused = true)]
 async fn a_vm_updated_in_place_since_scheduling_is_not_restarted() {
-    let h = build(config(), 1);
-    h.host_down(FAILED);
+    let mut h = build(config(), 1).await;
+    h.mark_down(FAILED).await;
     let id =
         h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
             .await
@@ -1476,7 +1466,7 @@ async fn a_vm_updated_in_place_since_scheduling_is_not_restarted() {
     h.vms
         .inner
         .set_state(VmId(100), VmState::Running, Some(FAILED));
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     let note = h.last_note(id);
     assert!(
@@ -1493,15 +1483,15 @@ async fn a_vm_updated_in_place_since_scheduling_is_not_restarted() {
 /// no host, and no proof that HA stopped it) is done: no fence, no restart.
 #[tokio::test(start_paused = true)]
 async fn an_investigating_item_whose_vm_left_its_host_is_done_without_restart() {
-    let h = build(config(), 1);
-    h.host_down(FAILED);
+    let mut h = build(config(), 1).await;
+    h.mark_down(FAILED).await;
     h.vms.inner.set_state(VmId(100), VmState::Stopped, None);
     let id =
         h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(h.work.item(id).unwrap().host, Some(FAILED), "its last host");
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.last_note(id), "done: VM no longer on the host");
     assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 0);
@@ -1514,9 +1504,9 @@ async fn an_investigating_item_whose_vm_left_its_host_is_done_without_restart() 
 /// host that is not Up is kept out of the placement.
 #[tokio::test(start_paused = true)]
 async fn a_vm_reported_off_by_its_up_host_may_restart_on_that_host() {
-    let h = build(config(), 0);
+    let h = build(config(), 0).await;
     h.vms.inner.upsert(vm(300, HostId(2), true));
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     h.ha.vm_power_report(
         HostId(2),
         &[VmStateReport {
@@ -1536,7 +1526,7 @@ async fn a_vm_reported_off_by_its_up_host_may_restart_on_that_host() {
 /// itself, so it is not investigated again but restarted.
 #[tokio::test(start_paused = true)]
 async fn a_restart_on_proof_resumes_after_a_manager_start_without_investigation() {
-    let h = build(config(), 0);
+    let h = build(config(), 0).await;
     h.vms.inner.upsert(vm(300, HostId(2), true));
     // Reported off before the manager starts: the item waits in the store.
     h.ha.vm_power_report(
@@ -1551,7 +1541,7 @@ async fn a_restart_on_proof_resumes_after_a_manager_start_without_investigation(
     assert_eq!(item.step, WorkStep::Scheduled);
     assert!(item.fence_proof.is_some());
     assert_eq!((h.vm(300).state, h.vm(300).host), (VmState::Stopped, None));
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     assert_eq!(h.item(300).step, WorkStep::Investigating);
     sleep(Duration::from_secs(1)).await;
     let note = h.last_note(item.id);
@@ -1566,7 +1556,7 @@ async fn a_restart_on_proof_resumes_after_a_manager_start_without_investigation(
 /// a host.
 #[tokio::test(start_paused = true)]
 async fn stop_work_types_and_the_unchanged_since_scheduling_check() {
-    let h = build(config(), 6);
+    let h = build(config(), 6).await;
     // An item left in the store without a host, for a VM on no host (CloudStack's
     // `vm.getHostId() == null`): nothing to stop.
     h.vms.inner.set_state(VmId(105), VmState::Stopped, None);
@@ -1602,7 +1592,7 @@ async fn stop_work_types_and_the_unchanged_since_scheduling_check() {
                 .set_state(VmId(*v), VmState::Running, Some(*host));
         }
     }
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     for ((v, work_type, _, calls), id) in cases.iter().zip(ids) {
         let ctx = format!(
@@ -1627,7 +1617,7 @@ async fn stop_work_types_and_the_unchanged_since_scheduling_check() {
 /// Destroyed user VM is left as it is, while a console proxy is expunged even then.
 #[tokio::test(start_paused = true)]
 async fn destroy_force_stops_running_vms_and_skips_destroyed_user_vms() {
-    let h = build(config(), 4);
+    let h = build(config(), 4).await;
     h.vms.inner.upsert(VmRecord {
         kind: VmKind::ConsoleProxy,
         ..vm(103, FAILED, true)
@@ -1641,7 +1631,7 @@ async fn destroy_force_stops_running_vms_and_skips_destroyed_user_vms() {
         ids.push(h.ha.schedule_destroy(VmId(v), Some(FAILED)).await.unwrap());
     }
     let count_102 = h.vm(102).update_count;
-    h.ha.start().await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     let want: [(&[&str], &str); 4] = [
         (&["force_stop", "destroy"], "done: destroyed"),
@@ -1674,8 +1664,9 @@ async fn cleanup_keeps_final_items_younger_than_time_between_failures() {
             ..config()
         },
         1,
-    );
-    h.ha.start().await;
+    )
+    .await;
+    h.ha.start().await.unwrap();
     sleep(Duration::from_secs(3000)).await;
     h.fail_host().await;
     sleep(Duration::from_secs(601)).await;

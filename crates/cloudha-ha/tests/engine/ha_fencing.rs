@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudha_attache::Tasks;
 use cloudha_ha::*;
 use cloudha_liveness::investigate::{self};
 use cloudha_liveness::*;
@@ -106,7 +105,7 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
             rec.pod = Some(PodId(1));
             rec.zone = Some(ZoneId(1));
             rec.status = Some(Status::Up);
-            store.upsert(rec);
+            store.insert(rec);
             commander.on(n, Probe::CheckOnHost, &[DEAD]);
             commander.on(n, Probe::PingTest, &[Says::Reach(true)]);
             commander.on_to(n, Probe::PingTest, HOST, &[Says::Reach(false)]);
@@ -116,21 +115,25 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
         let bmc = FakeBmc::new(r.bmc, &[Bmc::Is(Off)]);
         let oobm = bmc.front();
         let commander_port: Arc<dyn HostCommander> = commander.clone();
-        let store_port: Arc<dyn HostStore> = store.clone();
+        let late = Arc::new(LateHosts::default());
+        let hosts_port: Arc<dyn HostDirectory> = late.clone();
         let chain: Vec<Arc<dyn Investigator>> =
-            investigate::chain(&config, &commander_port, &store_port, Some(&oobm));
+            investigate::chain(&config, &commander_port, &hosts_port, Some(&oobm));
         let h = harness_with(
             config.clone(),
             Wiring {
                 store: store.clone(),
-                ha: false,
                 investigators: Some(chain),
                 oobm: Some(oobm.clone()),
+                ..Wiring::default()
             },
         );
+        late.set(h.manager.hosts());
+        h.load_store().await;
         let neighbour = Counting::new(NeighbourFencer::new(
             commander.clone(),
-            store.clone(),
+            h.manager.hosts(),
+            clock(),
             &config,
         ));
         let power = Counting::new(PowerFencer::new(oobm.clone()));
@@ -139,26 +142,19 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
             vms.upsert(vm(100 + i, HOST));
         }
         let work = Arc::new(InMemoryHaWorkStore::new());
-        let tasks = Tasks::new();
         let ha = HaManager::new(
             config.clone(),
             OwnerId(1),
-            HaPorts {
-                hosts: store.clone(),
-                work: work.clone(),
-                vms: vms.clone(),
-                investigators: h.manager.investigators(),
-                fencers: vec![neighbour.clone(), power.clone()],
-                alerts: h.alerts.clone(),
-                investigations: h.manager.investigations(),
-                clock: Arc::new(TokioClock::new(Timestamp::from_micros(
-                    1_767_225_600_000_000,
-                ))),
-            },
-            tasks.clone(),
+            &h.manager,
+            HaPorts::new(
+                work.clone(),
+                vms.clone(),
+                vec![neighbour.clone(), power.clone()],
+                h.alerts.clone(),
+            )
+            .with_investigators(h.manager.investigators()),
         );
-        h.manager.set_ha(Arc::new(ha.clone()));
-        ha.start().await;
+        ha.start().await.unwrap();
         let mut target = HostRecord::new(HOST, "h1", HypervisorType::Kvm);
         target.cluster = Some(ClusterId(1));
         target.pod = Some(PodId(1));
@@ -224,7 +220,7 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
             h.alerts.of(AlertKind::FenceFailed, HOST).is_empty(),
             "{ctx}"
         );
-        tasks.shutdown().await;
+        ha.stop().await;
         h.shutdown().await;
     }
 }
@@ -242,7 +238,7 @@ async fn fence_failed_is_raised_once_per_host_and_retry_round() {
         rec.pod = Some(PodId(3));
         rec.zone = Some(ZoneId(4));
         rec.status = Some(if id <= 2 { Status::Down } else { Status::Up });
-        store.upsert(rec);
+        store.insert(rec);
     }
     let vms = Arc::new(InMemoryVms::new());
     for (i, host) in failed.iter().enumerate() {
@@ -254,25 +250,20 @@ async fn fence_failed_is_raised_once_per_host_and_retry_round() {
     let power = Counting::new(PowerFencer::new(bmc.front()));
     let alerts = Arc::new(RecordingAlerts::default());
     let work = Arc::new(InMemoryHaWorkStore::new());
-    let tasks = Tasks::new();
+    let agent = agent_over(&config, &store, Arc::new(LogAlerts)).await;
     let ha = HaManager::new(
         config.clone(),
         OwnerId(1),
-        HaPorts {
-            hosts: store.clone(),
-            work: work.clone(),
-            vms: vms.clone(),
-            investigators: vec![],
-            fencers: vec![power.clone()],
-            alerts: alerts.clone(),
-            investigations: Arc::new(Investigations::default()),
-            clock: Arc::new(TokioClock::new(Timestamp::from_micros(
-                1_767_225_600_000_000,
-            ))),
-        },
-        tasks.clone(),
+        &agent,
+        HaPorts::new(
+            work.clone(),
+            vms.clone(),
+            vec![power.clone()],
+            alerts.clone(),
+        )
+        .with_investigators(Vec::new()),
     );
-    ha.start().await;
+    ha.start().await.unwrap();
     for h in failed {
         ha.schedule_restarts_for_host(&store.get(h).unwrap(), WorkReason::HostDown, true)
             .await;
@@ -317,7 +308,7 @@ async fn fence_failed_is_raised_once_per_host_and_retry_round() {
         tries.iter().all(|t| *t == 3),
         "every item spent its tries: {tries:?}"
     );
-    tasks.shutdown().await;
+    ha.stop().await;
 }
 
 /// A proof is reused by the host's VMs only until the host's record changes (it reconnects or
@@ -330,62 +321,43 @@ async fn a_hosts_proof_is_not_reused_after_its_status_changes() {
         let mut rec = HostRecord::new(HostId(id), format!("h{id}"), HypervisorType::Kvm);
         rec.cluster = Some(ClusterId(1));
         rec.status = Some(if id == 1 { Status::Down } else { Status::Up });
-        store.upsert(rec);
+        store.insert(rec);
     }
     let vms = Arc::new(InMemoryVms::new());
     vms.upsert(vm(100, HOST));
     let bmc = FakeBmc::reading(PowerState::Off);
     let power = Counting::new(PowerFencer::new(bmc.front()));
     let work = Arc::new(InMemoryHaWorkStore::new());
-    let tasks = Tasks::new();
+    let agent = agent_over(&config, &store, Arc::new(LogAlerts)).await;
     let ha = HaManager::new(
         config.clone(),
         OwnerId(1),
-        HaPorts {
-            hosts: store.clone(),
-            work: work.clone(),
-            vms: vms.clone(),
-            investigators: vec![],
-            fencers: vec![power.clone()],
-            alerts: Arc::new(RecordingAlerts::default()),
-            investigations: Arc::new(Investigations::default()),
-            clock: Arc::new(TokioClock::new(Timestamp::from_micros(
-                1_767_225_600_000_000,
-            ))),
-        },
-        tasks.clone(),
+        &agent,
+        HaPorts::new(
+            work.clone(),
+            vms.clone(),
+            vec![power.clone()],
+            Arc::new(RecordingAlerts::default()),
+        )
+        .with_investigators(Vec::new()),
     );
-    ha.start().await;
+    ha.start().await.unwrap();
     ha.schedule_restarts_for_host(&store.get(HOST).unwrap(), WorkReason::HostDown, true)
         .await;
     sleep(Duration::from_secs(1)).await;
     assert_eq!(power.calls(), 1);
     // The host comes back and fails again (its record changed twice); a new VM lands on it.
-    for (to, event) in [
-        (Status::Connecting, Event::AgentConnected),
-        (Status::Up, Event::Ready),
-        (Status::Down, Event::HostDown),
-    ] {
-        let r = store.get(HOST).unwrap();
-        store
-            .update_status(
-                HOST,
-                r.status,
-                r.update_count,
-                to,
-                event,
-                tokio::time::Instant::now(),
-            )
-            .unwrap();
+    for event in [Event::AgentConnected, Event::Ready] {
+        agent.apply(HOST, event, "test").await.unwrap();
     }
     vms.upsert(vm(101, HOST));
-    ha.schedule_restarts_for_host(&store.get(HOST).unwrap(), WorkReason::HostDown, true)
-        .await;
+    // Down again: the HA manager follows the change and schedules the host's VMs.
+    agent.apply(HOST, Event::HostDown, "test").await.unwrap();
     sleep(Duration::from_secs(120)).await;
     assert_eq!(power.calls(), 2, "fenced again: the old proof is stale");
     assert_eq!(vms.get(VmId(101)).unwrap().state, VmState::Running);
     assert_ne!(vms.get(VmId(101)).unwrap().host, Some(HOST));
-    tasks.shutdown().await;
+    ha.stop().await;
 }
 
 /// `vm.ha.alerts.enabled = false` mutes only the "VM-HA disabled" alert (CloudStack), on the
@@ -406,27 +378,18 @@ async fn the_ha_alert_switch_mutes_only_ha_disabled() {
         let store = Arc::new(InMemoryHostStore::new());
         let mut rec = HostRecord::new(HOST, "h1", HypervisorType::Kvm);
         rec.status = Some(Status::Down);
-        store.upsert(rec);
+        store.insert(rec);
         let vms = Arc::new(InMemoryVms::new());
         vms.upsert(vm(100, HOST));
         let alerts = Arc::new(RecordingAlerts::default());
         let work = Arc::new(InMemoryHaWorkStore::new());
+        let agent = agent_over(&config, &store, Arc::new(LogAlerts)).await;
         let ha = HaManager::new(
             config,
             OwnerId(1),
-            HaPorts {
-                hosts: store.clone(),
-                work: work.clone(),
-                vms: vms.clone(),
-                investigators: vec![],
-                fencers: vec![],
-                alerts: alerts.clone(),
-                investigations: Arc::new(Investigations::default()),
-                clock: Arc::new(TokioClock::new(Timestamp::from_micros(
-                    1_767_225_600_000_000,
-                ))),
-            },
-            Tasks::new(),
+            &agent,
+            HaPorts::new(work.clone(), vms.clone(), vec![], alerts.clone())
+                .with_investigators(Vec::new()),
         );
         ha.schedule_restarts_for_host(&store.get(HOST).unwrap(), WorkReason::HostDown, true)
             .await;
@@ -451,7 +414,7 @@ async fn a_heartbeat_seen_beating_stops_the_fence_chain() {
         rec.cluster = Some(ClusterId(1));
         rec.status = Some(if id == 1 { Status::Down } else { Status::Up });
         rec.self_fence_independent = true;
-        store.upsert(rec);
+        store.insert(rec);
     }
     let commander = Arc::new(FakeCommander::default());
     commander.on(2, Probe::Fence, &[dead_for(200)]);
@@ -460,32 +423,28 @@ async fn a_heartbeat_seen_beating_stops_the_fence_chain() {
     let vms = Arc::new(InMemoryVms::new());
     vms.upsert(vm(100, HOST));
     let bmc = FakeBmc::reading(PowerState::On);
+    let agent = agent_over(&config, &store, Arc::new(LogAlerts)).await;
     let neighbour = Counting::new(NeighbourFencer::new(
         commander.clone(),
-        store.clone(),
+        agent.hosts(),
+        clock(),
         &config,
     ));
     let power = Counting::new(PowerFencer::new(bmc.front()));
     let work = Arc::new(InMemoryHaWorkStore::new());
-    let tasks = Tasks::new();
     let ha = HaManager::new(
         config.clone(),
         OwnerId(1),
-        HaPorts {
-            hosts: store.clone(),
-            work: work.clone(),
-            vms: vms.clone(),
-            investigators: vec![],
-            fencers: vec![neighbour.clone(), power.clone()],
-            alerts: Arc::new(RecordingAlerts::default()),
-            investigations: Arc::new(Investigations::default()),
-            clock: Arc::new(TokioClock::new(Timestamp::from_micros(
-                1_767_225_600_000_000,
-            ))),
-        },
-        tasks.clone(),
+        &agent,
+        HaPorts::new(
+            work.clone(),
+            vms.clone(),
+            vec![neighbour.clone(), power.clone()],
+            Arc::new(RecordingAlerts::default()),
+        )
+        .with_investigators(Vec::new()),
     );
-    ha.start().await;
+    ha.start().await.unwrap();
     ha.schedule_restarts_for_host(&store.get(HOST).unwrap(), WorkReason::HostDown, true)
         .await;
     sleep(Duration::from_secs(5)).await;
@@ -497,5 +456,5 @@ async fn a_heartbeat_seen_beating_stops_the_fence_chain() {
     let item = work.items().pop().unwrap();
     assert_eq!((item.step, item.tries), (WorkStep::Investigating, 1));
     assert!(item.fence_proof.is_none());
-    tasks.shutdown().await;
+    ha.stop().await;
 }

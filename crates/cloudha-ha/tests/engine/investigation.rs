@@ -365,9 +365,10 @@ async fn cloud(
     let store = Arc::new(InMemoryHostStore::new());
     let oobm = bmc.map(|b| b.front());
     let commander_port: Arc<dyn HostCommander> = commander.clone();
-    let store_port: Arc<dyn HostStore> = store.clone();
+    let late = Arc::new(LateHosts::default());
+    let hosts_port: Arc<dyn HostDirectory> = late.clone();
     let chain: Vec<Arc<dyn Investigator>> =
-        investigate::chain(&config, &commander_port, &store_port, oobm.as_ref());
+        investigate::chain(&config, &commander_port, &hosts_port, oobm.as_ref());
     let h = harness_with(
         config,
         Wiring {
@@ -377,8 +378,9 @@ async fn cloud(
             ..Wiring::default()
         },
     );
+    late.set(h.manager.hosts());
     if start {
-        h.manager.start().await;
+        h.manager.start().await.unwrap();
     }
     for i in 0..neighbours {
         let id = HostId(2 + i as u64);
@@ -387,7 +389,7 @@ async fn cloud(
         r.pod = target.pod;
         r.zone = target.zone;
         r.status = Some(Status::Up);
-        store.upsert(r);
+        h.manager.add_host(r).await.unwrap();
     }
     let host = h.add_up_record(target).await;
     (h, host)
@@ -507,7 +509,7 @@ async fn a_powered_off_host_is_down_within_seconds_of_detection() {
         .find(|c| c.to == Status::Down)
         .expect("Down");
     let t = Config::default().ping_deadline();
-    let after = down.at - last;
+    let after = h.when(down.at) - last;
     assert!(
         after >= t && after <= t + Duration::from_secs(2),
         "Down {after:?} after the last ping (T = {t:?}): {}",

@@ -21,11 +21,11 @@ async fn start_marks_hosts_management_server_down_with_a_deadline_of_start_plus_
     ] {
         let mut r = Harness::record(HostId(id), HostType::Routing, ResourceState::Enabled);
         r.status = Some(status);
-        h.store.upsert(r);
+        h.store.insert(r);
     }
     h.set_verdict(None);
     let start = Instant::now();
-    h.manager.start().await;
+    h.manager.start().await.unwrap();
     assert_eq!(h.status(HostId(1)), Some(Status::Disconnected));
     assert_eq!(h.status(HostId(2)), Some(Status::Alert));
     assert_eq!(h.status(HostId(3)), Some(Status::Down));
@@ -39,7 +39,7 @@ async fn start_marks_hosts_management_server_down_with_a_deadline_of_start_plus_
             Status::Disconnected
         )]
     );
-    assert_eq!(h.manager.monitor().tracked(), 3);
+    assert_eq!(h.manager.tracked(), 3);
     // Nobody comes back: at start + T they are behind on ping like any other host.
     sleep(Duration::from_secs(149)).await;
     assert_eq!(
@@ -60,10 +60,10 @@ async fn start_marks_hosts_management_server_down_with_a_deadline_of_start_plus_
 #[tokio::test(start_paused = true)]
 async fn stop_marks_attached_hosts_and_ends_every_task() {
     let h = harness(Config::default());
-    h.manager.start().await;
+    h.manager.start().await.unwrap();
     h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     h.add_up(2, HostType::Routing, ResourceState::Enabled).await;
-    let tasks = h.tasks.clone();
+    let tasks = h.manager.tasks().clone();
     assert!(!tasks.is_empty());
     h.manager.stop().await;
     assert_eq!(h.status(HostId(1)), Some(Status::Disconnected));
@@ -77,11 +77,14 @@ async fn a_direct_host_that_powers_back_on_is_found_by_the_scan() {
     let h = harness(Config::default());
     let host = FakeHost::new(HostId(1), HostType::Routing);
     host.power_off();
-    h.manager.add_direct_host(
-        Harness::record(HostId(1), HostType::Routing, ResourceState::Enabled),
-        host.clone(),
-    );
-    h.manager.start().await;
+    h.manager
+        .add_direct_host(
+            Harness::record(HostId(1), HostType::Routing, ResourceState::Enabled),
+            host.clone(),
+        )
+        .await
+        .unwrap();
+    h.manager.start().await.unwrap();
     sleep(Duration::from_secs(200)).await;
     assert_eq!(h.status(HostId(1)), None, "unreachable: not connected");
     host.reachable.store(true, Ordering::SeqCst);
@@ -93,7 +96,7 @@ async fn a_direct_host_that_powers_back_on_is_found_by_the_scan() {
         Some(Status::Up),
         "found within direct.agent.scan.interval"
     );
-    let up = h.manager.history(HostId(1)).last().unwrap().at;
+    let up = h.when(h.manager.history(HostId(1)).last().unwrap().at);
     assert!(up - back <= Duration::from_secs(90));
     // It dies, is proven Down, then comes back: Down → Connecting → Up.
     h.set_verdict(Some(HostVerdict::Down));
@@ -122,6 +125,7 @@ async fn subscribers_see_every_change_and_refused_transitions_name_status_and_ev
     let err = h
         .manager
         .apply(HostId(1), Event::WaitedTooLong, "test")
+        .await
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -133,10 +137,11 @@ async fn subscribers_see_every_change_and_refused_transitions_name_status_and_ev
 #[tokio::test(start_paused = true)]
 async fn resource_state_is_read_by_the_monitor_rules() {
     let h = harness(Config::default());
-    h.manager.start().await;
+    h.manager.start().await.unwrap();
     let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     h.manager
         .set_resource_state(HostId(1), ResourceState::Maintenance)
+        .await
         .unwrap();
     host.power_off();
     sleep(Duration::from_secs(300)).await;
@@ -145,6 +150,7 @@ async fn resource_state_is_read_by_the_monitor_rules() {
     assert!(
         h.manager
             .set_resource_state(HostId(9), ResourceState::Enabled)
+            .await
             .is_err()
     );
     h.shutdown().await;

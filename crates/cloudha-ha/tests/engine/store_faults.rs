@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudha_attache::Tasks;
+use crate::support::agent_over;
 use cloudha_ha::*;
 use cloudha_liveness::*;
 use cloudha_ports::*;
@@ -114,17 +114,16 @@ struct Rig {
     vms: Arc<InMemoryVms>,
     work: Arc<FlakyWork>,
     fences: Arc<Fences>,
-    tasks: Tasks,
 }
 
 /// Host 1 (Down) and host 2 (Up) in cluster 1; HA VM 100 on host 1.
-fn rig(owner: OwnerId, fence_delay: Duration, work: Option<Arc<FlakyWork>>) -> Rig {
+async fn rig(owner: OwnerId, fence_delay: Duration, work: Option<Arc<FlakyWork>>) -> Rig {
     let hosts = Arc::new(InMemoryHostStore::new());
     for (id, status) in [(1, Status::Down), (2, Status::Up)] {
         let mut r = HostRecord::new(HostId(id), format!("h{id}"), HypervisorType::Kvm);
         r.cluster = Some(ClusterId(1));
         r.status = Some(status);
-        hosts.upsert(r);
+        hosts.insert(r);
     }
     let vms = Arc::new(InMemoryVms::new());
     vms.upsert(VmRecord {
@@ -153,45 +152,39 @@ fn rig(owner: OwnerId, fence_delay: Duration, work: Option<Arc<FlakyWork>>) -> R
         calls: AtomicUsize::new(0),
         delay: fence_delay,
     });
-    let tasks = Tasks::new();
     let config = Config {
         ha_startup_grace: Duration::ZERO,
         ..Config::default()
     };
+    let agent = agent_over(&config, &hosts, Arc::new(LogAlerts)).await;
     let ha = HaManager::new(
         config,
         owner,
-        HaPorts {
-            hosts,
-            work: work.clone(),
-            vms: vms.clone(),
-            investigators: Vec::new(),
-            fencers: vec![fences.clone()],
-            alerts: Arc::new(LogAlerts),
-            investigations: Arc::new(Investigations::default()),
-            clock: Arc::new(TokioClock::new(Timestamp::from_micros(
-                1_767_225_600_000_000,
-            ))),
-        },
-        tasks.clone(),
+        &agent,
+        HaPorts::new(
+            work.clone(),
+            vms.clone(),
+            vec![fences.clone()],
+            Arc::new(LogAlerts),
+        )
+        .with_investigators(Vec::new()),
     );
     Rig {
         ha,
         vms,
         work,
         fences,
-        tasks,
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn backend_errors_are_retried_and_the_item_is_neither_lost_nor_run_twice() {
-    let r = rig(OwnerId(1), Duration::ZERO, None);
+    let r = rig(OwnerId(1), Duration::ZERO, None).await;
     // The first take fails, then the write-back of the finished item fails three times over
     // (the mid-processing save too): the store is down for a while.
     r.work.fail_takes.store(1, Ordering::SeqCst);
     r.work.fail_updates.store(4, Ordering::SeqCst);
-    r.ha.start().await;
+    r.ha.start().await.unwrap();
     let id =
         r.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
             .await
@@ -216,7 +209,7 @@ async fn backend_errors_are_retried_and_the_item_is_neither_lost_nor_run_twice()
     assert_eq!((vm.state, vm.host), (VmState::Running, Some(HostId(2))));
     assert_eq!(r.fences.calls.load(Ordering::SeqCst), 1, "fenced once");
     assert_eq!(r.work.inner.pending_count(), 0);
-    r.tasks.shutdown().await;
+    r.ha.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -224,8 +217,8 @@ async fn a_worker_whose_claim_moved_stops_without_writing() {
     // Owner 1 takes the item and fences slowly (60 s); meanwhile it is declared departed and
     // owner 2 takes the item over. Owner 1's save after its fence is refused: it must neither
     // start the VM nor overwrite owner 2's item.
-    let slow = rig(OwnerId(1), Duration::from_secs(60), None);
-    slow.ha.start().await;
+    let slow = rig(OwnerId(1), Duration::from_secs(60), None).await;
+    slow.ha.start().await.unwrap();
     let id = slow
         .ha
         .schedule_restart(VmId(100), true, WorkReason::HostDown)
@@ -259,5 +252,5 @@ async fn a_worker_whose_claim_moved_stops_without_writing() {
         (VmState::Running, Some(HostId(1))),
         "owner 1 neither force-stopped nor started the VM"
     );
-    slow.tasks.shutdown().await;
+    slow.ha.stop().await;
 }

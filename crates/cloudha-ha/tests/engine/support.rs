@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudha_attache::{RequestError, ServerResource, Tasks};
+use cloudha_attache::{RequestError, ServerResource};
 use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
-use cloudha_registry::Registry;
+use cloudha_registry::{ListenerRegistry, Registry};
 use tokio::time::{Instant, sleep};
 
 /// Records raised alerts (`.0`) and cleared ones (`.1`).
@@ -52,27 +52,104 @@ impl RecordingAlerts {
     }
 }
 
-#[derive(Default)]
+/// What VM-HA would see, without an HA manager: the hosts that went Down (from the status
+/// stream, as the HA manager follows it) and the VM power reports (a registry listener, as the
+/// HA manager's: an Up routing host's pings, and each connect's startup).
 pub(crate) struct RecordingHa {
-    pub(crate) scheduled: Mutex<Vec<(HostId, WorkReason, bool)>>,
-    pub(crate) reports: AtomicUsize,
+    changes: Mutex<StatusChanges>,
+    downs: Mutex<Vec<(HostId, WorkReason, bool)>>,
+    pub(crate) reports: Arc<AtomicUsize>,
+}
+
+struct CountReports {
+    hosts: Arc<dyn HostDirectory>,
+    reports: Arc<AtomicUsize>,
 }
 
 #[async_trait::async_trait]
-impl HaScheduler for RecordingHa {
-    async fn schedule_restarts_for_host(
-        &self,
-        host: &HostRecord,
-        reason: WorkReason,
-        investigate: bool,
-    ) {
-        self.scheduled
-            .lock()
-            .unwrap()
-            .push((host.id, reason, investigate));
+impl cloudha_registry::Listener for CountReports {
+    fn process_commands(&self, host: HostId, _: Sequence, commands: &[Command]) -> bool {
+        for c in commands {
+            if matches!(c, Command::PingRouting(_)) && self.hosts.status(host) == Some(Status::Up) {
+                self.reports.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        false
     }
-    fn vm_power_report(&self, _host: HostId, _states: &[VmStateReport]) {
+    async fn process_connect(
+        &self,
+        _: HostId,
+        _: &StartupCommand,
+        _: bool,
+    ) -> Result<(), cloudha_registry::ConnectError> {
         self.reports.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn is_recurring(&self) -> bool {
+        true
+    }
+}
+
+impl RecordingHa {
+    fn follow(manager: &AgentManager, registry: &Registry) -> Self {
+        let reports = Arc::new(AtomicUsize::new(0));
+        registry.register(
+            Arc::new(CountReports {
+                hosts: manager.hosts(),
+                reports: reports.clone(),
+            }),
+            cloudha_registry::Interest::ALL,
+            false,
+        );
+        Self {
+            changes: Mutex::new(manager.subscribe()),
+            downs: Mutex::new(Vec::new()),
+            reports,
+        }
+    }
+
+    /// Every host that went Down so far, as HA would schedule it: (host, HostDown, investigate).
+    pub(crate) fn scheduled(&self) -> Vec<(HostId, WorkReason, bool)> {
+        let mut changes = self.changes.lock().unwrap();
+        let mut downs = self.downs.lock().unwrap();
+        while let Some(c) = changes.try_recv() {
+            if c.to == Status::Down && c.from != Some(Status::Down) {
+                downs.push((c.host, WorkReason::HostDown, true));
+            }
+        }
+        downs.clone()
+    }
+}
+
+/// A host directory set once the agent manager exists: investigators and fencers built before
+/// it read its cache.
+#[derive(Default)]
+pub(crate) struct LateHosts(std::sync::OnceLock<Arc<dyn HostDirectory>>);
+
+impl LateHosts {
+    pub(crate) fn set(&self, hosts: Arc<dyn HostDirectory>) {
+        assert!(self.0.set(hosts).is_ok(), "set once");
+    }
+    fn get_hosts(&self) -> &dyn HostDirectory {
+        &**self.0.get().expect("the manager's hosts are set")
+    }
+}
+
+impl HostDirectory for LateHosts {
+    fn get(&self, id: HostId) -> Option<HostRecord> {
+        self.get_hosts().get(id)
+    }
+    fn status(&self, id: HostId) -> Option<Status> {
+        self.get_hosts().status(id)
+    }
+    fn list(&self) -> Vec<HostRecord> {
+        self.get_hosts().list()
+    }
+    fn in_cluster(&self, cluster: ClusterId) -> Vec<HostRecord> {
+        self.get_hosts().in_cluster(cluster)
+    }
+    fn in_pod(&self, pod: PodId) -> Vec<HostRecord> {
+        self.get_hosts().in_pod(pod)
     }
 }
 
@@ -184,7 +261,7 @@ impl ServerResource for FakeHost {
 
 pub(crate) struct Harness {
     pub(crate) manager: AgentManager,
-    pub(crate) tasks: Tasks,
+    pub(crate) clock: TokioClock,
     pub(crate) store: Arc<InMemoryHostStore>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) alerts: Arc<RecordingAlerts>,
@@ -196,7 +273,8 @@ pub(crate) struct Harness {
 pub(crate) struct Wiring {
     /// The store (a chain built before the manager needs it).
     pub(crate) store: Arc<InMemoryHostStore>,
-    /// An HA scheduler is set (the recording one); without, the manager raises host_down itself.
+    /// Host-down alerts are left to VM-HA (as with an HA manager); without, the manager raises
+    /// them itself.
     pub(crate) ha: bool,
     /// The investigator chain; `None`: the scripted investigator alone.
     pub(crate) investigators: Option<Vec<Arc<dyn Investigator>>>,
@@ -219,33 +297,76 @@ pub(crate) fn harness(config: Config) -> Harness {
     harness_with(config, Wiring::default())
 }
 
+/// The clock of every harness: tokio's paused time from the simulator's epoch.
+pub(crate) fn clock() -> Arc<dyn Clock> {
+    Arc::new(tokio_clock())
+}
+
+/// Every clock of one test maps tokio's paused time onto the epoch from the same instant (the
+/// first use in the test's thread), so their timestamps compare.
+pub(crate) fn tokio_clock() -> TokioClock {
+    thread_local! {
+        static ORIGIN: std::cell::OnceCell<Instant> = const { std::cell::OnceCell::new() };
+    }
+    let origin = ORIGIN.with(|o| *o.get_or_init(Instant::now));
+    TokioClock::with_origin(Timestamp::from_micros(1_767_225_600_000_000), origin)
+}
+
+/// An agent manager over the records of `store` (loaded into its cache, never started), leaving
+/// host-down alerts to HA: for HA tests that move host status through it.
+pub(crate) async fn agent_over(
+    config: &Config,
+    store: &Arc<InMemoryHostStore>,
+    alerts: Arc<dyn AlertSink>,
+) -> AgentManager {
+    let agent = AgentManager::new(
+        config.clone(),
+        Ports::new(
+            store.clone(),
+            Arc::new(Registry::default()),
+            alerts,
+            clock(),
+        )
+        .with_investigators(Vec::new())
+        .with_host_down_alert(HostDownAlert::LeftToHa),
+    )
+    .unwrap();
+    for r in store.list() {
+        agent.add_host(r).await.unwrap();
+    }
+    agent
+}
+
 pub(crate) fn harness_with(config: Config, wiring: Wiring) -> Harness {
-    let tasks = Tasks::new();
     let store = wiring.store;
     let registry = Arc::new(Registry::default());
     let alerts = Arc::new(RecordingAlerts::default());
-    let ha = Arc::new(RecordingHa::default());
     let investigator = Arc::new(ScriptedInvestigator::default());
-    let manager = AgentManager::new(
-        config,
-        Ports {
-            store: store.clone(),
-            registry: registry.clone(),
-            alerts: alerts.clone(),
-            ha: wiring.ha.then(|| ha.clone() as Arc<dyn HaScheduler>),
-            investigators: Some(
-                wiring
-                    .investigators
-                    .unwrap_or_else(|| vec![investigator.clone()]),
-            ),
-            oobm: wiring.oobm,
-        },
-        tasks.clone(),
+    let tokio_clock = tokio_clock();
+    let mut ports = Ports::new(
+        store.clone(),
+        registry.clone(),
+        alerts.clone(),
+        Arc::new(tokio_clock),
     )
-    .unwrap();
+    .with_investigators(
+        wiring
+            .investigators
+            .unwrap_or_else(|| vec![investigator.clone()]),
+    )
+    .with_host_down_alert(if wiring.ha {
+        HostDownAlert::LeftToHa
+    } else {
+        HostDownAlert::Raise
+    });
+    if let Some(oobm) = wiring.oobm {
+        ports = ports.with_oobm(oobm);
+    }
+    let manager = AgentManager::new(config, ports).unwrap();
+    let ha = Arc::new(RecordingHa::follow(&manager, &registry));
     Harness {
         manager,
-        tasks,
+        clock: tokio_clock,
         store,
         registry,
         alerts,
@@ -255,6 +376,19 @@ pub(crate) fn harness_with(config: Config, wiring: Wiring) -> Harness {
 }
 
 impl Harness {
+    /// Adds every record already in the store to the manager's cache (a manager that is not
+    /// started loads nothing).
+    pub(crate) async fn load_store(&self) {
+        for r in self.store.list() {
+            self.manager.add_host(r).await.unwrap();
+        }
+    }
+
+    /// The instant of a record's timestamp.
+    pub(crate) fn when(&self, at: Timestamp) -> Instant {
+        self.clock.instant(at)
+    }
+
     pub(crate) fn status(&self, host: HostId) -> Option<Status> {
         self.store.status(host)
     }
@@ -288,7 +422,10 @@ impl Harness {
     pub(crate) async fn add_up_record(&self, record: HostRecord) -> Arc<FakeHost> {
         let id = record.id;
         let host = FakeHost::new(id, record.host_type);
-        self.manager.add_direct_host(record, host.clone());
+        self.manager
+            .add_direct_host(record, host.clone())
+            .await
+            .unwrap();
         assert!(self.manager.connect_direct(id).await, "host {id} connects");
         assert_eq!(self.status(id), Some(Status::Up));
         host
@@ -311,7 +448,7 @@ impl Harness {
     }
 
     pub(crate) fn scheduled(&self) -> Vec<(HostId, WorkReason, bool)> {
-        self.ha.scheduled.lock().unwrap().clone()
+        self.ha.scheduled()
     }
 
     pub(crate) async fn shutdown(self) {
@@ -579,6 +716,7 @@ impl FakeBmc {
         Arc::new(Oobm::new(
             self.clone(),
             Config::default().oobm_action_timeout,
+            clock(),
         ))
     }
 }

@@ -30,7 +30,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use cloudha_ports::{
-    Finding, HostCommander, HostRecord, HostStore, HostVerdict, Investigator, PowerState, VmVerdict,
+    Finding, HostCommander, HostDirectory, HostRecord, HostVerdict, Investigator, PowerState,
+    VmVerdict,
 };
 
 use crate::config::Config;
@@ -222,23 +223,23 @@ enum Probe {
 /// neighbours of the same kind, and to the BMC.
 pub struct Neighbours {
     pub(crate) commander: Arc<dyn HostCommander>,
-    pub(crate) store: Arc<dyn HostStore>,
+    pub(crate) hosts: Arc<dyn HostDirectory>,
     pub(crate) oobm: Option<Arc<Oobm>>,
     pub(crate) agreement: usize,
 }
 
 impl Neighbours {
-    /// Probes through `commander` to the hosts of `store`, and to the BMC through `oobm`;
+    /// Probes through `commander` to the hosts of `hosts`, and to the BMC through `oobm`;
     /// `agreement` dead answers are needed for Down.
     pub fn new(
         commander: Arc<dyn HostCommander>,
-        store: Arc<dyn HostStore>,
+        hosts: Arc<dyn HostDirectory>,
         oobm: Option<Arc<Oobm>>,
         agreement: usize,
     ) -> Self {
         Self {
             commander,
-            store,
+            hosts,
             oobm,
             agreement,
         }
@@ -259,7 +260,7 @@ impl Neighbours {
         let Some(cluster) = host.cluster else {
             return Vec::new();
         };
-        self.store
+        self.hosts
             .in_cluster(cluster)
             .into_iter()
             .filter(|n| n.id != host.id && n.status == Some(Status::Up) && same_kind(n.hypervisor))
@@ -272,8 +273,8 @@ impl Neighbours {
     fn control_hosts(&self, host: &HostRecord) -> Vec<HostId> {
         let cluster = host
             .cluster
-            .map_or_else(Vec::new, |c| self.store.in_cluster(c));
-        let pod = host.pod.map_or_else(Vec::new, |p| self.store.in_pod(p));
+            .map_or_else(Vec::new, |c| self.hosts.in_cluster(c));
+        let pod = host.pod.map_or_else(Vec::new, |p| self.hosts.in_pod(p));
         let pod_up = pod.into_iter().filter(|n| n.status == Some(Status::Up));
         let mut out: Vec<HostId> = Vec::new();
         for n in cluster.into_iter().chain(pod_up) {
@@ -401,18 +402,18 @@ pub struct KvmInvestigator {
 }
 
 impl KvmInvestigator {
-    /// Probes through `commander`, neighbours from `store`, power through `oobm` (if any);
+    /// Probes through `commander`, neighbours from `hosts`, power through `oobm` (if any);
     /// `agreement` = `ha.investigators.agreement`.
     pub fn new(
         commander: Arc<dyn HostCommander>,
-        store: Arc<dyn HostStore>,
+        hosts: Arc<dyn HostDirectory>,
         oobm: Option<Arc<Oobm>>,
         agreement: usize,
     ) -> Self {
         Self {
             neighbours: Neighbours {
                 commander,
-                store,
+                hosts,
                 oobm,
                 agreement,
             },
@@ -446,7 +447,7 @@ impl Investigator for KvmInvestigator {
         if !host.hypervisor.is_kvm_like() {
             return VmVerdict::Unknown;
         }
-        match self.neighbours.store.status(host.id) {
+        match self.neighbours.hosts.status(host.id) {
             Some(Status::Up) => VmVerdict::Alive,
             _ => VmVerdict::Unknown,
         }
@@ -464,17 +465,17 @@ pub struct XenServerInvestigator {
 }
 
 impl XenServerInvestigator {
-    /// Probes through `commander`, neighbours from `store`, power through `oobm` (if any).
+    /// Probes through `commander`, neighbours from `hosts`, power through `oobm` (if any).
     pub fn new(
         commander: Arc<dyn HostCommander>,
-        store: Arc<dyn HostStore>,
+        hosts: Arc<dyn HostDirectory>,
         oobm: Option<Arc<Oobm>>,
         agreement: usize,
     ) -> Self {
         Self {
             neighbours: Neighbours {
                 commander,
-                store,
+                hosts,
                 oobm,
                 agreement,
             },
@@ -505,7 +506,7 @@ impl Investigator for XenServerInvestigator {
     async fn vm_alive(&self, _vm: VmId, host: &HostRecord) -> VmVerdict {
         match (
             is_xen(host.hypervisor),
-            self.neighbours.store.status(host.id),
+            self.neighbours.hosts.status(host.id),
         ) {
             (true, Some(Status::Up)) => VmVerdict::Alive,
             _ => VmVerdict::Unknown,
@@ -542,13 +543,13 @@ impl Investigator for VmwareInvestigator {
 /// ⇒ Disconnected (host alive, agent dead), never Down; nobody reaches it ⇒ don't know.
 pub struct PingInvestigator {
     commander: Arc<dyn HostCommander>,
-    store: Arc<dyn HostStore>,
+    hosts: Arc<dyn HostDirectory>,
 }
 
 impl PingInvestigator {
-    /// Probes through `commander`, pod members from `store`.
-    pub fn new(commander: Arc<dyn HostCommander>, store: Arc<dyn HostStore>) -> Self {
-        Self { commander, store }
+    /// Probes through `commander`, pod members from `hosts`.
+    pub fn new(commander: Arc<dyn HostCommander>, hosts: Arc<dyn HostDirectory>) -> Self {
+        Self { commander, hosts }
     }
 }
 
@@ -561,7 +562,7 @@ impl Investigator for PingInvestigator {
     async fn host_status(&self, host: &HostRecord) -> Option<Finding> {
         let pod = host.pod?;
         let mut asks = FuturesUnordered::new();
-        for n in self.store.in_pod(pod) {
+        for n in self.hosts.in_pod(pod) {
             if n.id == host.id || n.status != Some(Status::Up) || n.host_type != HostType::Routing {
                 continue;
             }
@@ -590,7 +591,7 @@ impl Investigator for PingInvestigator {
 pub fn chain(
     config: &Config,
     commander: &Arc<dyn HostCommander>,
-    store: &Arc<dyn HostStore>,
+    hosts: &Arc<dyn HostDirectory>,
     oobm: Option<&Arc<Oobm>>,
 ) -> Vec<Arc<dyn Investigator>> {
     let m = config.ha_investigators_agreement as usize;
@@ -602,20 +603,20 @@ pub fn chain(
                 "SimpleInvestigator" => Arc::new(SimpleInvestigator::new(Arc::clone(commander))),
                 "XenServerInvestigator" => Arc::new(XenServerInvestigator::new(
                     Arc::clone(commander),
-                    Arc::clone(store),
+                    Arc::clone(hosts),
                     oobm.cloned(),
                     m,
                 )),
                 "KVMInvestigator" => Arc::new(KvmInvestigator::new(
                     Arc::clone(commander),
-                    Arc::clone(store),
+                    Arc::clone(hosts),
                     oobm.cloned(),
                     m,
                 )),
                 "VMwareInvestigator" => Arc::new(VmwareInvestigator),
                 "PingInvestigator" => Arc::new(PingInvestigator::new(
                     Arc::clone(commander),
-                    Arc::clone(store),
+                    Arc::clone(hosts),
                 )),
                 _ => return None,
             })

@@ -250,7 +250,7 @@ fn up(id: u64, hv: HypervisorType, pod: u64, status: Option<Status>, t: HostType
 
 #[test]
 fn the_chain_follows_the_configured_order_by_cloudstacks_names() {
-    let store: Arc<dyn HostStore> = Arc::new(cloudha_ports::InMemoryHostStore::new());
+    let store: Arc<dyn HostDirectory> = Arc::new(cloudha_ports::HostCache::new());
     let commander: Arc<dyn HostCommander> = Arc::new(MockHostCommander::new());
     let config = Config::default();
     let names: Vec<&str> = chain(&config, &commander, &store, None)
@@ -277,7 +277,7 @@ fn the_chain_follows_the_configured_order_by_cloudstacks_names() {
 
 #[tokio::test(start_paused = true)]
 async fn heartbeat_investigators_call_a_vm_alive_only_on_an_up_host_of_their_kind() {
-    let store = Arc::new(cloudha_ports::InMemoryHostStore::new());
+    let store = Arc::new(cloudha_ports::HostCache::new());
     let commander: Arc<dyn HostCommander> = Arc::new(MockHostCommander::new());
     let kvm = KvmInvestigator::new(commander.clone(), store.clone(), None, 1);
     let xen = XenServerInvestigator::new(commander, store.clone(), None, 1);
@@ -332,7 +332,7 @@ async fn heartbeat_investigators_call_a_vm_alive_only_on_an_up_host_of_their_kin
 /// that reaches it ⇒ Disconnected; nobody ⇒ don't know.
 #[tokio::test(start_paused = true)]
 async fn the_ping_investigator_asks_the_up_routing_hosts_of_the_pod() {
-    let store = Arc::new(cloudha_ports::InMemoryHostStore::new());
+    let store = Arc::new(cloudha_ports::HostCache::new());
     let target = up(
         1,
         HypervisorType::Kvm,
@@ -404,7 +404,7 @@ async fn the_ping_investigator_asks_the_up_routing_hosts_of_the_pod() {
 /// a system VM host.
 #[test]
 fn control_hosts_are_the_cluster_then_the_up_hosts_of_the_pod() {
-    let store = Arc::new(cloudha_ports::InMemoryHostStore::new());
+    let store = Arc::new(cloudha_ports::HostCache::new());
     let target = up(
         1,
         HypervisorType::Kvm,
@@ -454,7 +454,7 @@ fn control_hosts_are_the_cluster_then_the_up_hosts_of_the_pod() {
     }
     let n = Neighbours {
         commander: Arc::new(MockHostCommander::new()),
-        store,
+        hosts: store,
         oobm: None,
         agreement: 1,
     };

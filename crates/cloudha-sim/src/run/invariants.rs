@@ -269,7 +269,7 @@ impl Cloud {
                 .iter()
                 .filter(|c| c.to == Status::Down && c.from != Some(Status::Down))
             {
-                let t = c.at;
+                let t = self.world.instant(c.at);
                 let start = state
                     .probes
                     .get(host)

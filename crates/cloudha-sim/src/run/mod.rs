@@ -21,9 +21,9 @@ use cloudha_attache::{AgentHandle, ServerResource, Tasks};
 use cloudha_ha::{
     Fencer, HaManager, HaPorts, InMemoryVms, NeighbourFencer, PowerFencer, XenPoolFencer,
 };
-use cloudha_liveness::{AgentManager, Oobm, Ports, StatusChange};
+use cloudha_liveness::{AgentManager, HostDownAlert, Oobm, Ports, StatusChange};
 use cloudha_ports::{
-    HostRecord, HostStore, InMemoryHaWorkStore, InMemoryHostStore, OwnerId, VmKind, VmRecord,
+    Clock, HostRecord, InMemoryHaWorkStore, InMemoryHostStore, OwnerId, VmKind, VmRecord,
 };
 use cloudha_protocol::*;
 use cloudha_registry::Registry;
@@ -45,8 +45,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct Instance {
     agent: AgentManager,
-    tasks: Tasks,
+    ha: HaManager,
     registry: Arc<Registry>,
+}
+
+impl Instance {
+    /// The manager process dies: every task ends at once, nothing is written on the way out
+    /// (the agent manager's graceful stop would mark its hosts).
+    async fn crash(self) {
+        self.ha.stop().await;
+        self.agent.tasks().shutdown().await;
+        self.registry.shutdown().await;
+    }
 }
 
 /// A host fault as it happened: the host, the kind, when, and the host's last ping before it.
@@ -203,7 +213,7 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
             record.pod = Some(pod);
             record.zone = Some(zone);
             record.self_fence_independent = c.self_fence == SelfFence::Independent;
-            hosts.upsert(record);
+            hosts.insert(record);
             records.set_capacity(id, c.capacity_per_host as usize);
             for j in 1..=c.vms_per_host {
                 let vid = VmId(next_vm);
@@ -379,8 +389,7 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
     let report = cloud.report(seed);
     let instance = lock(&cloud.instance).take();
     if let Some(i) = instance {
-        i.tasks.shutdown().await;
-        i.registry.shutdown().await;
+        i.crash().await;
     }
     cloud.sim_tasks.shutdown().await;
     report
@@ -389,21 +398,24 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
 impl Cloud {
     async fn start_manager(self: &Arc<Self>, first: bool) {
         let config = self.scenario.config.clone();
-        let tasks = Tasks::new();
         let registry = Arc::new(Registry::default());
         registry.register(self.pings.clone(), Interest::COMMANDS, false);
-        let oobm = Arc::new(Oobm::new(self.bmc.clone(), config.oobm_action_timeout));
+        let clock: Arc<dyn Clock> = Arc::new(self.world.clock);
+        let oobm = Arc::new(Oobm::new(
+            self.bmc.clone(),
+            config.oobm_action_timeout,
+            clock.clone(),
+        ));
         let agent = AgentManager::new(
             config.clone(),
-            Ports {
-                store: self.hosts.clone(),
-                registry: registry.clone(),
-                alerts: self.alerts.clone(),
-                ha: None,
-                investigators: None,
-                oobm: Some(oobm.clone()),
-            },
-            tasks.clone(),
+            Ports::new(
+                self.hosts.clone(),
+                registry.clone(),
+                self.alerts.clone(),
+                clock.clone(),
+            )
+            .with_oobm(oobm.clone())
+            .with_host_down_alert(HostDownAlert::LeftToHa),
         )
         .expect("config validated with the scenario");
         let recorded = |inner: Arc<dyn Fencer>| -> Arc<dyn Fencer> {
@@ -415,12 +427,14 @@ impl Cloud {
         let fencers: Vec<Arc<dyn Fencer>> = vec![
             recorded(Arc::new(NeighbourFencer::new(
                 agent.commander(),
-                self.hosts.clone(),
+                agent.hosts(),
+                clock.clone(),
                 &config,
             ))),
             recorded(Arc::new(XenPoolFencer::new(
                 agent.commander(),
-                self.hosts.clone(),
+                agent.hosts(),
+                clock.clone(),
                 &config,
             ))),
             recorded(Arc::new(PowerFencer::new(oobm))),
@@ -428,37 +442,38 @@ impl Cloud {
         let ha = HaManager::new(
             config,
             OwnerId(1),
-            HaPorts {
-                hosts: self.hosts.clone(),
-                work: self.work.clone(),
-                vms: self.vms.clone(),
-                investigators: agent.investigators(),
+            &agent,
+            HaPorts::new(
+                self.work.clone(),
+                self.vms.clone(),
                 fencers,
-                alerts: self.alerts.clone(),
-                investigations: agent.investigations(),
-                clock: Arc::new(self.world.clock),
-            },
-            tasks.clone(),
+                self.alerts.clone(),
+            ),
         );
-        agent.set_ha(Arc::new(ha.clone()));
         for (id, r) in &self.resources {
             if r.direct {
                 let resource: Arc<dyn ServerResource> = r.clone();
                 if first {
                     let record = self.hosts.get(*id).expect("added");
-                    agent.add_direct_host(record, resource);
+                    agent
+                        .add_direct_host(record, resource)
+                        .await
+                        .expect("the in-memory store does not fail");
                 } else {
                     agent.register_direct(*id, resource);
                 }
             }
         }
         lock(&self.starts).push(Instant::now());
-        agent.start().await;
-        ha.start().await;
-        self.slot.set(Some((agent.sink(), tasks.clone())));
+        agent
+            .start()
+            .await
+            .expect("the in-memory store does not fail");
+        ha.start().await.expect("a new HA manager starts");
+        self.slot.set(Some((agent.sink(), agent.tasks().clone())));
         *lock(&self.instance) = Some(Instance {
             agent,
-            tasks,
+            ha,
             registry,
         });
     }
@@ -468,8 +483,7 @@ impl Cloud {
         let old = lock(&self.instance).take();
         if let Some(i) = old {
             self.save_history(&i.agent);
-            i.tasks.shutdown().await;
-            i.registry.shutdown().await;
+            i.crash().await;
         }
         if let Some(d) = downtime {
             tokio::time::sleep(d).await;

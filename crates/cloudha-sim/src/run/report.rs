@@ -31,7 +31,7 @@ impl Cloud {
                     .into_iter()
                     .flatten()
                     .map(|c| TransitionReport {
-                        at_s: at_s(world, c.at),
+                        at_s: at_s(world, world.instant(c.at)),
                         from: c.from.map(|s| s.to_string()),
                         event: c.event.to_string(),
                         to: c.to.to_string(),
@@ -120,7 +120,10 @@ impl Cloud {
             })
             .map(|(id, kind, at, last_ping)| {
                 let changes = history.get(id).map(Vec::as_slice).unwrap_or_default();
-                let after: Vec<&StatusChange> = changes.iter().filter(|c| c.at >= *at).collect();
+                let after: Vec<&StatusChange> = changes
+                    .iter()
+                    .filter(|c| world.instant(c.at) >= *at)
+                    .collect();
                 Detection {
                     host: host_name(Some(*id)).unwrap_or_default(),
                     fault: format!("{kind:?}"),
@@ -129,11 +132,11 @@ impl Cloud {
                     flagged_at_s: after
                         .iter()
                         .find(|c| c.from != Some(c.to))
-                        .map(|c| at_s(world, c.at)),
+                        .map(|c| at_s(world, world.instant(c.at))),
                     down_at_s: after
                         .iter()
                         .find(|c| c.to == Status::Down)
-                        .map(|c| at_s(world, c.at)),
+                        .map(|c| at_s(world, world.instant(c.at))),
                 }
             })
             .collect();
