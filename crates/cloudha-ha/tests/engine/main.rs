@@ -7,6 +7,7 @@ mod connect;
 mod fencing;
 mod ha;
 mod ha_fencing;
+mod host_store_faults;
 mod investigation;
 mod lifecycle;
 mod monitor;

@@ -273,6 +273,8 @@ pub(crate) struct Harness {
 pub(crate) struct Wiring {
     /// The store (a chain built before the manager needs it).
     pub(crate) store: Arc<InMemoryHostStore>,
+    /// The store port the manager writes through; `None`: `store` itself.
+    pub(crate) store_port: Option<Arc<dyn HostStore>>,
     /// Host-down alerts are left to VM-HA (as with an HA manager); without, the manager raises
     /// them itself.
     pub(crate) ha: bool,
@@ -286,6 +288,7 @@ impl Default for Wiring {
     fn default() -> Self {
         Self {
             store: Arc::new(InMemoryHostStore::new()),
+            store_port: None,
             ha: true,
             investigators: None,
             oobm: None,
@@ -339,12 +342,13 @@ pub(crate) async fn agent_over(
 
 pub(crate) fn harness_with(config: Config, wiring: Wiring) -> Harness {
     let store = wiring.store;
+    let port: Arc<dyn HostStore> = wiring.store_port.unwrap_or_else(|| store.clone());
     let registry = Arc::new(Registry::default());
     let alerts = Arc::new(RecordingAlerts::default());
     let investigator = Arc::new(ScriptedInvestigator::default());
     let tokio_clock = tokio_clock();
     let mut ports = Ports::new(
-        store.clone(),
+        port,
         registry.clone(),
         alerts.clone(),
         Arc::new(tokio_clock),
