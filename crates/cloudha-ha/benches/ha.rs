@@ -32,8 +32,10 @@ impl Fencer for Fenced {
     fn name(&self) -> &'static str {
         "Instant"
     }
-    async fn fence(&self, _: &VmRecord, host: &HostRecord) -> FenceOutcome {
-        FenceOutcome::Fenced(DeathProof::power_fenced(host.id, "instant"))
+    async fn fence(&self, _: &VmRecord, _: &HostRecord) -> FenceOutcome {
+        FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "instant".into(),
+        })
     }
 }
 

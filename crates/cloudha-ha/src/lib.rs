@@ -7,10 +7,12 @@
 
 pub mod fence;
 mod manager;
+pub mod proof;
 pub mod vm;
 
 pub use fence::{FenceOutcome, Fencer, NeighbourFencer, PowerFencer, XenPoolFencer};
 pub use manager::{HaManager, HaPorts};
+pub use proof::{DeathProof, FenceEvidence};
 pub use vm::{InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmOrchestrator};
 
 #[cfg(any(test, feature = "mock"))]

@@ -16,11 +16,12 @@ use tracing::Instrument;
 
 use cloudha_liveness::{Config, HaScheduler, Investigations, investigate};
 use cloudha_ports::{
-    Alert, AlertKind, AlertSink, DeathProof, HaWorkStore, HostRecord, HostStore, Investigator,
-    OwnerId, ProofKind, VmKind, VmRecord, VmVerdict, WorkItem,
+    Alert, AlertKind, AlertSink, HaWorkStore, HostRecord, HostStore, Investigator, OwnerId,
+    ProofKind, VmKind, VmRecord, VmVerdict, WorkItem,
 };
 
 use crate::fence::{FenceOutcome, Fencer};
+use crate::proof::DeathProof;
 use crate::vm::{Planner, StartError, StartParams, VmOrchestrator};
 
 /// The ports the HA manager is built on.
@@ -470,7 +471,8 @@ impl HaInner {
                     (WorkReason::HostDegraded, Some(h)) => DeathProof::operator_word(h),
                     (_, h) => DeathProof::vm_reported_off(h),
                 }
-                .recorded_at(now),
+                .recorded_at(now)
+                .record(),
             );
         }
         let id = self.insert(item).await?;
@@ -1088,7 +1090,7 @@ impl HaInner {
         if item.reason == WorkReason::HostDegraded {
             let proof = DeathProof::operator_word(host.id);
             item.note(now, format!("no fencing: {proof}"));
-            item.fence_proof = Some(proof.recorded_at(now));
+            item.fence_proof = Some(proof.recorded_at(now).record());
             return Ok(());
         }
         let (verdict, by) =
@@ -1118,7 +1120,7 @@ impl HaInner {
                     ),
                 );
                 item.note(now, format!("proof: {proof}"));
-                item.fence_proof = Some(proof.recorded_at(now));
+                item.fence_proof = Some(proof.recorded_at(now).record());
                 return Ok(());
             }
             VmVerdict::Unknown => {}
@@ -1131,7 +1133,7 @@ impl HaInner {
                     "fenced"
                 };
                 item.note(self.now(), format!("{how}: {proof}"));
-                item.fence_proof = Some(proof.recorded_at(self.now()));
+                item.fence_proof = Some(proof.recorded_at(self.now()).record());
                 Ok(())
             }
             (Err(why), _) => {
@@ -1165,7 +1167,7 @@ impl HaInner {
             && f.update_count == current
         {
             match &f.outcome {
-                Ok(proof) => return (Ok(proof.clone()), true),
+                Ok(proof) => return (Ok(proof.duplicate()), true),
                 Err((at, why)) if now < *at + self.config.restart_retry_interval => {
                     return (Err(why.clone()), true);
                 }
@@ -1177,8 +1179,9 @@ impl HaInner {
         let mut alive = false;
         for fencer in &self.ports.fencers {
             match fencer.fence(vm, host).await {
-                FenceOutcome::Fenced(proof) => {
-                    outcome = Some((fencer.name(), proof));
+                // The fencer's evidence becomes a proof here, for the host it was asked to fence.
+                FenceOutcome::Fenced(evidence) => {
+                    outcome = Some((fencer.name(), DeathProof::fenced(host.id, evidence)));
                     break;
                 }
                 FenceOutcome::Failed { reason } | FenceOutcome::NotApplicable { reason } => {
@@ -1216,7 +1219,10 @@ impl HaInner {
         if !matches!(&result, Ok(p) if p.kind() == ProofKind::PoolFenced) {
             *last = Some(HostFence {
                 update_count: current,
-                outcome: result.clone().map_err(|why| (now, why)),
+                outcome: result
+                    .as_ref()
+                    .map(DeathProof::duplicate)
+                    .map_err(|why| (now, why.clone())),
             });
         }
         (result, false)

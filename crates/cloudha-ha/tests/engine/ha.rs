@@ -157,9 +157,9 @@ fn build(config: Config, vms_on_failed: u64) -> H {
     let alerts = Arc::new(RecordingAlerts::default());
     let verdict = Arc::new(VmVerdicts(Mutex::new(VmVerdict::Unknown)));
     let fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
-            FAILED, "test",
-        ))),
+        outcome: Mutex::new(FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "test".into(),
+        })),
         calls: AtomicUsize::new(0),
         delay: Duration::ZERO,
     });
@@ -313,7 +313,7 @@ async fn a_down_hosts_ha_vm_is_fenced_stopped_and_started_elsewhere() {
     assert_eq!(item.step, WorkStep::Done);
     let proof = item.fence_proof.as_ref().expect("a proof");
     assert_eq!(
-        (proof.kind(), proof.host(), proof.evidence()),
+        (proof.kind, proof.host, proof.evidence.as_str()),
         (ProofKind::PowerFenced, Some(FAILED), "test")
     );
     let log: Vec<&str> = item.history.iter().map(|e| e.what.as_str()).collect();
@@ -353,7 +353,11 @@ async fn restart_branches_data_driven() {
         retry_after: Option<Duration>,
         alert: Option<AlertKind>,
     }
-    let fenced = || Some(FenceOutcome::Fenced(DeathProof::power_fenced(FAILED, "ok")));
+    let fenced = || {
+        Some(FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "ok".into(),
+        }))
+    };
     let failed = || {
         Some(FenceOutcome::Failed {
             reason: "bmc down".into(),
@@ -503,8 +507,9 @@ async fn a_failed_fence_is_retried_and_a_later_fence_restarts() {
         "retried after restart.retry.interval"
     );
     assert_eq!(h.vm(100).host, Some(FAILED), "never started while unfenced");
-    *h.fencer.outcome.lock().unwrap() =
-        FenceOutcome::Fenced(DeathProof::power_fenced(FAILED, "bmc back: powered off"));
+    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Fenced(FenceEvidence::Power {
+        evidence: "bmc back: powered off".into(),
+    });
     sleep(Duration::from_secs(600)).await;
     assert_eq!(h.vm(100).state, VmState::Running);
     assert_ne!(h.vm(100).host, Some(FAILED));
@@ -674,9 +679,9 @@ async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
         h.vms.inner.upsert(vm(100 + i as u64, *id, true));
     }
     h.fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
-            FAILED, "slow",
-        ))),
+        outcome: Mutex::new(FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "slow".into(),
+        })),
         calls: AtomicUsize::new(0),
         delay: Duration::from_secs(10),
     });
@@ -809,7 +814,7 @@ async fn the_operator_releases_the_brake_or_declares_a_host_dead() {
     );
     let proof = h.item(101).fence_proof.expect("a proof");
     assert_eq!(
-        (proof.kind(), proof.host(), proof.evidence()),
+        (proof.kind, proof.host, proof.evidence.as_str()),
         (
             ProofKind::OperatorWord,
             Some(HostId(2)),
@@ -1022,10 +1027,9 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
     };
     let mut h = build(config.clone(), 10);
     h.fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
-            FAILED,
-            "slow fence",
-        ))),
+        outcome: Mutex::new(FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "slow fence".into(),
+        })),
         calls: AtomicUsize::new(0),
         delay: Duration::from_secs(20),
     });

@@ -199,7 +199,7 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
             assert_eq!(item.step, WorkStep::Done, "{ctx}: {:?}", item.history);
             let proof = item.fence_proof.as_ref().expect("every item has a proof");
             assert_eq!(
-                (proof.kind(), proof.host()),
+                (proof.kind, proof.host),
                 (r.proof, Some(HOST)),
                 "{ctx}: {proof}"
             );

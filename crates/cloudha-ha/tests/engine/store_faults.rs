@@ -99,13 +99,12 @@ impl Fencer for Fences {
     fn name(&self) -> &'static str {
         "Scripted"
     }
-    async fn fence(&self, _: &VmRecord, host: &HostRecord) -> FenceOutcome {
+    async fn fence(&self, _: &VmRecord, _: &HostRecord) -> FenceOutcome {
         self.calls.fetch_add(1, Ordering::SeqCst);
         sleep(self.delay).await;
-        FenceOutcome::Fenced(DeathProof::power_fenced(
-            host.id,
-            "powered off, read back Off",
-        ))
+        FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "powered off, read back Off".into(),
+        })
     }
 }
 
