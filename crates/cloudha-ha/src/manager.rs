@@ -977,19 +977,24 @@ impl HaInner {
         {
             return Outcome::Braked(cluster.unwrap_or(ClusterId(0)), why);
         }
-        if item.step == WorkStep::Investigating {
-            if let Some(host) = &host {
-                let stopped_by_us =
-                    item.fence_proof.is_some() && vm.host.is_none() && vm.state == VmState::Stopped;
-                if !stopped_by_us {
-                    if vm.host != Some(host.id) {
-                        return Outcome::Done("VM no longer on the host".into());
-                    }
-                    if let Err(outcome) = self.prove_dead(item, &vm, host).await {
-                        return outcome;
-                    }
+        let proof = if item.step == WorkStep::Investigating {
+            // A VM HA stopped on a recorded proof (a resumed item) is not investigated again.
+            let proof = match (DeathProof::standing(item, &vm), &host) {
+                (Some(proof), _) => proof,
+                (None, Some(host)) if vm.host != Some(host.id) => {
+                    return Outcome::Done("VM no longer on the host".into());
                 }
-            }
+                (None, Some(host)) => match self.prove_dead(item, &vm, host).await {
+                    Ok(proof) => proof,
+                    Err(outcome) => return outcome,
+                },
+                (None, None) => {
+                    return self.retry(
+                        self.config.restart_retry_interval,
+                        "no record of the VM's host: it cannot be proven dead",
+                    );
+                }
+            };
             // The proof is recorded, and the claim checked, before acting: a worker whose claim
             // moved while it fenced must not touch the VM.
             if let Err(outcome) = self.save(item).await {
@@ -1012,7 +1017,16 @@ impl HaInner {
             if let Err(outcome) = self.save(item).await {
                 return outcome;
             }
-        }
+            proof
+        } else {
+            // Scheduled: HA stopped the VM on a proof, in an earlier try or when scheduling.
+            let Some(proof) = DeathProof::standing(item, &vm) else {
+                return Outcome::Done(
+                    "no death proof stands: the VM is not as HA stopped it".into(),
+                );
+            };
+            proof
+        };
         let Some(vm) = self.ports.vms.get(item.vm) else {
             return Outcome::Done("VM gone".into());
         };
@@ -1036,7 +1050,7 @@ impl HaInner {
         if let Err(outcome) = self.save(item).await {
             return outcome;
         }
-        let mut result = self.ports.vms.start(vm.id, params.clone()).await;
+        let mut result = self.ports.vms.start(vm.id, params.clone(), &proof).await;
         if matches!(result, Err(StartError::InsufficientCapacity(_))) {
             item.note(
                 self.now(),
@@ -1044,7 +1058,7 @@ impl HaInner {
             );
             params.candidates = self.candidates(&vm, failed, Planner::Ha);
             params.planner = Planner::Ha;
-            result = self.ports.vms.start(vm.id, params).await;
+            result = self.ports.vms.start(vm.id, params, &proof).await;
         }
         match result {
             Ok(on) => {
@@ -1079,19 +1093,19 @@ impl HaInner {
     }
 
     /// Proves the VM's old copy cannot run: investigators, then the host's fence (one per host,
-    /// shared by its VMs). Records the proof.
+    /// shared by its VMs). Records the proof, and returns it.
     async fn prove_dead(
         &self,
         item: &mut WorkItem,
         vm: &VmRecord,
         host: &HostRecord,
-    ) -> Result<(), Outcome> {
+    ) -> Result<DeathProof, Outcome> {
         let now = self.now();
         if item.reason == WorkReason::HostDegraded {
-            let proof = DeathProof::operator_word(host.id);
+            let proof = DeathProof::operator_word(host.id).recorded_at(now);
             item.note(now, format!("no fencing: {proof}"));
-            item.fence_proof = Some(proof.recorded_at(now).record());
-            return Ok(());
+            item.fence_proof = Some(proof.record());
+            return Ok(proof);
         }
         let (verdict, by) =
             investigate::investigate_vm(&self.ports.investigators, vm.id, host).await;
@@ -1118,10 +1132,11 @@ impl HaInner {
                         by.unwrap_or("?"),
                         host.id
                     ),
-                );
+                )
+                .recorded_at(now);
                 item.note(now, format!("proof: {proof}"));
-                item.fence_proof = Some(proof.recorded_at(now).record());
-                return Ok(());
+                item.fence_proof = Some(proof.record());
+                return Ok(proof);
             }
             VmVerdict::Unknown => {}
         }
@@ -1133,8 +1148,9 @@ impl HaInner {
                     "fenced"
                 };
                 item.note(self.now(), format!("{how}: {proof}"));
-                item.fence_proof = Some(proof.recorded_at(self.now()).record());
-                Ok(())
+                let proof = proof.recorded_at(self.now());
+                item.fence_proof = Some(proof.record());
+                Ok(proof)
             }
             (Err(why), _) => {
                 item.note(self.now(), format!("not fenced: {why}"));

@@ -2,8 +2,8 @@
 //! [`VmOrchestrator::start`](crate::VmOrchestrator::start) requires, and the [`FenceEvidence`] a
 //! fencer reports instead of a proof.
 
-use cloudha_ports::{ProofKind, ProofRecord, SelfFenceTimings, Timestamp};
-use cloudha_protocol::HostId;
+use cloudha_ports::{ProofKind, ProofRecord, SelfFenceTimings, Timestamp, VmRecord, WorkItem};
+use cloudha_protocol::{HostId, VmState};
 
 /// How a fencer fenced a host, in its own words: evidence, not yet a proof.
 ///
@@ -86,9 +86,11 @@ impl std::fmt::Display for FenceEvidence {
 ///
 /// Sealed. Only the HA manager makes one, on the paths that produce proof: a fencer of its
 /// chain fenced the host ([`FenceEvidence`]), an investigator found the VM not running (a dead
-/// verdict), the VM's own Up host reported it off, an operator declared its host dead. What a
-/// store loads back is a [`ProofRecord`]: plain data, which starts nothing. A proof is not
-/// `Clone` either: an orchestrator is lent one for the length of a start.
+/// verdict), the VM's own Up host reported it off, an operator declared its host dead. The one
+/// other path is a restart resumed from the store: the proof recorded on the work item stands
+/// again only if HA itself stopped the VM on it and the VM has not changed since. What a store
+/// loads back is a [`ProofRecord`]: plain data, which starts nothing. A proof is not `Clone`
+/// either: an orchestrator is lent one for the length of a start.
 ///
 /// Outside code reads a proof it is lent:
 ///
@@ -203,6 +205,23 @@ impl DeathProof {
         )
     }
 
+    /// The proof recorded on `item`, standing again for a restart resumed from the store: only
+    /// if HA itself stopped the VM on it (the item recorded the proof, then force-stopped the
+    /// VM: Stopped, on no host) and the VM has not changed since (the state and update counter
+    /// the item last wrote). Anything that touched the VM since (a host reporting it, a start)
+    /// moved its update counter, and the record proves nothing any more.
+    pub(crate) fn standing(item: &WorkItem, vm: &VmRecord) -> Option<Self> {
+        let record = item.fence_proof.as_ref()?;
+        let stopped_by_ha = vm.id == item.vm
+            && vm.state == VmState::Stopped
+            && vm.host.is_none()
+            && vm.state == item.previous_state
+            && vm.update_count == item.update_count;
+        stopped_by_ha.then(|| Self {
+            record: record.clone(),
+        })
+    }
+
     /// The same proof, for the next VM of its host (one fence proves every VM of the host dead).
     pub(crate) fn duplicate(&self) -> Self {
         Self {
@@ -257,7 +276,26 @@ impl std::fmt::Display for DeathProof {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cloudha_ports::VmKind;
+    use cloudha_protocol::{HypervisorType, VmId, WorkReason, WorkStep, WorkType};
     use std::time::Duration;
+
+    fn stopped_vm(update_count: u64) -> VmRecord {
+        VmRecord {
+            id: VmId(7),
+            name: "vm7".into(),
+            kind: VmKind::User,
+            host: None,
+            last_host: Some(HostId(1)),
+            state: VmState::Stopped,
+            update_count,
+            ha_enabled: true,
+            local_root_disk: false,
+            hypervisor: HypervisorType::Kvm,
+            cluster: None,
+            zone: None,
+        }
+    }
 
     #[test]
     fn fence_evidence_makes_a_proof_for_the_host_the_manager_named() {
@@ -325,5 +363,42 @@ mod tests {
         );
         assert_eq!(proof.to_string(), record.to_string());
         assert_eq!(proof.duplicate(), proof);
+    }
+
+    /// A recorded proof stands again only for a VM HA stopped on it and nobody touched since.
+    #[test]
+    fn a_recorded_proof_stands_only_while_the_vm_is_as_ha_stopped_it() {
+        let vm = stopped_vm(5);
+        let mut item = WorkItem::new(
+            WorkType::Ha,
+            WorkStep::Scheduled,
+            WorkReason::VmStoppedOnUpHost,
+            &vm,
+            Some(HostId(1)),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(DeathProof::standing(&item, &vm), None, "no proof recorded");
+        let proof = DeathProof::vm_reported_off(Some(HostId(1)));
+        item.fence_proof = Some(proof.record());
+        assert_eq!(DeathProof::standing(&item, &vm), Some(proof));
+
+        // The force-stop failed: the item wrote the VM as it was, Running on its host.
+        let running = VmRecord {
+            state: VmState::Running,
+            host: Some(HostId(1)),
+            ..stopped_vm(5)
+        };
+        let other = VmRecord {
+            id: VmId(8),
+            ..stopped_vm(5)
+        };
+        for (vm, written, why) in [
+            (stopped_vm(6), VmState::Stopped, "touched since"),
+            (running, VmState::Running, "not stopped by HA"),
+            (other, VmState::Stopped, "another VM"),
+        ] {
+            item.previous_state = written;
+            assert_eq!(DeathProof::standing(&item, &vm), None, "{why}");
+        }
     }
 }

@@ -7,6 +7,8 @@ use std::sync::{Mutex, PoisonError};
 use cloudha_ports::VmRecord;
 use cloudha_protocol::{HostId, VmId, VmState};
 
+use crate::proof::DeathProof;
+
 /// Which planner places a start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Planner {
@@ -80,11 +82,18 @@ pub trait VmOrchestrator: Send + Sync {
     /// The host did not stop it.
     async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError>;
 
-    /// Starts a stopped VM on one of `params.candidates`; returns the host.
+    /// Starts a stopped VM on one of `params.candidates`; returns the host. Only with `proof`
+    /// that its old copy cannot run any more: only the HA manager makes one (see
+    /// [`DeathProof`]), so no start is written without one.
     ///
     /// # Errors
     /// [`StartError::InsufficientCapacity`] when no candidate has room.
-    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError>;
+    async fn start(
+        &self,
+        vm: VmId,
+        params: StartParams,
+        proof: &DeathProof,
+    ) -> Result<HostId, StartError>;
 
     /// Live-migrates a VM away from `from` to one of `candidates`.
     ///
@@ -285,7 +294,12 @@ impl VmOrchestrator for InMemoryVms {
         self.force_stop(vm).await
     }
 
-    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
+    async fn start(
+        &self,
+        vm: VmId,
+        params: StartParams,
+        _proof: &DeathProof,
+    ) -> Result<HostId, StartError> {
         self.place(vm, &params.candidates)
     }
 

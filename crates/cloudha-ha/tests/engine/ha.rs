@@ -84,10 +84,15 @@ impl VmOrchestrator for CountingVms {
         self.log(vm, "stop");
         self.inner.stop(vm).await
     }
-    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
+    async fn start(
+        &self,
+        vm: VmId,
+        params: StartParams,
+        proof: &DeathProof,
+    ) -> Result<HostId, StartError> {
         let delay = *self.start_delay.lock().unwrap();
         sleep(delay).await;
-        let r = self.inner.start(vm, params.clone()).await;
+        let r = self.inner.start(vm, params.clone(), proof).await;
         if r.is_ok() {
             self.starts
                 .lock()

@@ -10,6 +10,7 @@ mod ha_fencing;
 mod investigation;
 mod lifecycle;
 mod monitor;
+mod start_proof;
 mod store_faults;
 mod support;
 mod verdicts;
