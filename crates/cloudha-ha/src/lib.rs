@@ -12,7 +12,7 @@ pub mod vm;
 
 pub use fence::{FenceOutcome, Fencer, NeighbourFencer, PowerFencer, XenPoolFencer};
 pub use manager::{HaManager, HaPorts};
-pub use proof::{DeathProof, FenceEvidence};
+pub use proof::{DeathProof, FenceEvidence, ProveDead};
 pub use vm::{InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmOrchestrator};
 
 #[cfg(any(test, feature = "mock"))]

@@ -21,7 +21,7 @@ use cloudha_ports::{
 };
 
 use crate::fence::{FenceOutcome, Fencer};
-use crate::proof::DeathProof;
+use crate::proof::{DeathProof, ProveDead};
 use crate::vm::{Planner, StartError, StartParams, VmOrchestrator};
 
 /// The ports the HA manager is built on.
@@ -213,15 +213,15 @@ impl HaManager {
         Ok(n)
     }
 
-    /// Schedules a restart of one VM (CloudStack's `scheduleRestart`). Returns the item, if one
-    /// was created.
+    /// Schedules a restart of one VM (CloudStack's `scheduleRestart`), proven dead first or on
+    /// the caller's word (see [`ProveDead`]). Returns the item, if one was created.
     pub async fn schedule_restart(
         &self,
         vm: VmId,
-        investigate: bool,
+        prove: ProveDead,
         reason: WorkReason,
     ) -> Option<WorkId> {
-        self.inner.schedule_restart(vm, investigate, reason).await
+        self.inner.schedule_restart(vm, prove, reason).await
     }
 
     /// Schedules a stop (`Stop`, `CheckStop` or `ForceStop`) of a VM on `host`.
@@ -277,7 +277,7 @@ impl HaManager {
             .get(host)
             .ok_or(cloudha_ports::StoreError::UnknownHost(host))?;
         inner
-            .schedule_for_host(&rec, WorkReason::HostDegraded, false)
+            .schedule_for_host(&rec, WorkReason::HostDegraded, ProveDead::AlreadyKnown)
             .await;
         Ok(())
     }
@@ -291,9 +291,12 @@ impl HaScheduler for HaManager {
         reason: WorkReason,
         investigate: bool,
     ) {
-        self.inner
-            .schedule_for_host(host, reason, investigate)
-            .await;
+        let prove = if investigate {
+            ProveDead::First
+        } else {
+            ProveDead::AlreadyKnown
+        };
+        self.inner.schedule_for_host(host, reason, prove).await;
     }
 
     fn vm_power_report(&self, host: HostId, states: &[VmStateReport]) {
@@ -339,7 +342,7 @@ impl HaInner {
         self: &Arc<Self>,
         host: &HostRecord,
         reason: WorkReason,
-        investigate: bool,
+        prove: ProveDead,
     ) {
         if host.host_type != HostType::Routing {
             return;
@@ -386,14 +389,14 @@ impl HaInner {
                 tracing::info!(vm = %vm.id, "root disk on local storage: its fate is its host's");
                 continue;
             }
-            self.schedule_restart(vm.id, investigate, reason).await;
+            self.schedule_restart(vm.id, prove, reason).await;
         }
     }
 
     async fn schedule_restart(
         self: &Arc<Self>,
         vm: VmId,
-        investigate: bool,
+        prove: ProveDead,
         reason: WorkReason,
     ) -> Option<WorkId> {
         let mut rec = self.ports.vms.get(vm)?;
@@ -415,7 +418,7 @@ impl HaInner {
             return None;
         }
         let wants_ha = rec.ha_enabled || self.config.force_ha;
-        if !investigate {
+        if prove == ProveDead::AlreadyKnown {
             if !wants_ha {
                 self.alert(
                     AlertKind::VmStopped,
@@ -451,10 +454,9 @@ impl HaInner {
             .map(|i| i.tries)
             .max()
             .unwrap_or(0);
-        let step = if investigate {
-            WorkStep::Investigating
-        } else {
-            WorkStep::Scheduled
+        let step = match prove {
+            ProveDead::First => WorkStep::Investigating,
+            ProveDead::AlreadyKnown => WorkStep::Scheduled,
         };
         let mut item = WorkItem::new(
             WorkType::Ha,
@@ -465,7 +467,7 @@ impl HaInner {
             now,
         );
         item.tries = tries;
-        if !investigate {
+        if prove == ProveDead::AlreadyKnown {
             item.fence_proof = Some(
                 match (reason, item.host) {
                     (WorkReason::HostDegraded, Some(h)) => DeathProof::operator_word(h),
@@ -558,7 +560,7 @@ impl HaInner {
                     match me.ports.work.for_vm(vm).await {
                         Ok(items) if items.iter().any(|i| !i.step.is_final()) => {}
                         Ok(_) => {
-                            me.schedule_restart(vm, false, WorkReason::VmStoppedOnUpHost)
+                            me.schedule_restart(vm, ProveDead::AlreadyKnown, WorkReason::VmStoppedOnUpHost)
                                 .await;
                         }
                         Err(e) => {

@@ -1,6 +1,6 @@
 //! "No start without proof" (spec README principle 1) as a type: the sealed [`DeathProof`] that
-//! [`VmOrchestrator::start`](crate::VmOrchestrator::start) requires, and the [`FenceEvidence`] a
-//! fencer reports instead of a proof.
+//! [`VmOrchestrator::start`](crate::VmOrchestrator::start) requires, the [`FenceEvidence`] a
+//! fencer reports instead of a proof, and [`ProveDead`], whether a restart must prove first.
 
 use cloudha_ports::{ProofKind, ProofRecord, SelfFenceTimings, Timestamp, VmRecord, WorkItem};
 use cloudha_protocol::{HostId, VmState};
@@ -271,6 +271,19 @@ impl std::fmt::Display for DeathProof {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.record.fmt(f)
     }
+}
+
+/// Whether a VM must be proven dead before HA restarts it (CloudStack's `investigate` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProveDead {
+    /// Prove it first: investigate the VM, and fence its host when no investigator knows (the
+    /// usual case: its host went Down).
+    First,
+    /// Its death is already known, on the caller's word: its own Up host reported it off or,
+    /// for [`WorkReason::HostDegraded`](cloudha_protocol::WorkReason::HostDegraded), an operator
+    /// declared its host dead. The VM is force-stopped at once, and that word is recorded as
+    /// the proof ([`ProofKind::VmReportedOff`], [`ProofKind::OperatorWord`]).
+    AlreadyKnown,
 }
 
 #[cfg(test)]

@@ -627,7 +627,7 @@ async fn scheduleRestartHADisabled() {
     t.vm(1, "i-2-1-VM", VmKind::User, 1, HypervisorType::Kvm, true);
     t.ha.start().await;
     assert_eq!(
-        t.ha.schedule_restart(VmId(1), true, WorkReason::Unknown)
+        t.ha.schedule_restart(VmId(1), ProveDead::First, WorkReason::Unknown)
             .await,
         None,
         "nothing scheduled"
@@ -636,8 +636,12 @@ async fn scheduleRestartHADisabled() {
     assert_eq!(t.kinds(), vec![AlertKind::HaDisabled]);
     // The second trigger's path (no investigation) does not force-stop either.
     assert_eq!(
-        t.ha.schedule_restart(VmId(1), false, WorkReason::VmStoppedOnUpHost)
-            .await,
+        t.ha.schedule_restart(
+            VmId(1),
+            ProveDead::AlreadyKnown,
+            WorkReason::VmStoppedOnUpHost
+        )
+        .await,
         None
     );
     sleep(Duration::from_secs(3600)).await;
@@ -665,7 +669,7 @@ async fn scheduleRestartHostNotSupported() {
     t.host(1, "esx1", HypervisorType::VMware, 1);
     t.vm(1, "i-2-1-VM", VmKind::User, 1, HypervisorType::VMware, true);
     assert_eq!(
-        t.ha.schedule_restart(VmId(1), true, WorkReason::Unknown)
+        t.ha.schedule_restart(VmId(1), ProveDead::First, WorkReason::Unknown)
             .await,
         None
     );
@@ -675,13 +679,13 @@ async fn scheduleRestartHostNotSupported() {
 
 #[tokio::test(start_paused = true)]
 async fn scheduleRestartVmStoppedUnexpectedlyResolvesHostLocation() {
-    // A non-HA VM that stopped on its own (investigate = false): one "stopped unexpectedly"
+    // A non-HA VM that stopped on its own (ProveDead::AlreadyKnown): one "stopped unexpectedly"
     // alert carrying its host, pod and zone; the VM is marked stopped; nothing scheduled.
     let t = Ha::new(Config::default());
     t.host(5, "cs-kvm06", HypervisorType::Kvm, 2);
     t.vm(3, "i-2-3-VM", VmKind::User, 5, HypervisorType::Kvm, false);
     assert_eq!(
-        t.ha.schedule_restart(VmId(3), false, WorkReason::Unknown)
+        t.ha.schedule_restart(VmId(3), ProveDead::AlreadyKnown, WorkReason::Unknown)
             .await,
         None
     );
@@ -709,7 +713,7 @@ async fn scheduleRestartVmStoppedUnexpectedlyFallsBackWhenHostGone() {
     let t = Ha::new(Config::default());
     t.vm(3, "i-2-3-VM", VmKind::User, 5, HypervisorType::Kvm, false);
     assert_eq!(
-        t.ha.schedule_restart(VmId(3), false, WorkReason::Unknown)
+        t.ha.schedule_restart(VmId(3), ProveDead::AlreadyKnown, WorkReason::Unknown)
             .await,
         None
     );

@@ -454,7 +454,7 @@ async fn restart_branches_data_driven() {
         }
         // Not a cancellable reason: the "host Up again" cancellation is tested on its own.
         let id =
-            h.ha.schedule_restart(VmId(100), true, WorkReason::Unknown)
+            h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::Unknown)
                 .await
                 .expect("scheduled");
         if c.change_vm {
@@ -624,16 +624,16 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
     h.host_down(FAILED);
     // Two items for VM 100: the older one is dropped.
     let first =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     let second =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     // VM 101 disappears.
     let gone =
-        h.ha.schedule_restart(VmId(101), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(101), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     h.vms.inner.destroy(VmId(101), true).await.unwrap();
@@ -653,7 +653,7 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
     // An item still investigating a host that is Up again is cancelled.
     let h = build(config(), 1);
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     h.ha.start().await;
@@ -1013,7 +1013,7 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
     sleep(Duration::from_secs(601)).await;
     assert_eq!(h.item(100).tries, 2);
     let newer =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(
@@ -1091,7 +1091,7 @@ async fn a_departed_peers_claims_are_released_and_served_here() {
     let h = build(config(), 1);
     h.host_down(FAILED);
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     // A peer took the item, then died.
@@ -1219,7 +1219,7 @@ async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
     }
     sleep(window).await;
     let at_bound =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(
@@ -1229,7 +1229,7 @@ async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
     );
     sleep(Duration::from_secs(1)).await;
     let past =
-        h.ha.schedule_restart(VmId(101), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(101), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(
@@ -1248,7 +1248,7 @@ async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
         .await
         .unwrap();
     let other =
-        h.ha.schedule_restart(VmId(102), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(102), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(
@@ -1404,7 +1404,7 @@ async fn only_a_newer_pending_ha_item_supersedes_a_restart() {
         .await
         .unwrap();
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     for (work_type, step, at) in [
@@ -1440,11 +1440,11 @@ async fn a_restart_waits_while_another_ha_item_of_the_vm_is_running() {
         h.work.insert(held).await.unwrap();
     }
     let waits =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     let goes =
-        h.ha.schedule_restart(VmId(101), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(101), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     let t0 = h.clock.now();
@@ -1479,7 +1479,7 @@ async fn a_vm_updated_in_place_since_scheduling_is_not_restarted() {
     let h = build(config(), 1);
     h.host_down(FAILED);
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     h.vms
@@ -1506,7 +1506,7 @@ async fn an_investigating_item_whose_vm_left_its_host_is_done_without_restart() 
     h.host_down(FAILED);
     h.vms.inner.set_state(VmId(100), VmState::Stopped, None);
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(h.work.item(id).unwrap().host, Some(FAILED), "its last host");

@@ -206,14 +206,15 @@ async fn every_start_is_handed_the_proof_recorded_on_its_item() {
         r.ha.start().await;
         let id = match path {
             Path::Fence | Path::DeadVerdict => {
-                r.ha.schedule_restart(VM, true, WorkReason::HostDown).await
+                r.ha.schedule_restart(VM, ProveDead::First, WorkReason::HostDown)
+                    .await
             }
             Path::ReportedOff => {
-                r.ha.schedule_restart(VM, false, WorkReason::VmStoppedOnUpHost)
+                r.ha.schedule_restart(VM, ProveDead::AlreadyKnown, WorkReason::VmStoppedOnUpHost)
                     .await
             }
             Path::OperatorWord => {
-                r.ha.schedule_restart(VM, false, WorkReason::HostDegraded)
+                r.ha.schedule_restart(VM, ProveDead::AlreadyKnown, WorkReason::HostDegraded)
                     .await
             }
         }

@@ -192,7 +192,7 @@ async fn backend_errors_are_retried_and_the_item_is_neither_lost_nor_run_twice()
     r.work.fail_updates.store(4, Ordering::SeqCst);
     r.ha.start().await;
     let id =
-        r.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        r.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .expect("scheduled");
     sleep(Duration::from_secs(120)).await;
@@ -227,7 +227,7 @@ async fn a_worker_whose_claim_moved_stops_without_writing() {
     slow.ha.start().await;
     let id = slow
         .ha
-        .schedule_restart(VmId(100), true, WorkReason::HostDown)
+        .schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
         .await
         .expect("scheduled");
     sleep(Duration::from_secs(10)).await;
