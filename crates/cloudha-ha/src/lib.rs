@@ -13,7 +13,9 @@ pub mod vm;
 pub use fence::{FenceOutcome, Fencer, NeighbourFencer, PowerFencer, XenPoolFencer};
 pub use manager::{HaManager, HaPorts};
 pub use proof::{DeathProof, FenceEvidence, ProveDead};
-pub use vm::{InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmOrchestrator};
+pub use vm::{
+    Expunge, InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmOrchestrator,
+};
 
 #[cfg(any(test, feature = "mock"))]
 pub use fence::MockFencer;

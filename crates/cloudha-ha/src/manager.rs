@@ -22,7 +22,7 @@ use cloudha_ports::{
 
 use crate::fence::{FenceOutcome, Fencer};
 use crate::proof::{DeathProof, ProveDead};
-use crate::vm::{Planner, StartError, StartParams, VmOrchestrator};
+use crate::vm::{Expunge, Planner, StartError, StartParams, VmOrchestrator};
 
 /// The ports the HA manager is built on.
 pub struct HaPorts {
@@ -1302,8 +1302,12 @@ impl HaInner {
         if let Err(outcome) = self.save(item).await {
             return outcome;
         }
-        let expunge = matches!(vm.kind, VmKind::SecondaryStorageVm | VmKind::ConsoleProxy);
-        if !expunge && item.previous_state == VmState::Destroyed {
+        let expunge = if matches!(vm.kind, VmKind::SecondaryStorageVm | VmKind::ConsoleProxy) {
+            Expunge::Now
+        } else {
+            Expunge::Later
+        };
+        if expunge == Expunge::Later && item.previous_state == VmState::Destroyed {
             return Outcome::Done("already destroyed".into());
         }
         if item.previous_state == VmState::Running

@@ -32,6 +32,15 @@ pub struct StartParams {
     pub ha_operation: bool,
 }
 
+/// When a destroyed VM is expunged (its record removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expunge {
+    /// At once (system VMs: secondary storage VMs and console proxies are recreated).
+    Now,
+    /// Not now: the VM stays Destroyed (CloudStack expunges it after `expunge.delay`).
+    Later,
+}
+
 /// A start or migration that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -106,11 +115,11 @@ pub trait VmOrchestrator: Send + Sync {
         candidates: Vec<HostId>,
     ) -> Result<HostId, StartError>;
 
-    /// Destroys (and with `expunge`, removes) a VM.
+    /// Destroys a VM, and expunges it (removes its record) when `expunge` says now.
     ///
     /// # Errors
     /// The destroy failed.
-    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError>;
+    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError>;
 }
 
 /// A `VmOrchestrator` in memory: VM records and per-host capacity (VMs a host can run). Starting
@@ -313,9 +322,9 @@ impl VmOrchestrator for InMemoryVms {
         self.place(vm, &c)
     }
 
-    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
+    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError> {
         let mut vms = self.lock();
-        if expunge {
+        if expunge == Expunge::Now {
             if let Some(old) = vms.by_id.remove(&vm) {
                 vms.unindex(&old);
             }

@@ -9,8 +9,8 @@ use cloudha_attache::{
     AgentStreamObj, CommandSink, ConnectedConfig, Connector, ServerResource, Tasks, accept_stream,
 };
 use cloudha_ha::{
-    DeathProof, FenceOutcome, Fencer, InMemoryVms, OrchestratorError, StartError, StartParams,
-    VmOrchestrator,
+    DeathProof, Expunge, FenceOutcome, Fencer, InMemoryVms, OrchestratorError, StartError,
+    StartParams, VmOrchestrator,
 };
 use cloudha_ports::{
     Alert, AlertSink, HostRecord, OobError, OutOfBandManagement, PowerState, VmRecord,
@@ -519,7 +519,7 @@ impl VmOrchestrator for SimVms {
         self.place(vm, &c, false, None)
     }
 
-    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
+    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError> {
         self.world.kill_vm(vm, None);
         self.records.destroy(vm, expunge).await
     }

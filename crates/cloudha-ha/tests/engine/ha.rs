@@ -111,8 +111,12 @@ impl VmOrchestrator for CountingVms {
     ) -> Result<HostId, StartError> {
         self.inner.migrate_away(vm, from, c).await
     }
-    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
-        self.log(vm, if expunge { "expunge" } else { "destroy" });
+    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError> {
+        let call = match expunge {
+            Expunge::Now => "expunge",
+            Expunge::Later => "destroy",
+        };
+        self.log(vm, call);
         self.inner.destroy(vm, expunge).await
     }
 }
@@ -636,7 +640,7 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
         h.ha.schedule_restart(VmId(101), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
-    h.vms.inner.destroy(VmId(101), true).await.unwrap();
+    h.vms.inner.destroy(VmId(101), Expunge::Now).await.unwrap();
     h.ha.start().await;
     sleep(Duration::from_secs(1)).await;
     assert_eq!(

@@ -66,7 +66,7 @@ impl VmOrchestrator for ProofLog {
     ) -> Result<HostId, StartError> {
         self.inner.migrate_away(vm, from, candidates).await
     }
-    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
+    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError> {
         self.inner.destroy(vm, expunge).await
     }
 }
