@@ -32,8 +32,10 @@ impl Fencer for Fenced {
     fn name(&self) -> &'static str {
         "Instant"
     }
-    async fn fence(&self, _: &VmRecord, host: &HostRecord) -> FenceOutcome {
-        FenceOutcome::Fenced(DeathProof::power_fenced(host.id, "instant"))
+    async fn fence(&self, _: &VmRecord, _: &HostRecord) -> FenceOutcome {
+        FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "instant".into(),
+        })
     }
 }
 
@@ -97,7 +99,7 @@ fn main() {
         let start = StdInstant::now();
         ha.start().await.unwrap();
         for h in 0..failed {
-            ha.schedule_restarts_for_host(&hosts.get(HostId(h)).unwrap(), WorkReason::HostDown, true).await;
+            ha.schedule_restarts_for_host(&hosts.get(HostId(h)).unwrap(), WorkReason::HostDown, ProveDead::First).await;
         }
         let total = (failed * per_host) as usize;
         loop {

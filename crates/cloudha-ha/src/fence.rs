@@ -13,15 +13,18 @@ use cloudha_liveness::Config;
 use cloudha_liveness::investigate::Neighbours;
 use cloudha_liveness::oobm::Oobm;
 use cloudha_ports::{
-    Clock, DeathProof, HostCommander, HostDirectory, HostRecord, PowerState, SelfFenceTimings,
-    Timestamp, VmRecord,
+    Clock, HostCommander, HostDirectory, HostRecord, PowerState, SelfFenceTimings, Timestamp,
+    VmRecord,
 };
+
+use crate::proof::FenceEvidence;
 
 /// What a fencer achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FenceOutcome {
-    /// The VM's old copy cannot run any more: the proof.
-    Fenced(DeathProof),
+    /// The VM's old copy cannot run any more: how the host was fenced, which the HA manager
+    /// turns into the proof (see [`FenceEvidence`] for why a fencer makes no proof itself).
+    Fenced(FenceEvidence),
     /// This fencer tried and could not fence.
     Failed {
         /// Why.
@@ -314,11 +317,10 @@ impl Fencer for NeighbourFencer {
             };
         }
         match self.0.ask(vm, host, HypervisorType::is_kvm_like).await {
-            Ok((timings, seen)) => FenceOutcome::Fenced(DeathProof::self_fenced(
-                host.id,
-                format!("{seen}; the host fences itself independently of its agent"),
+            Ok((timings, seen)) => FenceOutcome::Fenced(FenceEvidence::SelfFence {
+                evidence: format!("{seen}; the host fences itself independently of its agent"),
                 timings,
-            )),
+            }),
             Err(outcome) => outcome,
         }
     }
@@ -366,11 +368,10 @@ impl Fencer for XenPoolFencer {
             };
         }
         match self.0.ask(vm, host, is_xen).await {
-            Ok((timings, seen)) => FenceOutcome::Fenced(DeathProof::pool_fenced(
-                host.id,
-                format!("{seen} (pool heartbeat); the pool reset the VM's power state"),
+            Ok((timings, seen)) => FenceOutcome::Fenced(FenceEvidence::Pool {
+                evidence: format!("{seen} (pool heartbeat); the pool reset the VM's power state"),
                 timings,
-            )),
+            }),
             Err(outcome) => outcome,
         }
     }
@@ -400,13 +401,12 @@ impl Fencer for PowerFencer {
     async fn fence(&self, _vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
         let h = host.id;
         if let Some(at) = self.oobm.off_since(h, host.connected_at) {
-            return FenceOutcome::Fenced(DeathProof::power_fenced(
-                h,
-                format!(
+            return FenceOutcome::Fenced(FenceEvidence::Power {
+                evidence: format!(
                     "the BMC read host {h} off {:?} ago, and it has not connected since",
                     self.oobm.clock().now().saturating_duration_since(at)
                 ),
-            ));
+            });
         }
         // What we know of its power: a fresh reading; or, when a reading just failed, nothing;
         // or a reading now.
@@ -417,10 +417,9 @@ impl Fencer for PowerFencer {
         };
         match reading {
             Ok(PowerState::Off) => {
-                return FenceOutcome::Fenced(DeathProof::power_fenced(
-                    h,
-                    format!("the BMC reports host {h} already off"),
-                ));
+                return FenceOutcome::Fenced(FenceEvidence::Power {
+                    evidence: format!("the BMC reports host {h} already off"),
+                });
             }
             Ok(PowerState::Unknown) => {
                 return FenceOutcome::Failed {
@@ -438,14 +437,14 @@ impl Fencer for PowerFencer {
         }
         let off = self.oobm.power_off(h).await;
         match (self.oobm.power_status(h).await, off) {
-            (Ok(PowerState::Off), Ok(())) => FenceOutcome::Fenced(DeathProof::power_fenced(
-                h,
-                format!("host {h} powered off through its BMC, read back off"),
-            )),
-            (Ok(PowerState::Off), Err(e)) => FenceOutcome::Fenced(DeathProof::power_fenced(
-                h,
-                format!("the power-off of host {h} failed ({e}), but the BMC reads it off"),
-            )),
+            (Ok(PowerState::Off), Ok(())) => FenceOutcome::Fenced(FenceEvidence::Power {
+                evidence: format!("host {h} powered off through its BMC, read back off"),
+            }),
+            (Ok(PowerState::Off), Err(e)) => FenceOutcome::Fenced(FenceEvidence::Power {
+                evidence: format!(
+                    "the power-off of host {h} failed ({e}), but the BMC reads it off"
+                ),
+            }),
             (back, off) => FenceOutcome::Failed {
                 reason: format!(
                     "power-off of host {h} not confirmed (off: {}, read back: {})",

@@ -7,11 +7,15 @@
 
 pub mod fence;
 mod manager;
+pub mod proof;
 pub mod vm;
 
 pub use fence::{FenceOutcome, Fencer, NeighbourFencer, PowerFencer, XenPoolFencer};
 pub use manager::{HaManager, HaPorts};
-pub use vm::{InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmOrchestrator};
+pub use proof::{DeathProof, FenceEvidence, ProveDead};
+pub use vm::{
+    Expunge, InMemoryVms, OrchestratorError, Planner, StartError, StartParams, VmOrchestrator,
+};
 
 #[cfg(any(test, feature = "mock"))]
 pub use fence::MockFencer;

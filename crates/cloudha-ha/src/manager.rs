@@ -18,13 +18,14 @@ use cloudha_liveness::{
     AgentManager, Config, HostDownAlert, Investigations, ManagerError, StatusChanges, investigate,
 };
 use cloudha_ports::{
-    Alert, AlertKind, AlertSink, DeathProof, HaWorkStore, HostDirectory, HostRecord, Investigator,
-    OwnerId, ProofKind, VmKind, VmRecord, VmVerdict, WorkItem,
+    Alert, AlertKind, AlertSink, HaWorkStore, HostDirectory, HostRecord, Investigator, OwnerId,
+    ProofKind, VmKind, VmRecord, VmVerdict, WorkItem,
 };
 use cloudha_registry::{ConnectError, Interest, Listener};
 
 use crate::fence::{FenceOutcome, Fencer};
-use crate::vm::{Planner, StartError, StartParams, VmOrchestrator};
+use crate::proof::{DeathProof, ProveDead};
+use crate::vm::{Expunge, Planner, StartError, StartParams, VmOrchestrator};
 
 /// The ports the HA manager is built on, besides the agent manager it composes. Make one with
 /// [`HaPorts::new`].
@@ -325,30 +326,29 @@ impl HaManager {
         Ok(n)
     }
 
-    /// Schedules a restart of one VM (CloudStack's `scheduleRestart`). Returns the item, if one
-    /// was created.
+    /// Schedules a restart of one VM (CloudStack's `scheduleRestart`), proven dead first or on
+    /// the caller's word (see [`ProveDead`]). Returns the item, if one was created.
     pub async fn schedule_restart(
         &self,
         vm: VmId,
-        investigate: bool,
+        prove: ProveDead,
         reason: WorkReason,
     ) -> Option<WorkId> {
-        self.inner.schedule_restart(vm, investigate, reason).await
+        self.inner.schedule_restart(vm, prove, reason).await
     }
 
     /// Schedules restarts for the VMs of `host` (CloudStack's `scheduleRestartForVmsOnHost`),
     /// raising the host-down alert with their list. The HA manager does this itself for every
     /// host the agent manager moves to Down; this is for an embedder with another source of
-    /// proof. `investigate`: each VM is investigated (and fenced if it may run) before a start.
+    /// proof. `prove`: whether each VM is proven dead (investigated, and fenced if it may run)
+    /// before a start.
     pub async fn schedule_restarts_for_host(
         &self,
         host: &HostRecord,
         reason: WorkReason,
-        investigate: bool,
+        prove: ProveDead,
     ) {
-        self.inner
-            .schedule_for_host(host, reason, investigate)
-            .await;
+        self.inner.schedule_for_host(host, reason, prove).await;
     }
 
     /// VM power states reported by `host` (the second HA trigger). The HA manager's registry
@@ -414,7 +414,7 @@ impl HaManager {
             .get(host)
             .ok_or(cloudha_ports::StoreError::UnknownHost(host))?;
         inner
-            .schedule_for_host(&rec, WorkReason::HostDegraded, false)
+            .schedule_for_host(&rec, WorkReason::HostDegraded, ProveDead::AlreadyKnown)
             .await;
         Ok(())
     }
@@ -508,7 +508,7 @@ impl HaInner {
         self: &Arc<Self>,
         host: &HostRecord,
         reason: WorkReason,
-        investigate: bool,
+        prove: ProveDead,
     ) {
         if host.host_type != HostType::Routing {
             return;
@@ -555,14 +555,14 @@ impl HaInner {
                 tracing::info!(vm = %vm.id, "root disk on local storage: its fate is its host's");
                 continue;
             }
-            self.schedule_restart(vm.id, investigate, reason).await;
+            self.schedule_restart(vm.id, prove, reason).await;
         }
     }
 
     async fn schedule_restart(
         self: &Arc<Self>,
         vm: VmId,
-        investigate: bool,
+        prove: ProveDead,
         reason: WorkReason,
     ) -> Option<WorkId> {
         let mut rec = self.ports.vms.get(vm)?;
@@ -584,7 +584,7 @@ impl HaInner {
             return None;
         }
         let wants_ha = rec.ha_enabled || self.config.force_ha;
-        if !investigate {
+        if prove == ProveDead::AlreadyKnown {
             if !wants_ha {
                 self.alert(
                     AlertKind::VmStopped,
@@ -620,10 +620,9 @@ impl HaInner {
             .map(|i| i.tries)
             .max()
             .unwrap_or(0);
-        let step = if investigate {
-            WorkStep::Investigating
-        } else {
-            WorkStep::Scheduled
+        let step = match prove {
+            ProveDead::First => WorkStep::Investigating,
+            ProveDead::AlreadyKnown => WorkStep::Scheduled,
         };
         let mut item = WorkItem::new(
             WorkType::Ha,
@@ -634,13 +633,14 @@ impl HaInner {
             now,
         );
         item.tries = tries;
-        if !investigate {
+        if prove == ProveDead::AlreadyKnown {
             item.fence_proof = Some(
                 match (reason, item.host) {
                     (WorkReason::HostDegraded, Some(h)) => DeathProof::operator_word(h),
                     (_, h) => DeathProof::vm_reported_off(h),
                 }
-                .recorded_at(now),
+                .recorded_at(now)
+                .record(),
             );
         }
         let id = self.insert(item).await?;
@@ -699,7 +699,7 @@ impl HaInner {
                     let Some(rec) = self.hosts.get(change.host) else {
                         continue;
                     };
-                    self.schedule_for_host(&rec, WorkReason::HostDown, true)
+                    self.schedule_for_host(&rec, WorkReason::HostDown, ProveDead::First)
                         .await;
                 }
                 Status::Up if change.event == cloudha_protocol::Event::Ready => {
@@ -750,7 +750,7 @@ impl HaInner {
                     match me.ports.work.for_vm(vm).await {
                         Ok(items) if items.iter().any(|i| !i.step.is_final()) => {}
                         Ok(_) => {
-                            me.schedule_restart(vm, false, WorkReason::VmStoppedOnUpHost)
+                            me.schedule_restart(vm, ProveDead::AlreadyKnown, WorkReason::VmStoppedOnUpHost)
                                 .await;
                         }
                         Err(e) => {
@@ -1167,19 +1167,24 @@ impl HaInner {
         {
             return Outcome::Braked(cluster.unwrap_or(ClusterId(0)), why);
         }
-        if item.step == WorkStep::Investigating {
-            if let Some(host) = &host {
-                let stopped_by_us =
-                    item.fence_proof.is_some() && vm.host.is_none() && vm.state == VmState::Stopped;
-                if !stopped_by_us {
-                    if vm.host != Some(host.id) {
-                        return Outcome::Done("VM no longer on the host".into());
-                    }
-                    if let Err(outcome) = self.prove_dead(item, &vm, host).await {
-                        return outcome;
-                    }
+        let proof = if item.step == WorkStep::Investigating {
+            // A VM HA stopped on a recorded proof (a resumed item) is not investigated again.
+            let proof = match (DeathProof::standing(item, &vm), &host) {
+                (Some(proof), _) => proof,
+                (None, Some(host)) if vm.host != Some(host.id) => {
+                    return Outcome::Done("VM no longer on the host".into());
                 }
-            }
+                (None, Some(host)) => match self.prove_dead(item, &vm, host).await {
+                    Ok(proof) => proof,
+                    Err(outcome) => return outcome,
+                },
+                (None, None) => {
+                    return self.retry(
+                        self.config.restart_retry_interval,
+                        "no record of the VM's host: it cannot be proven dead",
+                    );
+                }
+            };
             // The proof is recorded, and the claim checked, before acting: a worker whose claim
             // moved while it fenced must not touch the VM.
             if let Err(outcome) = self.save(item).await {
@@ -1202,7 +1207,16 @@ impl HaInner {
             if let Err(outcome) = self.save(item).await {
                 return outcome;
             }
-        }
+            proof
+        } else {
+            // Scheduled: HA stopped the VM on a proof, in an earlier try or when scheduling.
+            let Some(proof) = DeathProof::standing(item, &vm) else {
+                return Outcome::Done(
+                    "no death proof stands: the VM is not as HA stopped it".into(),
+                );
+            };
+            proof
+        };
         let Some(vm) = self.ports.vms.get(item.vm) else {
             return Outcome::Done("VM gone".into());
         };
@@ -1226,7 +1240,7 @@ impl HaInner {
         if let Err(outcome) = self.save(item).await {
             return outcome;
         }
-        let mut result = self.ports.vms.start(vm.id, params.clone()).await;
+        let mut result = self.ports.vms.start(vm.id, params.clone(), &proof).await;
         if matches!(result, Err(StartError::InsufficientCapacity(_))) {
             item.note(
                 self.now(),
@@ -1234,7 +1248,7 @@ impl HaInner {
             );
             params.candidates = self.candidates(&vm, failed, Planner::Ha);
             params.planner = Planner::Ha;
-            result = self.ports.vms.start(vm.id, params).await;
+            result = self.ports.vms.start(vm.id, params, &proof).await;
         }
         match result {
             Ok(on) => {
@@ -1269,19 +1283,19 @@ impl HaInner {
     }
 
     /// Proves the VM's old copy cannot run: investigators, then the host's fence (one per host,
-    /// shared by its VMs). Records the proof.
+    /// shared by its VMs). Records the proof, and returns it.
     async fn prove_dead(
         &self,
         item: &mut WorkItem,
         vm: &VmRecord,
         host: &HostRecord,
-    ) -> Result<(), Outcome> {
+    ) -> Result<DeathProof, Outcome> {
         let now = self.now();
         if item.reason == WorkReason::HostDegraded {
-            let proof = DeathProof::operator_word(host.id);
+            let proof = DeathProof::operator_word(host.id).recorded_at(now);
             item.note(now, format!("no fencing: {proof}"));
-            item.fence_proof = Some(proof.recorded_at(now));
-            return Ok(());
+            item.fence_proof = Some(proof.record());
+            return Ok(proof);
         }
         let (verdict, by) = investigate::investigate_vm(&self.investigators, vm.id, host).await;
         item.note(
@@ -1307,10 +1321,11 @@ impl HaInner {
                         by.unwrap_or("?"),
                         host.id
                     ),
-                );
+                )
+                .recorded_at(now);
                 item.note(now, format!("proof: {proof}"));
-                item.fence_proof = Some(proof.recorded_at(now));
-                return Ok(());
+                item.fence_proof = Some(proof.record());
+                return Ok(proof);
             }
             VmVerdict::Unknown => {}
         }
@@ -1322,8 +1337,9 @@ impl HaInner {
                     "fenced"
                 };
                 item.note(self.now(), format!("{how}: {proof}"));
-                item.fence_proof = Some(proof.recorded_at(self.now()));
-                Ok(())
+                let proof = proof.recorded_at(self.now());
+                item.fence_proof = Some(proof.record());
+                Ok(proof)
             }
             (Err(why), _) => {
                 item.note(self.now(), format!("not fenced: {why}"));
@@ -1355,7 +1371,7 @@ impl HaInner {
             && f.update_count == current
         {
             match &f.outcome {
-                Ok(proof) => return (Ok(proof.clone()), true),
+                Ok(proof) => return (Ok(proof.duplicate()), true),
                 Err((at, why)) if now < *at + self.config.restart_retry_interval => {
                     return (Err(why.clone()), true);
                 }
@@ -1367,8 +1383,9 @@ impl HaInner {
         let mut alive = false;
         for fencer in &self.ports.fencers {
             match fencer.fence(vm, host).await {
-                FenceOutcome::Fenced(proof) => {
-                    outcome = Some((fencer.name(), proof));
+                // The fencer's evidence becomes a proof here, for the host it was asked to fence.
+                FenceOutcome::Fenced(evidence) => {
+                    outcome = Some((fencer.name(), DeathProof::fenced(host.id, evidence)));
                     break;
                 }
                 FenceOutcome::Failed { reason } | FenceOutcome::NotApplicable { reason } => {
@@ -1406,7 +1423,10 @@ impl HaInner {
         if !matches!(&result, Ok(p) if p.kind() == ProofKind::PoolFenced) {
             *last = Some(HostFence {
                 update_count: current,
-                outcome: result.clone().map_err(|why| (now, why)),
+                outcome: result
+                    .as_ref()
+                    .map(DeathProof::duplicate)
+                    .map_err(|why| (now, why.clone())),
             });
         }
         (result, false)
@@ -1468,8 +1488,12 @@ impl HaInner {
         if let Err(outcome) = self.save(item).await {
             return outcome;
         }
-        let expunge = matches!(vm.kind, VmKind::SecondaryStorageVm | VmKind::ConsoleProxy);
-        if !expunge && item.previous_state == VmState::Destroyed {
+        let expunge = if matches!(vm.kind, VmKind::SecondaryStorageVm | VmKind::ConsoleProxy) {
+            Expunge::Now
+        } else {
+            Expunge::Later
+        };
+        if expunge == Expunge::Later && item.previous_state == VmState::Destroyed {
             return Outcome::Done("already destroyed".into());
         }
         if item.previous_state == VmState::Running

@@ -7,6 +7,8 @@ use std::sync::{Mutex, PoisonError};
 use cloudha_ports::VmRecord;
 use cloudha_protocol::{HostId, VmId, VmState};
 
+use crate::proof::DeathProof;
+
 /// Which planner places a start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Planner {
@@ -28,6 +30,15 @@ pub struct StartParams {
     pub ha_tag: Option<String>,
     /// A start by HA.
     pub ha_operation: bool,
+}
+
+/// When a destroyed VM is expunged (its record removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expunge {
+    /// At once (system VMs: secondary storage VMs and console proxies are recreated).
+    Now,
+    /// Not now: the VM stays Destroyed (CloudStack expunges it after `expunge.delay`).
+    Later,
 }
 
 /// A start or migration that failed.
@@ -80,11 +91,18 @@ pub trait VmOrchestrator: Send + Sync {
     /// The host did not stop it.
     async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError>;
 
-    /// Starts a stopped VM on one of `params.candidates`; returns the host.
+    /// Starts a stopped VM on one of `params.candidates`; returns the host. Only with `proof`
+    /// that its old copy cannot run any more: only the HA manager makes one (see
+    /// [`DeathProof`]), so no start is written without one.
     ///
     /// # Errors
     /// [`StartError::InsufficientCapacity`] when no candidate has room.
-    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError>;
+    async fn start(
+        &self,
+        vm: VmId,
+        params: StartParams,
+        proof: &DeathProof,
+    ) -> Result<HostId, StartError>;
 
     /// Live-migrates a VM away from `from` to one of `candidates`.
     ///
@@ -97,11 +115,11 @@ pub trait VmOrchestrator: Send + Sync {
         candidates: Vec<HostId>,
     ) -> Result<HostId, StartError>;
 
-    /// Destroys (and with `expunge`, removes) a VM.
+    /// Destroys a VM, and expunges it (removes its record) when `expunge` says now.
     ///
     /// # Errors
     /// The destroy failed.
-    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError>;
+    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError>;
 }
 
 /// A `VmOrchestrator` in memory: VM records and per-host capacity (VMs a host can run). Starting
@@ -285,7 +303,12 @@ impl VmOrchestrator for InMemoryVms {
         self.force_stop(vm).await
     }
 
-    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
+    async fn start(
+        &self,
+        vm: VmId,
+        params: StartParams,
+        _proof: &DeathProof,
+    ) -> Result<HostId, StartError> {
         self.place(vm, &params.candidates)
     }
 
@@ -299,9 +322,9 @@ impl VmOrchestrator for InMemoryVms {
         self.place(vm, &c)
     }
 
-    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
+    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError> {
         let mut vms = self.lock();
-        if expunge {
+        if expunge == Expunge::Now {
             if let Some(old) = vms.by_id.remove(&vm) {
                 vms.unindex(&old);
             }

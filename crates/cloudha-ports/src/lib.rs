@@ -2,8 +2,8 @@
 //!
 //! What the agent manager (`cloudha-liveness`) and the HA manager (`cloudha-ha`) share, and what
 //! an embedder implements to plug the engine into its own cloud: the records (hosts, VMs, HA
-//! work items, death proofs), the store ports ([`HostStore`], [`HaWorkStore`]), the alert port
-//! ([`AlertSink`]), the probe port ([`HostCommander`]), the investigator port
+//! work items, what death proofs said), the store ports ([`HostStore`], [`HaWorkStore`]), the
+//! alert port ([`AlertSink`]), the probe port ([`HostCommander`]), the investigator port
 //! ([`Investigator`]) and the out-of-band management port ([`OutOfBandManagement`]), with their
 //! errors. In-memory stores ([`InMemoryHostStore`], [`InMemoryHaWorkStore`]) are the default
 //! implementations. Every trait has a mockall mock behind the `mock` feature.
@@ -22,7 +22,7 @@ pub use alert::{Alert, AlertKind, AlertSink, LogAlerts};
 pub use error::{CommandError, StoreError};
 pub use host::{HostCache, HostDirectory, HostRecord, HostStore, InMemoryHostStore};
 pub use oobm::{OobError, OutOfBandManagement, PowerState};
-pub use proof::{DeathProof, ProofKind, SelfFenceTimings};
+pub use proof::{ProofKind, ProofRecord, SelfFenceTimings};
 pub use time::{Clock, SystemClock, Timestamp, TokioClock};
 pub use verdict::{Finding, HostCommander, HostVerdict, Investigator, VmVerdict};
 pub use vm::{VmKind, VmRecord};

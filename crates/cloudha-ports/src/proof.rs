@@ -1,5 +1,6 @@
-//! The death proof: why a VM's old copy cannot run any more. HA starts a VM elsewhere only with
-//! one (spec README principle 1), records it on the work item, in its history and in reports.
+//! What a death proof says: why a VM's old copy cannot run any more, as plain data. HA starts a
+//! VM elsewhere only with a proof (spec README principle 1), and records it on the work item, in
+//! its history and in reports: the record is what this module holds.
 
 use std::time::Duration;
 
@@ -57,113 +58,27 @@ pub struct SelfFenceTimings {
     pub deadline: Duration,
 }
 
-/// Why a VM's old copy cannot run any more.
+/// What a death proof said, as plain data: what HA writes on a work item (its `fence_proof`),
+/// its history and its reports, and what a durable [`HaWorkStore`](crate::HaWorkStore) loads back.
+///
+/// A record starts nothing. The proof that lets HA start a VM elsewhere is `cloudha-ha`'s
+/// `DeathProof`, which only the HA manager makes, on the paths that produce proof; nothing
+/// turns a record into one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeathProof {
-    kind: ProofKind,
-    host: Option<HostId>,
-    evidence: String,
-    at: Timestamp,
-    timings: Option<SelfFenceTimings>,
-}
-
-impl DeathProof {
-    fn new(kind: ProofKind, host: Option<HostId>, evidence: String) -> Self {
-        Self {
-            kind,
-            host,
-            evidence,
-            at: Timestamp::UNIX_EPOCH,
-            timings: None,
-        }
-    }
-
-    /// `host` was powered off through its BMC (or reported already off), confirmed off.
-    pub fn power_fenced(host: HostId, evidence: impl Into<String>) -> Self {
-        Self::new(ProofKind::PowerFenced, Some(host), evidence.into())
-    }
-
-    /// `host`'s pool heartbeat is stale past its self-reboot window; the pool reset the VM.
-    pub fn pool_fenced(
-        host: HostId,
-        evidence: impl Into<String>,
-        timings: SelfFenceTimings,
-    ) -> Self {
-        Self {
-            timings: Some(timings),
-            ..Self::new(ProofKind::PoolFenced, Some(host), evidence.into())
-        }
-    }
-
-    /// `host`'s storage heartbeat is stale past its self-fence deadline (independent self-fence).
-    pub fn self_fenced(
-        host: HostId,
-        evidence: impl Into<String>,
-        timings: SelfFenceTimings,
-    ) -> Self {
-        Self {
-            timings: Some(timings),
-            ..Self::new(ProofKind::SelfFenced, Some(host), evidence.into())
-        }
-    }
-
-    /// An investigator found the VM not running on `host`.
-    pub fn dead_verdict(host: HostId, evidence: impl Into<String>) -> Self {
-        Self::new(ProofKind::DeadVerdict, Some(host), evidence.into())
-    }
-
-    /// The VM's own Up host reported it off.
-    pub fn vm_reported_off(host: Option<HostId>) -> Self {
-        Self::new(
-            ProofKind::VmReportedOff,
-            host,
-            "the VM was reported off by its own Up host".into(),
-        )
-    }
-
-    /// An operator declared `host` dead.
-    pub fn operator_word(host: HostId) -> Self {
-        Self::new(
-            ProofKind::OperatorWord,
-            Some(host),
-            format!("an operator declared host {host} dead"),
-        )
-    }
-
+pub struct ProofRecord {
     /// The kind of proof.
-    pub fn kind(&self) -> ProofKind {
-        self.kind
-    }
-
+    pub kind: ProofKind,
     /// The host whose copy of the VM is proven dead.
-    pub fn host(&self) -> Option<HostId> {
-        self.host
-    }
-
+    pub host: Option<HostId>,
     /// The evidence, in words.
-    pub fn evidence(&self) -> &str {
-        &self.evidence
-    }
-
-    /// When the proof was recorded on its work item (the epoch until then).
-    pub fn at(&self) -> Timestamp {
-        self.at
-    }
-
-    /// The proof as recorded at `at` (the HA manager stamps a proof when it records it).
-    #[must_use]
-    pub fn recorded_at(mut self, at: Timestamp) -> Self {
-        self.at = at;
-        self
-    }
-
+    pub evidence: String,
+    /// When the proof was recorded on its work item.
+    pub at: Timestamp,
     /// The self-fence timings it relied on (self and pool fences).
-    pub fn timings(&self) -> Option<SelfFenceTimings> {
-        self.timings
-    }
+    pub timings: Option<SelfFenceTimings>,
 }
 
-impl std::fmt::Display for DeathProof {
+impl std::fmt::Display for ProofRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.kind, self.evidence)?;
         if let Some(t) = self.timings {

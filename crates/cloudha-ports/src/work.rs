@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use cloudha_protocol::{HostId, VmId, VmState, WorkId, WorkReason, WorkStep, WorkType};
 
 use crate::error::StoreError;
-use crate::proof::DeathProof;
+use crate::proof::ProofRecord;
 use crate::time::Timestamp;
 use crate::vm::VmRecord;
 
@@ -56,8 +56,9 @@ pub struct WorkItem {
     /// Held by the correlated-failure brake: not taken until the brake lifts.
     pub braked: bool,
     /// Why the VM's old copy cannot run any more (a power, pool or self fence, a dead verdict,
-    /// the VM reported off by its Up host, the operator's word), once known.
-    pub fence_proof: Option<DeathProof>,
+    /// the VM reported off by its Up host, the operator's word), once known: the record of the
+    /// proof, which by itself starts nothing.
+    pub fence_proof: Option<ProofRecord>,
     /// Everything that happened to it.
     pub history: Vec<WorkEvent>,
 }

@@ -9,7 +9,8 @@ use cloudha_attache::{
     AgentStreamObj, CommandSink, ConnectedConfig, Connector, ServerResource, Tasks, accept_stream,
 };
 use cloudha_ha::{
-    FenceOutcome, Fencer, InMemoryVms, OrchestratorError, StartError, StartParams, VmOrchestrator,
+    DeathProof, Expunge, FenceOutcome, Fencer, InMemoryVms, OrchestratorError, StartError,
+    StartParams, VmOrchestrator,
 };
 use cloudha_ports::{
     Alert, AlertSink, HostRecord, OobError, OutOfBandManagement, PowerState, VmRecord,
@@ -403,9 +404,6 @@ impl cloudha_registry::Listener for PingLog {
 pub(crate) struct SimVms {
     pub(crate) world: Arc<World>,
     pub(crate) records: Arc<InMemoryVms>,
-    /// The HA work store: an HA start's death proof is read from the item being processed
-    /// (what the manager claims), and judged against the truth.
-    pub(crate) work: Arc<cloudha_ports::InMemoryHaWorkStore>,
     /// An injected fault (test harness only): the records claim every VM is HA-enabled.
     pub(crate) ha_flag_lies: bool,
     /// When each host last pinged: a VM starts only through an agent that is back in touch.
@@ -436,8 +434,15 @@ impl SimVms {
         })
     }
 
-    /// Least-loaded candidate with room (ties: the first), like a capacity-aware planner.
-    fn place(&self, vm: VmId, candidates: &[HostId], ha: bool) -> Result<HostId, StartError> {
+    /// Least-loaded candidate with room (ties: the first), like a capacity-aware planner. An HA
+    /// start's death proof (what the manager claims) is judged against the truth.
+    fn place(
+        &self,
+        vm: VmId,
+        candidates: &[HostId],
+        ha: bool,
+        proof: Option<&DeathProof>,
+    ) -> Result<HostId, StartError> {
         let Some(&host) = candidates
             .iter()
             .filter(|h| self.can_run(**h))
@@ -448,14 +453,7 @@ impl SimVms {
                 candidates.len()
             )));
         };
-        let proof = ha
-            .then(|| {
-                self.work.items_of(vm).into_iter().rev().find(|i| {
-                    i.work_type == WorkType::Ha && i.owner.is_some() && !i.step.is_final()
-                })
-            })
-            .flatten()
-            .and_then(|i| i.fence_proof);
+        let proof = proof.map(DeathProof::record);
         self.records.set_state(vm, VmState::Running, Some(host));
         self.world.start_vm(vm, host, ha, proof.as_ref());
         Ok(host)
@@ -501,8 +499,13 @@ impl VmOrchestrator for SimVms {
         self.records.force_stop(vm).await
     }
 
-    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
-        self.place(vm, &params.candidates, params.ha_operation)
+    async fn start(
+        &self,
+        vm: VmId,
+        params: StartParams,
+        proof: &DeathProof,
+    ) -> Result<HostId, StartError> {
+        self.place(vm, &params.candidates, params.ha_operation, Some(proof))
     }
 
     async fn migrate_away(
@@ -513,10 +516,10 @@ impl VmOrchestrator for SimVms {
     ) -> Result<HostId, StartError> {
         let c: Vec<HostId> = candidates.into_iter().filter(|h| *h != from).collect();
         self.world.stop_vm_on(vm, from);
-        self.place(vm, &c, false)
+        self.place(vm, &c, false, None)
     }
 
-    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
+    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError> {
         self.world.kill_vm(vm, None);
         self.records.destroy(vm, expunge).await
     }

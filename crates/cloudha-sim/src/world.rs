@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use cloudha_ports::{DeathProof, ProofKind, Timestamp, TokioClock};
+use cloudha_ports::{ProofKind, ProofRecord, Timestamp, TokioClock};
 use cloudha_protocol::{ClusterId, HostId, HypervisorType, VmId, VmState};
 use tokio::time::Instant;
 
@@ -328,7 +328,7 @@ impl World {
         vm: VmId,
         host: HostId,
         ha_restart: bool,
-        proof: Option<&DeathProof>,
+        proof: Option<&ProofRecord>,
     ) {
         let now = Instant::now();
         let mut s = self.lock();
@@ -388,7 +388,7 @@ impl World {
     }
 
     /// Why `proof` is false in truth now (`None`: it holds), per kind of proof.
-    fn false_proof(s: &State, v: &VmTruth, proof: Option<&DeathProof>) -> Option<String> {
+    fn false_proof(s: &State, v: &VmTruth, proof: Option<&ProofRecord>) -> Option<String> {
         let Some(proof) = proof else {
             return Some("no death proof was recorded".into());
         };
@@ -397,26 +397,26 @@ impl World {
             .iter()
             .rev()
             .find(|p| p.state == VmState::Running);
-        match proof.kind() {
+        match proof.kind {
             ProofKind::OperatorWord => None,
             ProofKind::DeadVerdict | ProofKind::VmReportedOff => {
                 (!v.copies.is_empty()).then(|| {
                     format!(
                         "the proof ({}) says it is not running, but it runs",
-                        proof.kind()
+                        proof.kind
                     )
                 })
             }
             ProofKind::PowerFenced | ProofKind::PoolFenced | ProofKind::SelfFenced => {
-                let Some(h) = proof.host() else {
-                    return Some(format!("the proof ({}) names no host", proof.kind()));
+                let Some(h) = proof.host else {
+                    return Some(format!("the proof ({}) names no host", proof.kind));
                 };
                 // A VM that never ran has no copy to prove dead.
                 let run = last_run?;
                 if run.host != Some(h) {
                     return Some(format!(
                         "the proof ({}) is about host {h}, but its last copy started elsewhere",
-                        proof.kind()
+                        proof.kind
                     ));
                 }
                 let cycled = s
@@ -426,12 +426,11 @@ impl World {
                 (!cycled).then(|| {
                     format!(
                         "the proof ({}: {}) is false: host {h} has not been off since the copy started",
-                        proof.kind(),
-                        proof.evidence()
+                        proof.kind, proof.evidence
                     )
                 })
             }
-            _ => Some(format!("unknown proof kind {}", proof.kind())),
+            _ => Some(format!("unknown proof kind {}", proof.kind)),
         }
     }
 

@@ -500,7 +500,7 @@ async fn scheduleRestartForVmsOnHost() {
     // A KVM routing host with no VM on it: one "host is down" alert, nothing scheduled.
     let t = Ha::new(Config::default()).await;
     let host = t.host(1, "kvm1", HypervisorType::Kvm, 1).await;
-    t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, true)
+    t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, ProveDead::First)
         .await;
     let alerts = t.alerts.of(AlertKind::HostDown, HOST);
     assert_eq!(t.kinds(), [AlertKind::HostDown]);
@@ -524,7 +524,7 @@ async fn scheduleRestartForVmsOnHostNotSupported() {
         HypervisorType::VMware,
         true,
     );
-    t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, true)
+    t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, ProveDead::First)
         .await;
     assert!(t.kinds().is_empty(), "{:?}", t.kinds());
     assert!(t.work.items().is_empty());
@@ -539,7 +539,7 @@ async fn scheduleRestartForVmsOnHostHADisabled() {
     .await;
     let host = t.host(1, "kvm1", HypervisorType::Kvm, 1).await;
     t.vm(10, "i-2-10-VM", VmKind::User, 1, HypervisorType::Kvm, true);
-    t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, true)
+    t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, ProveDead::First)
         .await;
     assert_eq!(t.kinds(), [AlertKind::HaDisabled]);
     assert!(t.work.items().is_empty());
@@ -573,7 +573,7 @@ async fn scheduleRestartForVmsOnHostNonEmptyVMList() {
         HypervisorType::XenServer,
         true,
     );
-    t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, true)
+    t.ha.schedule_restarts_for_host(&host, WorkReason::HostDown, ProveDead::First)
         .await;
     let mut items = t.work.items();
     items.sort_by_key(|i| i.id);
@@ -625,7 +625,7 @@ async fn scheduleRestartHADisabled() {
     t.vm(1, "i-2-1-VM", VmKind::User, 1, HypervisorType::Kvm, true);
     t.ha.start().await.unwrap();
     assert_eq!(
-        t.ha.schedule_restart(VmId(1), true, WorkReason::Unknown)
+        t.ha.schedule_restart(VmId(1), ProveDead::First, WorkReason::Unknown)
             .await,
         None,
         "nothing scheduled"
@@ -634,8 +634,12 @@ async fn scheduleRestartHADisabled() {
     assert_eq!(t.kinds(), vec![AlertKind::HaDisabled]);
     // The second trigger's path (no investigation) does not force-stop either.
     assert_eq!(
-        t.ha.schedule_restart(VmId(1), false, WorkReason::VmStoppedOnUpHost)
-            .await,
+        t.ha.schedule_restart(
+            VmId(1),
+            ProveDead::AlreadyKnown,
+            WorkReason::VmStoppedOnUpHost
+        )
+        .await,
         None
     );
     sleep(Duration::from_secs(3600)).await;
@@ -663,7 +667,7 @@ async fn scheduleRestartHostNotSupported() {
     t.host(1, "esx1", HypervisorType::VMware, 1).await;
     t.vm(1, "i-2-1-VM", VmKind::User, 1, HypervisorType::VMware, true);
     assert_eq!(
-        t.ha.schedule_restart(VmId(1), true, WorkReason::Unknown)
+        t.ha.schedule_restart(VmId(1), ProveDead::First, WorkReason::Unknown)
             .await,
         None
     );
@@ -673,13 +677,13 @@ async fn scheduleRestartHostNotSupported() {
 
 #[tokio::test(start_paused = true)]
 async fn scheduleRestartVmStoppedUnexpectedlyResolvesHostLocation() {
-    // A non-HA VM that stopped on its own (investigate = false): one "stopped unexpectedly"
+    // A non-HA VM that stopped on its own (ProveDead::AlreadyKnown): one "stopped unexpectedly"
     // alert carrying its host, pod and zone; the VM is marked stopped; nothing scheduled.
     let t = Ha::new(Config::default()).await;
     t.host(5, "cs-kvm06", HypervisorType::Kvm, 2).await;
     t.vm(3, "i-2-3-VM", VmKind::User, 5, HypervisorType::Kvm, false);
     assert_eq!(
-        t.ha.schedule_restart(VmId(3), false, WorkReason::Unknown)
+        t.ha.schedule_restart(VmId(3), ProveDead::AlreadyKnown, WorkReason::Unknown)
             .await,
         None
     );
@@ -707,7 +711,7 @@ async fn scheduleRestartVmStoppedUnexpectedlyFallsBackWhenHostGone() {
     let t = Ha::new(Config::default()).await;
     t.vm(3, "i-2-3-VM", VmKind::User, 5, HypervisorType::Kvm, false);
     assert_eq!(
-        t.ha.schedule_restart(VmId(3), false, WorkReason::Unknown)
+        t.ha.schedule_restart(VmId(3), ProveDead::AlreadyKnown, WorkReason::Unknown)
             .await,
         None
     );

@@ -83,10 +83,15 @@ impl VmOrchestrator for CountingVms {
         self.log(vm, "stop");
         self.inner.stop(vm).await
     }
-    async fn start(&self, vm: VmId, params: StartParams) -> Result<HostId, StartError> {
+    async fn start(
+        &self,
+        vm: VmId,
+        params: StartParams,
+        proof: &DeathProof,
+    ) -> Result<HostId, StartError> {
         let delay = *self.start_delay.lock().unwrap();
         sleep(delay).await;
-        let r = self.inner.start(vm, params.clone()).await;
+        let r = self.inner.start(vm, params.clone(), proof).await;
         if r.is_ok() {
             self.starts
                 .lock()
@@ -105,8 +110,12 @@ impl VmOrchestrator for CountingVms {
     ) -> Result<HostId, StartError> {
         self.inner.migrate_away(vm, from, c).await
     }
-    async fn destroy(&self, vm: VmId, expunge: bool) -> Result<(), OrchestratorError> {
-        self.log(vm, if expunge { "expunge" } else { "destroy" });
+    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError> {
+        let call = match expunge {
+            Expunge::Now => "expunge",
+            Expunge::Later => "destroy",
+        };
+        self.log(vm, call);
         self.inner.destroy(vm, expunge).await
     }
 }
@@ -158,9 +167,9 @@ async fn build(config: Config, vms_on_failed: u64) -> H {
     let work = Arc::new(InMemoryHaWorkStore::new());
     let verdict = Arc::new(VmVerdicts(Mutex::new(VmVerdict::Unknown)));
     let fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
-            FAILED, "test",
-        ))),
+        outcome: Mutex::new(FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "test".into(),
+        })),
         calls: AtomicUsize::new(0),
         delay: Duration::ZERO,
     });
@@ -324,7 +333,7 @@ async fn a_down_hosts_ha_vm_is_fenced_stopped_and_started_elsewhere() {
     assert_eq!(item.step, WorkStep::Done);
     let proof = item.fence_proof.as_ref().expect("a proof");
     assert_eq!(
-        (proof.kind(), proof.host(), proof.evidence()),
+        (proof.kind, proof.host, proof.evidence.as_str()),
         (ProofKind::PowerFenced, Some(FAILED), "test")
     );
     let log: Vec<&str> = item.history.iter().map(|e| e.what.as_str()).collect();
@@ -364,7 +373,11 @@ async fn restart_branches_data_driven() {
         retry_after: Option<Duration>,
         alert: Option<AlertKind>,
     }
-    let fenced = || Some(FenceOutcome::Fenced(DeathProof::power_fenced(FAILED, "ok")));
+    let fenced = || {
+        Some(FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "ok".into(),
+        }))
+    };
     let failed = || {
         Some(FenceOutcome::Failed {
             reason: "bmc down".into(),
@@ -456,7 +469,7 @@ async fn restart_branches_data_driven() {
         }
         // Not a cancellable reason: the "host Up again" cancellation is tested on its own.
         let id =
-            h.ha.schedule_restart(VmId(100), true, WorkReason::Unknown)
+            h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::Unknown)
                 .await
                 .expect("scheduled");
         if c.change_vm {
@@ -514,8 +527,9 @@ async fn a_failed_fence_is_retried_and_a_later_fence_restarts() {
         "retried after restart.retry.interval"
     );
     assert_eq!(h.vm(100).host, Some(FAILED), "never started while unfenced");
-    *h.fencer.outcome.lock().unwrap() =
-        FenceOutcome::Fenced(DeathProof::power_fenced(FAILED, "bmc back: powered off"));
+    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Fenced(FenceEvidence::Power {
+        evidence: "bmc back: powered off".into(),
+    });
     sleep(Duration::from_secs(600)).await;
     assert_eq!(h.vm(100).state, VmState::Running);
     assert_ne!(h.vm(100).host, Some(FAILED));
@@ -627,19 +641,19 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
     h.mark_down(FAILED).await;
     // Two items for VM 100: the older one is dropped.
     let first =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     let second =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     // VM 101 disappears.
     let gone =
-        h.ha.schedule_restart(VmId(101), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(101), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
-    h.vms.inner.destroy(VmId(101), true).await.unwrap();
+    h.vms.inner.destroy(VmId(101), Expunge::Now).await.unwrap();
     h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -656,7 +670,7 @@ async fn newer_items_concurrent_items_gone_vms_and_cancellation() {
     // An item still investigating a host that is Up again is cancelled.
     let h = build(config(), 1).await;
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     h.ha.start().await.unwrap();
@@ -688,9 +702,9 @@ async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
         h.vms.inner.upsert(vm(100 + i as u64, *id, true));
     }
     h.fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
-            FAILED, "slow",
-        ))),
+        outcome: Mutex::new(FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "slow".into(),
+        })),
         calls: AtomicUsize::new(0),
         delay: Duration::from_secs(10),
     });
@@ -798,7 +812,7 @@ async fn the_operator_releases_the_brake_or_declares_a_host_dead() {
     );
     let proof = h.item(101).fence_proof.expect("a proof");
     assert_eq!(
-        (proof.kind(), proof.host(), proof.evidence()),
+        (proof.kind, proof.host, proof.evidence.as_str()),
         (
             ProofKind::OperatorWord,
             Some(HostId(2)),
@@ -996,7 +1010,7 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
     sleep(Duration::from_secs(601)).await;
     assert_eq!(h.item(100).tries, 2);
     let newer =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(
@@ -1015,10 +1029,9 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
     };
     let mut h = build(config.clone(), 10).await;
     h.fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced(DeathProof::power_fenced(
-            FAILED,
-            "slow fence",
-        ))),
+        outcome: Mutex::new(FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "slow fence".into(),
+        })),
         calls: AtomicUsize::new(0),
         delay: Duration::from_secs(20),
     });
@@ -1071,7 +1084,7 @@ async fn a_departed_peers_claims_are_released_and_served_here() {
     let mut h = build(config(), 1).await;
     h.mark_down(FAILED).await;
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     // A peer took the item, then died.
@@ -1200,7 +1213,7 @@ async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
     }
     sleep(window).await;
     let at_bound =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(
@@ -1210,7 +1223,7 @@ async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
     );
     sleep(Duration::from_secs(1)).await;
     let past =
-        h.ha.schedule_restart(VmId(101), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(101), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(
@@ -1229,7 +1242,7 @@ async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
         .await
         .unwrap();
     let other =
-        h.ha.schedule_restart(VmId(102), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(102), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(
@@ -1385,7 +1398,7 @@ async fn only_a_newer_pending_ha_item_supersedes_a_restart() {
         .await
         .unwrap();
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     for (work_type, step, at) in [
@@ -1421,11 +1434,11 @@ async fn a_restart_waits_while_another_ha_item_of_the_vm_is_running() {
         h.work.insert(held).await.unwrap();
     }
     let waits =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     let goes =
-        h.ha.schedule_restart(VmId(101), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(101), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     let t0 = h.clock.now();
@@ -1460,7 +1473,7 @@ async fn a_vm_updated_in_place_since_scheduling_is_not_restarted() {
     let mut h = build(config(), 1).await;
     h.mark_down(FAILED).await;
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     h.vms
@@ -1487,7 +1500,7 @@ async fn an_investigating_item_whose_vm_left_its_host_is_done_without_restart() 
     h.mark_down(FAILED).await;
     h.vms.inner.set_state(VmId(100), VmState::Stopped, None);
     let id =
-        h.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        h.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .unwrap();
     assert_eq!(h.work.item(id).unwrap().host, Some(FAILED), "its last host");

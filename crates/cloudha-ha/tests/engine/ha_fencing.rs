@@ -195,7 +195,7 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
             assert_eq!(item.step, WorkStep::Done, "{ctx}: {:?}", item.history);
             let proof = item.fence_proof.as_ref().expect("every item has a proof");
             assert_eq!(
-                (proof.kind(), proof.host()),
+                (proof.kind, proof.host),
                 (r.proof, Some(HOST)),
                 "{ctx}: {proof}"
             );
@@ -265,8 +265,12 @@ async fn fence_failed_is_raised_once_per_host_and_retry_round() {
     );
     ha.start().await.unwrap();
     for h in failed {
-        ha.schedule_restarts_for_host(&store.get(h).unwrap(), WorkReason::HostDown, true)
-            .await;
+        ha.schedule_restarts_for_host(
+            &store.get(h).unwrap(),
+            WorkReason::HostDown,
+            ProveDead::First,
+        )
+        .await;
     }
     for (round, wait) in [(1, 5), (2, 600), (3, 600)] {
         sleep(Duration::from_secs(wait)).await;
@@ -342,8 +346,12 @@ async fn a_hosts_proof_is_not_reused_after_its_status_changes() {
         .with_investigators(Vec::new()),
     );
     ha.start().await.unwrap();
-    ha.schedule_restarts_for_host(&store.get(HOST).unwrap(), WorkReason::HostDown, true)
-        .await;
+    ha.schedule_restarts_for_host(
+        &store.get(HOST).unwrap(),
+        WorkReason::HostDown,
+        ProveDead::First,
+    )
+    .await;
     sleep(Duration::from_secs(1)).await;
     assert_eq!(power.calls(), 1);
     // The host comes back and fails again (its record changed twice); a new VM lands on it.
@@ -391,8 +399,12 @@ async fn the_ha_alert_switch_mutes_only_ha_disabled() {
             HaPorts::new(work.clone(), vms.clone(), vec![], alerts.clone())
                 .with_investigators(Vec::new()),
         );
-        ha.schedule_restarts_for_host(&store.get(HOST).unwrap(), WorkReason::HostDown, true)
-            .await;
+        ha.schedule_restarts_for_host(
+            &store.get(HOST).unwrap(),
+            WorkReason::HostDown,
+            ProveDead::First,
+        )
+        .await;
         let ctx = format!("vm.ha.enabled = {ha_enabled}, vm.ha.alerts.enabled = {alerts_enabled}");
         assert_eq!(alerts.kinds(HOST), want, "{ctx}");
         assert_eq!(
@@ -445,8 +457,12 @@ async fn a_heartbeat_seen_beating_stops_the_fence_chain() {
         .with_investigators(Vec::new()),
     );
     ha.start().await.unwrap();
-    ha.schedule_restarts_for_host(&store.get(HOST).unwrap(), WorkReason::HostDown, true)
-        .await;
+    ha.schedule_restarts_for_host(
+        &store.get(HOST).unwrap(),
+        WorkReason::HostDown,
+        ProveDead::First,
+    )
+    .await;
     sleep(Duration::from_secs(5)).await;
     assert_eq!(neighbour.calls(), 1);
     assert_eq!(power.calls(), 0, "the chain stopped at the sign of life");

@@ -11,6 +11,7 @@ mod host_store_faults;
 mod investigation;
 mod lifecycle;
 mod monitor;
+mod start_proof;
 mod store_faults;
 mod support;
 mod verdicts;

@@ -99,13 +99,12 @@ impl Fencer for Fences {
     fn name(&self) -> &'static str {
         "Scripted"
     }
-    async fn fence(&self, _: &VmRecord, host: &HostRecord) -> FenceOutcome {
+    async fn fence(&self, _: &VmRecord, _: &HostRecord) -> FenceOutcome {
         self.calls.fetch_add(1, Ordering::SeqCst);
         sleep(self.delay).await;
-        FenceOutcome::Fenced(DeathProof::power_fenced(
-            host.id,
-            "powered off, read back Off",
-        ))
+        FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "powered off, read back Off".into(),
+        })
     }
 }
 
@@ -186,7 +185,7 @@ async fn backend_errors_are_retried_and_the_item_is_neither_lost_nor_run_twice()
     r.work.fail_updates.store(4, Ordering::SeqCst);
     r.ha.start().await.unwrap();
     let id =
-        r.ha.schedule_restart(VmId(100), true, WorkReason::HostDown)
+        r.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
             .await
             .expect("scheduled");
     sleep(Duration::from_secs(120)).await;
@@ -221,7 +220,7 @@ async fn a_worker_whose_claim_moved_stops_without_writing() {
     slow.ha.start().await.unwrap();
     let id = slow
         .ha
-        .schedule_restart(VmId(100), true, WorkReason::HostDown)
+        .schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
         .await
         .expect("scheduled");
     sleep(Duration::from_secs(10)).await;

@@ -279,7 +279,6 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
         pings: pings.clone(),
         world: world.clone(),
         records: records.clone(),
-        work: work.clone(),
         ha_flag_lies: injected.ha_flag_lies,
     });
     let cloud: Arc<Cloud> = Arc::new_cyclic(|weak: &std::sync::Weak<Cloud>| {

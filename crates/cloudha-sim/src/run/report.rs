@@ -45,12 +45,12 @@ impl Cloud {
         for item in self.work.items() {
             if let Some(p) = &item.fence_proof {
                 proofs.entry(item.vm).or_default().push(ProofReport {
-                    at_s: p.at().saturating_duration_since(SIM_EPOCH).as_millis() as f64 / 1000.0,
-                    kind: p.kind().to_string(),
-                    host: host_name(p.host()),
-                    evidence: p.evidence().to_owned(),
-                    heartbeat_age_s: p.timings().map(|t| t.heartbeat_age.as_secs_f64()),
-                    deadline_s: p.timings().map(|t| t.deadline.as_secs_f64()),
+                    at_s: p.at.saturating_duration_since(SIM_EPOCH).as_millis() as f64 / 1000.0,
+                    kind: p.kind.to_string(),
+                    host: host_name(p.host),
+                    evidence: p.evidence.clone(),
+                    heartbeat_age_s: p.timings.map(|t| t.heartbeat_age.as_secs_f64()),
+                    deadline_s: p.timings.map(|t| t.deadline.as_secs_f64()),
                 });
             }
         }
