@@ -5,11 +5,13 @@
 //! It composes the rest: the agent manager (`cloudha-liveness`) hands it hosts proven Down,
 //! and it works over the records and ports of `cloudha-ports`.
 
+pub mod bounded;
 pub mod fence;
 mod manager;
 pub mod proof;
 pub mod vm;
 
+pub use bounded::{NoAnswer, STORE_CALL_BOUND};
 pub use fence::{FenceOutcome, Fencer, NeighbourFencer, PowerFencer, XenPoolFencer};
 pub use manager::{HaManager, HaPorts};
 pub use proof::{DeathProof, FenceEvidence, ProveDead};

@@ -23,6 +23,7 @@ use cloudha_ports::{
 };
 use cloudha_registry::{ConnectError, Interest, Listener};
 
+use crate::bounded::{BoundedFencer, BoundedVms, BoundedWork, STORE_CALL_BOUND};
 use crate::fence::{FenceOutcome, Fencer};
 use crate::proof::{DeathProof, ProveDead};
 use crate::vm::{Expunge, Planner, StartError, StartParams, VmOrchestrator};
@@ -196,6 +197,24 @@ impl HaManager {
             .investigators
             .clone()
             .unwrap_or_else(|| agent.investigators());
+        // Every port that may hang gets a bound (a store call, a fence, a stop).
+        let bound = config.wait;
+        let ports = HaPorts {
+            work: Arc::new(BoundedWork {
+                inner: ports.work,
+                bound: STORE_CALL_BOUND,
+            }),
+            vms: Arc::new(BoundedVms {
+                inner: ports.vms,
+                bound,
+            }),
+            fencers: ports
+                .fencers
+                .into_iter()
+                .map(|inner| Arc::new(BoundedFencer { inner, bound }) as Arc<dyn Fencer>)
+                .collect(),
+            ..ports
+        };
         let inner = Arc::new(HaInner {
             config,
             owner,

@@ -19,6 +19,8 @@ struct FlakyWork {
     inner: InMemoryHaWorkStore,
     fail_takes: AtomicUsize,
     fail_updates: AtomicUsize,
+    /// The next takes never answer.
+    hang_takes: AtomicUsize,
     errors: Mutex<Vec<String>>,
 }
 
@@ -53,6 +55,13 @@ impl HaWorkStore for FlakyWork {
     }
     async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
         self.fail(&self.fail_takes, "take")?;
+        if self
+            .hang_takes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
         self.inner.take(owner, now).await
     }
     async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
@@ -144,6 +153,7 @@ async fn rig(owner: OwnerId, fence_delay: Duration, work: Option<Arc<FlakyWork>>
             inner: InMemoryHaWorkStore::new(),
             fail_takes: AtomicUsize::new(0),
             fail_updates: AtomicUsize::new(0),
+            hang_takes: AtomicUsize::new(0),
             errors: Mutex::new(Vec::new()),
         })
     });
@@ -252,4 +262,42 @@ async fn a_worker_whose_claim_moved_stops_without_writing() {
         "owner 1 neither force-stopped nor started the VM"
     );
     slow.ha.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_store_or_fencer_holds_no_worker_forever() {
+    // The first take never answers, and the fencer never answers either.
+    let r = rig(OwnerId(1), Duration::from_secs(365 * 24 * 3600), None).await;
+    r.work.hang_takes.store(1, Ordering::SeqCst);
+    r.ha.start().await.unwrap();
+    let id =
+        r.ha.schedule_restart(VmId(100), ProveDead::First, WorkReason::HostDown)
+            .await
+            .expect("scheduled");
+    sleep(STORE_CALL_BOUND + Duration::from_secs(5)).await;
+    assert_eq!(
+        r.fences.calls.load(Ordering::SeqCst),
+        1,
+        "the hung take was cut at its bound and the item taken again"
+    );
+    let wait = Config::default().wait;
+    sleep(wait).await;
+    let item = r.work.inner.item(id).expect("not lost");
+    assert!(
+        item.history
+            .iter()
+            .any(|e| e.what.contains(&format!("no answer within {wait:?}"))),
+        "the hung fence was cut at `wait` and failed: {:?}",
+        item.history
+    );
+    assert_eq!(item.tries, 1, "{:?}", item.history);
+    assert_ne!(item.step, WorkStep::Done);
+    assert_eq!(item.owner, None, "the worker let the item go");
+    let vm = r.vms.get(VmId(100)).unwrap();
+    assert_eq!(
+        (vm.state, vm.host),
+        (VmState::Running, Some(HostId(1))),
+        "no proof, no start"
+    );
+    r.ha.stop().await;
 }
