@@ -74,6 +74,13 @@ fn ci() -> Result<(), String> {
             &[("RUSTDOCFLAGS", "-D warnings")],
         )
     })?;
+    step("examples", || {
+        cargo(&["build", "--workspace", "--examples"], &[])?;
+        cargo(
+            &["run", "--quiet", "-p", "cloudha-ha", "--example", "embedder"],
+            &[],
+        )
+    })?;
     step("explore", || explore_all(CI_SCHEDULES, "ci", false))?;
     eprintln!("xtask ci: all steps passed");
     // The closing line CI reads: every test binary's counts added up.
@@ -97,8 +104,11 @@ const MUTANT_FILES: &[&str] = &[
     "crates/cloudha-liveness/src/investigate/mod.rs",
     "crates/cloudha-liveness/src/oobm.rs",
     "crates/cloudha-ha/src/fence.rs",
-    "crates/cloudha-ports/src/proof.rs",
-    "crates/cloudha-ha/src/manager.rs",
+    "crates/cloudha-ha/src/proof.rs",
+    "crates/cloudha-ha/src/bounded.rs",
+    "crates/cloudha-ha/src/manager/queue.rs",
+    "crates/cloudha-ha/src/manager/schedule.rs",
+    "crates/cloudha-ha/src/manager/work.rs",
 ];
 
 /// `cargo mutants` on `files` (default [`MUTANT_FILES`]), every mutant tested by the whole
