@@ -77,7 +77,14 @@ fn ci() -> Result<(), String> {
     step("examples", || {
         cargo(&["build", "--workspace", "--examples"], &[])?;
         cargo(
-            &["run", "--quiet", "-p", "cloudha-ha", "--example", "embedder"],
+            &[
+                "run",
+                "--quiet",
+                "-p",
+                "cloudha-ha",
+                "--example",
+                "embedder",
+            ],
             &[],
         )
     })?;

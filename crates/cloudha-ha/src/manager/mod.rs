@@ -313,6 +313,9 @@ impl HaManager {
             inner.tasks.token().child_token(),
             async move { me.cleanup_loop().await }.instrument(tracing::info_span!("ha_cleanup")),
         );
+        // Hosts Down already (a Down no HA manager followed: it was stopped, or built after):
+        // their VMs that no HA work ever took are scheduled now.
+        inner.reconcile_down_hosts().await;
         if let Some(changes) = lock(&inner.changes).take() {
             let me = Arc::clone(inner);
             inner.tasks.spawn(

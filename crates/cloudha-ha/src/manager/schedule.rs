@@ -222,9 +222,55 @@ impl HaInner {
         Some(id)
     }
 
-    /// Follows the agent manager's status changes: a host that goes Down has its VMs scheduled
-    /// (CloudStack's `scheduleRestartForVmsOnHost`, investigating each VM first); a host that
-    /// comes Up after a connect has the VM states of its startup reported.
+    /// At start: every VM the records place on a Down host and that no HA work item ever took
+    /// (the Down reached no HA manager: none was running, or it stopped before scheduling) is
+    /// scheduled, proven dead first. VMs with work, even finished, were handled already.
+    pub(super) async fn reconcile_down_hosts(self: &Arc<Self>) {
+        if !self.config.vm_ha_enabled {
+            return;
+        }
+        let down = self.hosts.list().into_iter().filter(|h| {
+            h.status == Some(Status::Down)
+                && h.host_type == HostType::Routing
+                && !h.hypervisor.has_native_ha()
+        });
+        for host in down {
+            let mut found = Vec::new();
+            for vm in self.ports.vms.vms_on_host(host.id) {
+                if vm.host != Some(host.id) || vm.local_root_disk {
+                    continue;
+                }
+                match self.ports.work.for_vm(vm.id).await {
+                    Ok(items) if items.is_empty() => found.push(vm),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(vm = %vm.id, error = %ErrorChain(&e), "start: cannot read the VM's work; it is looked at again at the next start");
+                    }
+                }
+            }
+            if found.is_empty() {
+                continue;
+            }
+            found.sort_by_key(|v| (!v.kind.is_system(), v.id));
+            let names: Vec<&str> = found.iter().map(|v| v.name.as_str()).collect();
+            self.alert(
+                AlertKind::HostDown,
+                Some(host.id),
+                None,
+                host.cluster,
+                format!(
+                    "Host {} was found Down at start with VMs no HA work took; restarting: [{}]",
+                    host.name,
+                    names.join(", ")
+                ),
+            );
+            for vm in &found {
+                self.schedule_restart(vm.id, ProveDead::First, WorkReason::HostDown)
+                    .await;
+            }
+        }
+    }
+
     pub(super) async fn status_loop(self: Arc<Self>, mut changes: StatusChanges) {
         while let Some(change) = changes.recv().await {
             match change.to {

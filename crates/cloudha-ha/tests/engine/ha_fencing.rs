@@ -263,15 +263,8 @@ async fn fence_failed_is_raised_once_per_host_and_retry_round() {
         )
         .with_investigators(Vec::new()),
     );
+    // The failed hosts were Down before the HA manager started: it schedules their VMs.
     ha.start().await.unwrap();
-    for h in failed {
-        ha.schedule_restarts_for_host(
-            &store.get(h).unwrap(),
-            WorkReason::HostDown,
-            ProveDead::First,
-        )
-        .await;
-    }
     for (round, wait) in [(1, 5), (2, 600), (3, 600)] {
         sleep(Duration::from_secs(wait)).await;
         for h in failed {

@@ -1,6 +1,7 @@
 //! The liveness and HA engine (cloudha-liveness, cloudha-ha over cloudha-ports) through its
 //! public API, under paused time, with fake or mock ports, the real registry and direct attaches.
 
+mod adversary;
 mod cloudstack_ported;
 mod config;
 mod connect;

@@ -132,7 +132,17 @@ impl Inner {
             .apply(host, Event::Ready, "connect complete".into())
             .await
         {
-            tracing::warn!(host.id = %host, error = %e, "cannot mark host ready");
+            tracing::warn!(host.id = %host, error = %e, "cannot mark host ready: disconnecting it, to connect again");
+            if let Err(e) = self
+                .disconnect_without_investigation_locked(
+                    host,
+                    Event::AgentDisconnected,
+                    "its Ready could not be recorded",
+                )
+                .await
+            {
+                tracing::warn!(host.id = %host, error = %e, "disconnect after a failed Ready write failed");
+            }
             return false;
         }
         attache.on_startup_answer(&self.startup_answer(startup));

@@ -148,6 +148,8 @@ struct Inner {
     history: Mutex<HashMap<HostId, Vec<StatusChange>>>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<StatusChange>>>,
     host_locks: Mutex<HashMap<HostId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per host: held by a status write (`apply`) from its read of the cache to its record.
+    status_locks: Mutex<HashMap<HostId, Arc<tokio::sync::Mutex<()>>>>,
     /// Per host: a counter bumped by every status change, and the counter at which each kind of
     /// alert was last raised (an alert repeats only after the status changed).
     epochs: Mutex<HashMap<HostId, u64>>,
@@ -225,6 +227,7 @@ impl AgentManager {
             history: Mutex::new(HashMap::new()),
             subscribers: Mutex::new(Vec::new()),
             host_locks: Mutex::new(HashMap::new()),
+            status_locks: Mutex::new(HashMap::new()),
             epochs: Mutex::new(HashMap::new()),
             raised: Mutex::new(HashMap::new()),
             lost_gateway: Mutex::new(HashSet::new()),

@@ -54,6 +54,9 @@ impl Inner {
         event: Event,
         reason: String,
     ) -> Result<StatusChange, ManagerError> {
+        // One write at a time per host: the cache and the stream follow the store's order.
+        let writing = Arc::clone(lock(&self.status_locks).entry(host).or_default());
+        let _writing = writing.lock().await;
         let mut attempt = 0;
         loop {
             let rec = self.hosts.get(host).ok_or(StoreError::UnknownHost(host))?;
@@ -87,9 +90,38 @@ impl Inner {
                 Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
                     attempt += 1;
                     tracing::debug!(host.id = %host, attempt, "status conflict: reloading the record");
-                    match self.store.get(host).await? {
-                        Some(fresh) => self.hosts.upsert(fresh),
-                        None => return Err(StoreError::UnknownHost(host).into()),
+                    let Some(fresh) = self.store.get(host).await? else {
+                        return Err(StoreError::UnknownHost(host).into());
+                    };
+                    let found = fresh.status;
+                    self.hosts.upsert(fresh);
+                    // The store moved without this cache seeing it (a write whose reply was
+                    // lost, or another writer): the move is a status change like any other, so
+                    // subscribers (VM-HA) learn of it.
+                    if let Some(found) = found
+                        && rec.status != Some(found)
+                    {
+                        let ours = found == to;
+                        let change = StatusChange {
+                            at: now,
+                            host,
+                            from: rec.status,
+                            event,
+                            to: found,
+                            reason: if ours {
+                                format!(
+                                    "{reason} (written, found in the store after its reply was lost)"
+                                )
+                            } else {
+                                format!(
+                                    "found in the store, moved by another writer (while applying {event}: {reason})"
+                                )
+                            },
+                        };
+                        self.record(&change);
+                        if ours {
+                            return Ok(change);
+                        }
                     }
                 }
                 Err(e) => return Err(e.into()),
