@@ -144,7 +144,8 @@ pub trait HostStore: Send + Sync {
     /// `UnknownHost`; the backend's.
     async fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError>;
 
-    /// Records the last successful pings of several hosts (a batch; unknown hosts are skipped).
+    /// Records the last successful pings of several hosts (a batch; unknown hosts are skipped;
+    /// a time older than the stored one is ignored, so a late batch never moves it back).
     ///
     /// # Errors
     /// The backend's.
@@ -277,11 +278,14 @@ impl HostCache {
         Ok(())
     }
 
-    /// Sets last-ping times (unknown hosts are skipped).
+    /// Sets last-ping times (unknown hosts are skipped; a time older than the record's stays
+    /// out: a late batch never moves a last ping back).
     pub fn set_last_pings(&self, pings: &[(HostId, Timestamp)]) {
         let mut hosts = self.lock();
         for (id, at) in pings {
-            if let Some(h) = hosts.by_id.get_mut(id) {
+            if let Some(h) = hosts.by_id.get_mut(id)
+                && h.last_ping.is_none_or(|last| last < *at)
+            {
                 h.last_ping = Some(*at);
             }
         }

@@ -124,3 +124,34 @@ fn a_backend_error_keeps_its_source() {
     assert_eq!(source.to_string(), "connection reset by peer");
     assert!(source.downcast_ref::<std::io::Error>().is_some());
 }
+
+#[tokio::test]
+async fn a_late_last_ping_batch_never_moves_a_last_ping_back() {
+    use cloudha_ports::{HostRecord, HostStore, InMemoryHostStore};
+    use cloudha_protocol::{Event, HostId, HypervisorType, Status};
+    let store = InMemoryHostStore::new();
+    store.insert(HostRecord::new(HostId(1), "h1", HypervisorType::Kvm));
+    let connected = Timestamp::from_micros(2_000_000);
+    store
+        .update_status(
+            HostId(1),
+            None,
+            0,
+            Status::Connecting,
+            Event::AgentConnected,
+            connected,
+        )
+        .await
+        .unwrap();
+    store
+        .set_last_pings(&[
+            (HostId(1), Timestamp::from_micros(1_000_000)),
+            (HostId(9), connected),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.get(HostId(1)).unwrap().last_ping, Some(connected));
+    let later = Timestamp::from_micros(3_000_000);
+    store.set_last_pings(&[(HostId(1), later)]).await.unwrap();
+    assert_eq!(store.get(HostId(1)).unwrap().last_ping, Some(later));
+}
