@@ -5,9 +5,8 @@
 //! after an HA restart, a cache older than the store, a host stuck Connecting); `robust_*`
 //! confirm what held.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cloudha_ha::*;
@@ -17,112 +16,6 @@ use cloudha_protocol::*;
 use tokio::time::sleep;
 
 use crate::support::*;
-
-/// The in-memory store with knobs an adversary turns.
-#[derive(Default)]
-struct Sabotage {
-    inner: Arc<InMemoryHostStore>,
-    /// For this event: commit the status write, then answer a backend error (a lost reply), once.
-    lose_reply_on: Mutex<Option<Event>>,
-    /// For these events: commit, then take this long to answer.
-    reply_delay: Mutex<HashMap<Event, Duration>>,
-    /// For these events: fail (nothing written) this many more times.
-    fail_on: Mutex<HashMap<Event, usize>>,
-    /// Every status write answers `Conflict` (nothing written).
-    conflict: AtomicBool,
-    /// `get` fails.
-    fail_get: AtomicBool,
-    gets: AtomicUsize,
-}
-
-fn backend(what: &str) -> StoreError {
-    StoreError::backend(
-        what,
-        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset"),
-    )
-}
-
-#[async_trait::async_trait]
-impl HostStore for Sabotage {
-    async fn get(&self, id: HostId) -> Result<Option<HostRecord>, StoreError> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        if self.fail_get.load(Ordering::SeqCst) {
-            return Err(backend("get host"));
-        }
-        HostStore::get(&*self.inner, id).await
-    }
-    async fn list(&self) -> Result<Vec<HostRecord>, StoreError> {
-        HostStore::list(&*self.inner).await
-    }
-    async fn upsert(&self, record: &HostRecord) -> Result<(), StoreError> {
-        self.inner.upsert(record).await
-    }
-    async fn update_status(
-        &self,
-        id: HostId,
-        expected: Option<Status>,
-        update_count: u64,
-        to: Status,
-        event: Event,
-        now: Timestamp,
-    ) -> Result<HostRecord, StoreError> {
-        if self.conflict.load(Ordering::SeqCst) {
-            return Err(StoreError::Conflict {
-                host: id,
-                expected,
-                update_count,
-            });
-        }
-        if let Some(n) = self.fail_on.lock().unwrap().get_mut(&event)
-            && *n > 0
-        {
-            *n -= 1;
-            return Err(backend("update host status"));
-        }
-        let r = self
-            .inner
-            .update_status(id, expected, update_count, to, event, now)
-            .await;
-        if r.is_ok() {
-            let lose = {
-                let mut l = self.lose_reply_on.lock().unwrap();
-                if *l == Some(event) {
-                    *l = None;
-                    true
-                } else {
-                    false
-                }
-            };
-            if lose {
-                return Err(backend("update host status (reply lost after commit)"));
-            }
-            let delay = self.reply_delay.lock().unwrap().get(&event).copied();
-            if let Some(d) = delay {
-                sleep(d).await;
-            }
-        }
-        r
-    }
-    async fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {
-        self.inner.set_resource_state(id, state).await
-    }
-    async fn set_last_pings(&self, pings: &[(HostId, Timestamp)]) -> Result<(), StoreError> {
-        self.inner.set_last_pings(pings).await
-    }
-}
-
-fn sabotaged() -> (Harness, Arc<Sabotage>) {
-    let s = Arc::new(Sabotage::default());
-    let h = harness_with(
-        Config::default(),
-        Wiring {
-            store: s.inner.clone(),
-            store_port: Some(s.clone()),
-            ..Wiring::default()
-        },
-    );
-    (h, s)
-}
 
 fn vm_on(id: u64, host: HostId, hypervisor: HypervisorType) -> VmRecord {
     VmRecord {
@@ -216,7 +109,7 @@ fn kvm_fleet() -> (
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(start_paused = true)]
 async fn regression_a_lost_reply_on_the_down_write_loses_the_down_for_ha() {
-    let (h, s) = sabotaged();
+    let (h, s) = FaultyHosts::harness();
     h.manager.start().await.unwrap();
     let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     let vms = Arc::new(InMemoryVms::new());
@@ -329,7 +222,7 @@ async fn regression_a_second_ha_manager_ignores_hosts_already_down() {
 async fn regression_concurrent_applies_leave_the_cache_older_than_the_store_and_the_stream_out_of_order()
  {
     let config = ha_config();
-    let s = Arc::new(Sabotage::default());
+    let s = Arc::new(FaultyHosts::default());
     let mut r = HostRecord::new(HostId(1), "h1", HypervisorType::Kvm);
     r.status = Some(Status::Up);
     s.inner.insert(r);
@@ -392,7 +285,7 @@ async fn regression_concurrent_applies_leave_the_cache_older_than_the_store_and_
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(start_paused = true)]
 async fn regression_a_failed_ready_write_leaves_the_host_connecting_for_ever() {
-    let (h, s) = sabotaged();
+    let (h, s) = FaultyHosts::harness();
     h.manager.start().await.unwrap();
     s.fail_on.lock().unwrap().insert(Event::Ready, 1);
     let host = FakeHost::new(HostId(1), HostType::Routing);
@@ -429,7 +322,7 @@ async fn regression_a_failed_ready_write_leaves_the_host_connecting_for_ever() {
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(start_paused = true)]
 async fn robust_conflict_for_ever_then_get_failing_keeps_the_host_and_recovers() {
-    let (h, s) = sabotaged();
+    let (h, s) = FaultyHosts::harness();
     h.manager.start().await.unwrap();
     let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     h.set_verdict(Some(HostVerdict::Down));

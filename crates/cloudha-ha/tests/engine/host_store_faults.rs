@@ -3,8 +3,7 @@
 //! store is back; a failed batch of last pings is written with the next; a start that cannot
 //! load the records says why (with the source) and can be called again.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cloudha_liveness::*;
@@ -14,89 +13,9 @@ use tokio::time::sleep;
 
 use crate::support::*;
 
-/// The in-memory store, failing the next `fail_status` status writes, `fail_pings` last-ping
-/// batches and `fail_list` loads with a backend error whose source is an I/O error.
-#[derive(Default)]
-struct FlakyHosts {
-    inner: Arc<InMemoryHostStore>,
-    fail_status: AtomicUsize,
-    fail_pings: AtomicUsize,
-    fail_list: AtomicUsize,
-    errors: Mutex<Vec<String>>,
-}
-
-impl FlakyHosts {
-    fn fail(&self, counter: &AtomicUsize, what: &str) -> Result<(), StoreError> {
-        if counter
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            let e = StoreError::backend(
-                what,
-                std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset"),
-            );
-            let source = std::error::Error::source(&e).map(ToString::to_string);
-            self.errors
-                .lock()
-                .unwrap()
-                .push(format!("{e}: {}", source.unwrap_or_default()));
-            return Err(e);
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl HostStore for FlakyHosts {
-    async fn get(&self, id: HostId) -> Result<Option<HostRecord>, StoreError> {
-        HostStore::get(&*self.inner, id).await
-    }
-    async fn list(&self) -> Result<Vec<HostRecord>, StoreError> {
-        self.fail(&self.fail_list, "list hosts")?;
-        HostStore::list(&*self.inner).await
-    }
-    async fn upsert(&self, record: &HostRecord) -> Result<(), StoreError> {
-        self.inner.upsert(record).await
-    }
-    async fn update_status(
-        &self,
-        id: HostId,
-        expected: Option<Status>,
-        update_count: u64,
-        to: Status,
-        event: Event,
-        now: Timestamp,
-    ) -> Result<HostRecord, StoreError> {
-        self.fail(&self.fail_status, "update host status")?;
-        self.inner
-            .update_status(id, expected, update_count, to, event, now)
-            .await
-    }
-    async fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {
-        self.inner.set_resource_state(id, state).await
-    }
-    async fn set_last_pings(&self, pings: &[(HostId, Timestamp)]) -> Result<(), StoreError> {
-        self.fail(&self.fail_pings, "write last pings")?;
-        self.inner.set_last_pings(pings).await
-    }
-}
-
-fn flaky_harness() -> (Harness, Arc<FlakyHosts>) {
-    let flaky = Arc::new(FlakyHosts::default());
-    let h = harness_with(
-        Config::default(),
-        Wiring {
-            store: flaky.inner.clone(),
-            store_port: Some(flaky.clone()),
-            ..Wiring::default()
-        },
-    );
-    (h, flaky)
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_status_the_store_cannot_write_is_kept_and_written_once_it_is_back() {
-    let (h, flaky) = flaky_harness();
+    let (h, flaky) = FaultyHosts::harness();
     h.manager.start().await.unwrap();
     let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     h.set_verdict(Some(HostVerdict::Down));
@@ -130,7 +49,7 @@ async fn a_status_the_store_cannot_write_is_kept_and_written_once_it_is_back() {
 
 #[tokio::test(start_paused = true)]
 async fn last_pings_reach_the_store_in_batches_and_a_failed_batch_is_not_lost() {
-    let (h, flaky) = flaky_harness();
+    let (h, flaky) = FaultyHosts::harness();
     h.manager.start().await.unwrap();
     let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     let connected = h
@@ -154,7 +73,7 @@ async fn last_pings_reach_the_store_in_batches_and_a_failed_batch_is_not_lost() 
 
 #[tokio::test(start_paused = true)]
 async fn a_start_that_cannot_load_the_hosts_says_why_and_can_be_retried() {
-    let (h, flaky) = flaky_harness();
+    let (h, flaky) = FaultyHosts::harness();
     let mut r = Harness::record(HostId(1), HostType::Routing, ResourceState::Enabled);
     r.status = Some(Status::Up);
     h.store.insert(r);
