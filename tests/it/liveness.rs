@@ -156,12 +156,17 @@ impl OutOfBandManagement for WorldBmc {
     }
 }
 
-async fn fleet(hypervisor: HypervisorType, n: u64, config: Config) -> Fleet {
+async fn fleet(hypervisor: HypervisorType, n: u64, config: LivenessConfig) -> Fleet {
     fleet_with_bmc(hypervisor, n, config, false).await
 }
 
 /// A fleet; with `bmc`, the manager reads power through a BMC over the world.
-async fn fleet_with_bmc(hypervisor: HypervisorType, n: u64, config: Config, bmc: bool) -> Fleet {
+async fn fleet_with_bmc(
+    hypervisor: HypervisorType,
+    n: u64,
+    config: LivenessConfig,
+    bmc: bool,
+) -> Fleet {
     let world = Arc::new(World::default());
     let registry = Arc::new(Registry::default());
     let alerts = Arc::new(Alerts::default());
@@ -236,7 +241,7 @@ impl Fleet {
 
 #[tokio::test(start_paused = true)]
 async fn a_xen_host_that_loses_power_is_proven_down_by_its_neighbours() {
-    let f = fleet(HypervisorType::XenServer, 3, Config::default()).await;
+    let f = fleet(HypervisorType::XenServer, 3, LivenessConfig::default()).await;
     f.world.set(HostId(2), false, false, false);
     sleep(Duration::from_secs(150 + 60 + 2)).await;
     assert_eq!(f.status(2), Some(Status::Down));
@@ -254,9 +259,10 @@ async fn a_xen_host_that_loses_power_is_proven_down_by_its_neighbours() {
 
 #[tokio::test(start_paused = true)]
 async fn a_kvm_host_whose_agent_dies_with_its_heartbeat_alive_is_never_down() {
-    let config = Config {
-        alert_wait: Duration::from_secs(600),
-        ..Config::default()
+    let config = {
+        let mut c = LivenessConfig::default();
+        c.alert_wait = Duration::from_secs(600);
+        c
     };
     let f = fleet(HypervisorType::Kvm, 3, config).await;
     // The host runs on (heartbeat beats, pingable) but its agent stopped answering.
@@ -287,7 +293,7 @@ async fn a_kvm_host_whose_agent_dies_with_its_heartbeat_alive_is_never_down() {
 async fn a_lone_host_nobody_can_vouch_for_goes_to_alert_at_detection() {
     // One host: no neighbour can tell. CloudStack answers Disconnected (Alert with a "host
     // disconnected" alert within minutes), never Down, and does not wait for alert.wait.
-    let f = fleet(HypervisorType::XenServer, 1, Config::default()).await;
+    let f = fleet(HypervisorType::XenServer, 1, LivenessConfig::default()).await;
     f.world.set(HostId(1), false, false, false);
     sleep(Duration::from_secs(60 + 150 + 2)).await;
     assert_eq!(f.status(1), Some(Status::Alert));
@@ -316,7 +322,7 @@ async fn a_lone_host_nobody_can_vouch_for_goes_to_alert_at_detection() {
 async fn a_kvm_agent_restart_on_a_live_host_ends_in_alert_and_comes_back_up() {
     // The agent writes the heartbeat: while it is down the heartbeat is dead, but the host is
     // powered (the BMC reads On) and its neighbours reach it. That is no proof of death.
-    let f = fleet_with_bmc(HypervisorType::Kvm, 3, Config::default(), true).await;
+    let f = fleet_with_bmc(HypervisorType::Kvm, 3, LivenessConfig::default(), true).await;
     f.world.set(HostId(2), true, false, false);
     sleep(Duration::from_secs(60 + 150 + 2)).await;
     assert_eq!(f.status(2), Some(Status::Alert));

@@ -251,12 +251,12 @@ fn config(defaults: bool, check: Option<&std::path::Path>) -> ExitCode {
             Ok(t) => t,
             Err(e) => return bad_input(format!("{}: {e}", path.display())),
         };
-        return match cloudha_liveness::Config::from_toml(&text, &path.display().to_string()) {
+        return match cloudha_ha::Config::from_toml(&text, &path.display().to_string()) {
             Ok(c) => {
                 println!(
                     "{}: ok (ping timeout T = {})",
                     path.display(),
-                    cloudha_protocol::duration::format(c.ping_deadline())
+                    cloudha_protocol::duration::format(c.liveness.ping_deadline())
                 );
                 ExitCode::SUCCESS
             }
@@ -267,7 +267,7 @@ fn config(defaults: bool, check: Option<&std::path::Path>) -> ExitCode {
         return bad_input("config: give --defaults or --check FILE");
     }
     println!("{:<44} {:<22} MEANING", "KEY", "DEFAULT");
-    for k in cloudha_liveness::config::KEYS {
+    for k in cloudha_ha::Config::keys() {
         println!("{:<44} {:<22} {}", k.key, k.default, k.meaning);
     }
     let (key, default, meaning) = (

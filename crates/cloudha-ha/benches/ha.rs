@@ -77,10 +77,15 @@ fn main() {
             }
         }
         let work = Arc::new(InMemoryHaWorkStore::new());
-        let config = Config { ha_startup_grace: std::time::Duration::ZERO, ha_brake_fraction: 1.0, ..Config::default() };
+        let config = {
+            let mut c = Config::default();
+            c.ha.ha_startup_grace = std::time::Duration::ZERO;
+            c.ha.ha_brake_fraction = 1.0;
+            c
+        };
         // An agent manager over the hosts (not started: the failed hosts are Down already).
         let agent = AgentManager::new(
-            config.clone(),
+            config.liveness.clone(),
             Ports::new(hosts.clone(), Arc::new(Registry::default()), Arc::new(LogAlerts), Arc::new(SystemClock))
                 .with_investigators(Vec::new())
                 .with_host_down_alert(HostDownAlert::LeftToHa),
@@ -90,7 +95,7 @@ fn main() {
             agent.add_host(r).await.unwrap();
         }
         let ha = HaManager::new(
-            config,
+            config.ha,
             OwnerId(1),
             &agent,
             HaPorts::new(work.clone(), vms.clone(), vec![Arc::new(Fenced)], Arc::new(LogAlerts))

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cloudha_ha::Config;
 use cloudha_ha::{
     DeathProof, Expunge, FenceEvidence, FenceOutcome, Fencer, HaManager, HaPorts,
     OrchestratorError, StartError, StartParams, VmOrchestrator,
 };
-use cloudha_liveness::{AgentManager, Config, HostDownAlert, Ports};
+use cloudha_liveness::{AgentManager, HostDownAlert, Ports};
 use cloudha_ports::{
     HostRecord, HostStore, InMemoryHaWorkStore, LogAlerts, OwnerId, StoreError, SystemClock,
     Timestamp, VmKind, VmRecord,
@@ -183,9 +184,10 @@ impl Fencer for MyPowerFencer {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let config = Config {
-        ha_startup_grace: Duration::ZERO,
-        ..Config::default()
+    let config = {
+        let mut c = Config::default();
+        c.ha.ha_startup_grace = Duration::ZERO;
+        c
     };
     let hosts = Arc::new(MyHosts::default());
     let vms = Arc::new(MyVms::default());
@@ -215,7 +217,7 @@ async fn main() {
 
     // Liveness over the embedder's host table; HA over the agent manager and its VM service.
     let agent = AgentManager::new(
-        config.clone(),
+        config.liveness.clone(),
         Ports::new(
             hosts.clone(),
             Arc::new(Registry::default()),
@@ -226,7 +228,7 @@ async fn main() {
     )
     .expect("a valid config");
     let ha = HaManager::new(
-        config,
+        config.ha,
         OwnerId(1),
         &agent,
         HaPorts::new(

@@ -9,7 +9,7 @@ use cloudha_protocol::{Answer, Command, FenceAnswer, FenceCommand, HostId, Hyper
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use cloudha_liveness::Config;
+use crate::config::Config;
 use cloudha_liveness::investigate::Neighbours;
 use cloudha_liveness::oobm::Oobm;
 use cloudha_ports::{
@@ -233,7 +233,7 @@ impl HeartbeatFence {
                 commander,
                 hosts,
                 None,
-                config.ha_investigators_agreement as usize,
+                config.liveness.ha_investigators_agreement as usize,
             ),
             deadline,
             clock,
@@ -275,7 +275,7 @@ impl HeartbeatFence {
 /// KVM's neighbour fencer (CloudStack's `KVMFencer`, with cloudha's rule): asks the Up KVM
 /// neighbours whether the host's heartbeat is dead. That is a proof only where the host fences
 /// itself independently of its agent, and only once the heartbeat is stale past the self-fence
-/// deadline (`kvm.heartbeat.*`, [`Config::kvm_self_fence_deadline`]); otherwise the chain
+/// deadline (`kvm.heartbeat.*`, [`HaConfig::kvm_self_fence_deadline`](crate::HaConfig::kvm_self_fence_deadline)); otherwise the chain
 /// goes on (power).
 pub struct NeighbourFencer(HeartbeatFence);
 
@@ -293,7 +293,7 @@ impl NeighbourFencer {
             hosts,
             clock,
             config,
-            config.kvm_self_fence_deadline(),
+            config.ha.kvm_self_fence_deadline(),
         ))
     }
 }
@@ -329,7 +329,7 @@ impl Fencer for NeighbourFencer {
 /// The XenServer pool fencer (CloudStack's `XenServerFencer`): an Up host of the same pool
 /// checks the host's pool heartbeat and resets the VM's power state in the pool (the
 /// FenceCommand). A proof only once the pool heartbeat is stale past the host's self-reboot
-/// window ([`Config::xen_self_fence_deadline`]).
+/// window ([`HaConfig::xen_self_fence_deadline`](crate::HaConfig::xen_self_fence_deadline)).
 pub struct XenPoolFencer(HeartbeatFence);
 
 impl XenPoolFencer {
@@ -346,7 +346,7 @@ impl XenPoolFencer {
             hosts,
             clock,
             config,
-            config.xen_self_fence_deadline(),
+            config.ha.xen_self_fence_deadline(),
         ))
     }
 }

@@ -6,12 +6,14 @@
 //! and it works over the records and ports of `cloudha-ports`.
 
 pub mod bounded;
+pub mod config;
 pub mod fence;
 mod manager;
 pub mod proof;
 pub mod vm;
 
 pub use bounded::{NoAnswer, STORE_CALL_BOUND};
+pub use config::{Config, HaConfig};
 pub use fence::{FenceOutcome, Fencer, NeighbourFencer, PowerFencer, XenPoolFencer};
 pub use manager::{HaManager, HaPorts};
 pub use proof::{DeathProof, FenceEvidence, ProveDead};

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
+use cloudha_liveness::internals::PingMonitor;
 use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
@@ -44,7 +45,7 @@ async fn ingestion(hosts: u64, rounds: u64) {
     let store = Arc::new(InMemoryHostStore::new());
     let registry = Arc::new(Registry::default());
     let manager = AgentManager::new(
-        Config::default(),
+        LivenessConfig::default(),
         Ports::new(
             store.clone(),
             registry,

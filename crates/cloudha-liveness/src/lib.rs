@@ -2,7 +2,7 @@
 //!
 //! The agent manager: the heart of liveness. Pings from attaches (PingTask, connected agents)
 //! reach the manager's [`cloudha_attache::CommandSink`], go through the listener registry to every
-//! command monitor, among them the behind-on-ping [`PingMonitor`]; a host not heard from for
+//! command monitor, among them the behind-on-ping monitor (a timing wheel); a host not heard from for
 //! `ping.interval × ping.timeout` is disconnected with investigation (CheckHealth, then the
 //! [`cloudha_ports::Investigator`] chain, then the verdict table of spec §4.4), and only a host
 //! proven **Down** moves to Down: the HA manager (crate `cloudha-ha`) follows the
@@ -20,7 +20,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use cloudha_liveness::{AgentManager, Config, Ports};
+//! use cloudha_liveness::{AgentManager, LivenessConfig, Ports};
 //! use cloudha_ports::{HostDirectory, HostRecord, InMemoryHostStore, LogAlerts, SystemClock};
 //! use cloudha_protocol::{Event, HostId, HypervisorType, Status};
 //! use cloudha_registry::Registry;
@@ -34,7 +34,7 @@
 //!     Arc::new(LogAlerts),
 //!     Arc::new(SystemClock),
 //! ); // `.with_investigators(..)`, `.with_oobm(..)`: optional
-//! let manager = AgentManager::new(Config::default(), ports).unwrap();
+//! let manager = AgentManager::new(LivenessConfig::default(), ports).unwrap();
 //! manager.start().await.unwrap(); // loads the store; monitor, last-ping writer, direct scan
 //! manager.add_host(HostRecord::new(HostId(1), "kvm-1", HypervisorType::Kvm)).await.unwrap();
 //! let mut changes = manager.subscribe();
@@ -53,14 +53,17 @@ pub mod config;
 pub mod error;
 pub mod investigate;
 mod manager;
-pub mod monitor;
+mod monitor;
 pub mod oobm;
 
-pub use config::Config;
+pub use config::LivenessConfig;
 pub use error::{ConfigError, ManagerError};
-pub use manager::{
-    AgentManager, Attaches, HISTORY_LIMIT, HostDownAlert, Investigations, Ports, StatusChange,
-    StatusChanges,
-};
-pub use monitor::PingMonitor;
+pub use manager::{AgentManager, HISTORY_LIMIT, HostDownAlert, Ports, StatusChange, StatusChanges};
+
+/// Internals for this crate's benchmarks (feature `internals`): not a stable API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::monitor::PingMonitor;
+}
 pub use oobm::Oobm;

@@ -108,6 +108,91 @@ pub mod serde_str {
     }
 }
 
+/// Serde support for config durations: written `"60s"`, read from `"60s"`, `"8m30s"` or a bare
+/// (non-negative) number of seconds, as CloudStack stores them.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct C { #[serde(with = "cloudha_protocol::duration::secs")] every: std::time::Duration }
+/// let c: C = serde_json::from_str(r#"{"every":90}"#).unwrap();
+/// assert_eq!(c.every.as_secs(), 90);
+/// ```
+pub mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    /// Writes `"60s"`.
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format(*d))
+    }
+
+    /// Reads `"60s"`, `60` or `1.5`.
+    ///
+    /// # Errors
+    /// A message naming the bad value.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(Visitor)
+    }
+
+    pub(super) struct Visitor;
+
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as \"60s\" or \"8m30s\", or a number of seconds")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            super::parse(v).map_err(E::custom)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("a duration must not be negative, got {v}")))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(v).map_err(|_| {
+                E::custom(format!(
+                    "a duration must be a non-negative number of seconds, got {v}"
+                ))
+            })
+        }
+    }
+}
+
+/// Optional config durations, same forms as [`secs`]; absent values are skipped by the field
+/// attribute (`skip_serializing_if = "Option::is_none"`).
+pub mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    /// Writes `"60s"`.
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::secs::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads like [`super::secs::deserialize`].
+    ///
+    /// # Errors
+    /// A message naming the bad value.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        d.deserialize_any(super::secs::Visitor).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

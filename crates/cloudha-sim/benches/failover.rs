@@ -12,7 +12,7 @@ fn main() {
     );
     let text = std::fs::read_to_string(path).expect("the scenario");
     let scenario = Scenario::parse(&text, path).expect("a valid scenario");
-    let t = scenario.config.ping_deadline().as_secs_f64();
+    let t = scenario.config.liveness.ping_deadline().as_secs_f64();
     let (mut down, mut back, mut down_after_fault) = (Vec::new(), Vec::new(), Vec::new());
     for seed in 1..=50 {
         let report = simulate(&scenario, seed);

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use cloudha_liveness::{
-    AgentManager, Config, HostDownAlert, Investigations, ManagerError, StatusChanges, investigate,
+    AgentManager, HostDownAlert, LivenessConfig, ManagerError, StatusChanges, investigate,
 };
 use cloudha_ports::{
     Alert, AlertKind, AlertSink, HaWorkStore, HostDirectory, HostRecord, Investigator, OwnerId,
@@ -30,6 +30,7 @@ use cloudha_ports::{
 use cloudha_registry::{ConnectError, Interest, Listener};
 
 use crate::bounded::{BoundedFencer, BoundedVms, BoundedWork, STORE_CALL_BOUND};
+use crate::config::HaConfig;
 use crate::fence::{FenceOutcome, Fencer};
 use crate::proof::{DeathProof, ProveDead};
 use crate::vm::{Expunge, Planner, StartError, StartParams, VmOrchestrator};
@@ -113,16 +114,15 @@ impl std::fmt::Display for ErrorChain<'_> {
 }
 
 struct HaInner {
-    config: Config,
+    config: HaConfig,
+    /// The agent manager's settings (VM-HA switches, `wait`, the ping deadline).
+    liveness: LivenessConfig,
     owner: OwnerId,
     ports: HaPorts,
     /// The VM investigator chain.
     investigators: Vec<Arc<dyn Investigator>>,
     /// The agent manager's hosts (its cache: status, cluster, tags).
     hosts: Arc<dyn HostDirectory>,
-    /// The hosts the agent manager suspects (under investigation, or silent past their ping):
-    /// they count as suspect for the brake.
-    investigations: Arc<Investigations>,
     /// The agent manager (operator actions set a host's administrative state through it).
     agent: AgentManager,
     /// The time of day for work items' times (the agent manager's clock).
@@ -192,7 +192,7 @@ impl HaManager {
     ///
     /// Build `agent` with [`HostDownAlert::LeftToHa`]: the HA manager raises the host-down
     /// alert, with the list of the host's VMs (otherwise both raise one).
-    pub fn new(config: Config, owner: OwnerId, agent: &AgentManager, ports: HaPorts) -> Self {
+    pub fn new(config: HaConfig, owner: OwnerId, agent: &AgentManager, ports: HaPorts) -> Self {
         if agent.host_down_alert() == HostDownAlert::Raise {
             tracing::warn!(
                 "the agent manager raises host-down alerts too: build it with HostDownAlert::LeftToHa"
@@ -204,7 +204,8 @@ impl HaManager {
             .clone()
             .unwrap_or_else(|| agent.investigators());
         // Every port that may hang gets a bound (a store call, a fence, a stop).
-        let bound = config.wait;
+        let liveness = agent.config().clone();
+        let bound = liveness.wait;
         let ports = HaPorts {
             work: Arc::new(BoundedWork {
                 inner: ports.work,
@@ -223,11 +224,11 @@ impl HaManager {
         };
         let inner = Arc::new(HaInner {
             config,
+            liveness,
             owner,
             ports,
             investigators,
             hosts: agent.hosts(),
-            investigations: agent.investigations(),
             agent: agent.clone(),
             clock: Arc::clone(agent.clock()),
             changes: Mutex::new(Some(agent.subscribe())),

@@ -26,7 +26,7 @@ impl HaInner {
         let size = hosts.len();
         let suspect = hosts
             .iter()
-            .filter(|h| h.status != Some(Status::Up) || self.investigations.suspect(h.id))
+            .filter(|h| h.status != Some(Status::Up) || self.agent.is_suspect(h.id))
             .count();
         // A correlated failure takes at least two hosts: one failed host of a one-host cluster
         // (100 % suspect) is an ordinary failure, not a partition of the manager.
@@ -77,7 +77,7 @@ impl HaInner {
 
     pub(super) async fn brake_loop(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(
-            self.config
+            self.liveness
                 .ping_monitor_resolution
                 .max(Duration::from_secs(1)),
         );
@@ -149,7 +149,7 @@ impl HaInner {
 
     pub(super) async fn process(self: &Arc<Self>, mut item: WorkItem) {
         let now = self.now();
-        let outcome = if self.config.vm_ha_enabled {
+        let outcome = if self.liveness.vm_ha_enabled {
             match item.work_type {
                 WorkType::Ha => self.restart(&mut item).await,
                 WorkType::Migration => self.migrate(&mut item).await,

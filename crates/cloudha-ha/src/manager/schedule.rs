@@ -14,7 +14,7 @@ impl HaInner {
         cluster: Option<ClusterId>,
         message: String,
     ) {
-        if kind == AlertKind::HaDisabled && !self.config.vm_ha_alerts_enabled {
+        if kind == AlertKind::HaDisabled && !self.liveness.vm_ha_alerts_enabled {
             return;
         }
         let rec = host.and_then(|h| self.hosts.get(h));
@@ -58,7 +58,7 @@ impl HaInner {
             .filter(|v| v.ha_enabled)
             .map(|v| v.name.as_str())
             .collect();
-        if !self.config.vm_ha_enabled {
+        if !self.liveness.vm_ha_enabled {
             self.alert(
                 AlertKind::HaDisabled,
                 Some(host.id),
@@ -102,7 +102,7 @@ impl HaInner {
         if rec.hypervisor.has_native_ha() {
             return None;
         }
-        if !self.config.vm_ha_enabled {
+        if !self.liveness.vm_ha_enabled {
             // CloudStack: VM-HA disabled ⇒ alert only; nothing force-stopped or scheduled.
             self.alert(
                 AlertKind::HaDisabled,
@@ -189,7 +189,7 @@ impl HaInner {
         work_type: WorkType,
         reason: WorkReason,
     ) -> Option<WorkId> {
-        if !self.config.vm_ha_enabled {
+        if !self.liveness.vm_ha_enabled {
             tracing::warn!(vm = %vm, ?work_type, "VM-HA disabled: not scheduled");
             return None;
         }
@@ -226,7 +226,7 @@ impl HaInner {
     /// (the Down reached no HA manager: none was running, or it stopped before scheduling) is
     /// scheduled, proven dead first. VMs with work, even finished, were handled already.
     pub(super) async fn reconcile_down_hosts(self: &Arc<Self>) {
-        if !self.config.vm_ha_enabled {
+        if !self.liveness.vm_ha_enabled {
             return;
         }
         let down = self.hosts.list().into_iter().filter(|h| {
@@ -311,7 +311,7 @@ impl HaInner {
                 Some(VmPowerState::PowerOff) => true,
                 None | Some(VmPowerState::PowerReportMissing) => {
                     let since = *lock(&self.missing).entry(vm).or_insert(now);
-                    now.saturating_duration_since(since) > self.config.ping_deadline()
+                    now.saturating_duration_since(since) > self.liveness.ping_deadline()
                 }
                 Some(_) => false,
             };

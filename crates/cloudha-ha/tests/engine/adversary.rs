@@ -50,10 +50,9 @@ impl Fencer for AlwaysFences {
 }
 
 fn ha_config() -> Config {
-    Config {
-        ha_startup_grace: Duration::ZERO,
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.ha.ha_startup_grace = Duration::ZERO;
+    c
 }
 
 fn ha_over(
@@ -63,7 +62,7 @@ fn ha_over(
     work: &Arc<InMemoryHaWorkStore>,
 ) -> HaManager {
     HaManager::new(
-        ha_config(),
+        ha_config().ha,
         OwnerId(owner),
         agent,
         HaPorts::new(
@@ -121,7 +120,7 @@ async fn regression_a_lost_reply_on_the_down_write_loses_the_down_for_ha() {
     h.set_verdict(Some(HostVerdict::Down));
     *s.lose_reply_on.lock().unwrap() = Some(Event::HostDown);
     host.power_off();
-    sleep(Config::default().ping_deadline() + Duration::from_secs(5)).await;
+    sleep(Config::default().liveness.ping_deadline() + Duration::from_secs(5)).await;
     assert_eq!(
         h.status(HostId(1)),
         Some(Status::Down),
@@ -131,7 +130,7 @@ async fn regression_a_lost_reply_on_the_down_write_loses_the_down_for_ha() {
     // placement candidate and its pings would count as an Up host's).
     let cached = h.manager.hosts().status(HostId(1));
 
-    sleep(Config::default().ping_interval * 3).await;
+    sleep(Config::default().liveness.ping_interval * 3).await;
     assert_eq!(h.manager.hosts().status(HostId(1)), Some(Status::Down));
     let events = h.events(HostId(1));
     assert!(
@@ -153,7 +152,12 @@ async fn regression_a_lost_reply_on_the_down_write_loses_the_down_for_ha() {
 async fn regression_a_down_queued_when_ha_stops_is_never_scheduled_after_restart() {
     let config = ha_config();
     let (hosts, vms, work) = kvm_fleet();
-    let agent = agent_over(&config, &hosts, Arc::new(RecordingAlerts::default())).await;
+    let agent = agent_over(
+        &config.liveness,
+        &hosts,
+        Arc::new(RecordingAlerts::default()),
+    )
+    .await;
     let ha = ha_over(&agent, 7, &vms, &work);
     ha.start().await.unwrap();
     // The host is proven Down; the server stops before HA's status task ran.
@@ -170,7 +174,12 @@ async fn regression_a_down_queued_when_ha_stops_is_never_scheduled_after_restart
     );
 
     // The server restarts over the same stores.
-    let agent2 = agent_over(&config, &hosts, Arc::new(RecordingAlerts::default())).await;
+    let agent2 = agent_over(
+        &config.liveness,
+        &hosts,
+        Arc::new(RecordingAlerts::default()),
+    )
+    .await;
     let ha2 = ha_over(&agent2, 7, &vms, &work);
     agent2.start().await.unwrap();
     ha2.start().await.unwrap();
@@ -193,7 +202,12 @@ async fn regression_a_down_queued_when_ha_stops_is_never_scheduled_after_restart
 async fn regression_a_second_ha_manager_ignores_hosts_already_down() {
     let config = ha_config();
     let (hosts, vms, work) = kvm_fleet();
-    let agent = agent_over(&config, &hosts, Arc::new(RecordingAlerts::default())).await;
+    let agent = agent_over(
+        &config.liveness,
+        &hosts,
+        Arc::new(RecordingAlerts::default()),
+    )
+    .await;
     let ha = ha_over(&agent, 7, &vms, &work);
     ha.start().await.unwrap();
     ha.stop().await;
@@ -227,7 +241,7 @@ async fn regression_concurrent_applies_leave_the_cache_older_than_the_store_and_
     r.status = Some(Status::Up);
     s.inner.insert(r);
     let agent = AgentManager::new(
-        config.clone(),
+        config.liveness.clone(),
         Ports::new(
             s.clone(),
             Arc::new(cloudha_registry::Registry::default()),
@@ -328,19 +342,19 @@ async fn robust_conflict_for_ever_then_get_failing_keeps_the_host_and_recovers()
     h.set_verdict(Some(HostVerdict::Down));
     s.conflict.store(true, Ordering::SeqCst);
     host.power_off();
-    sleep(Config::default().ping_deadline() + Duration::from_secs(5)).await;
+    sleep(Config::default().liveness.ping_deadline() + Duration::from_secs(5)).await;
     assert!(s.gets.load(Ordering::SeqCst) >= 3, "conflicts reloaded");
     assert_eq!(h.status(HostId(1)), Some(Status::Up));
     assert_eq!(h.manager.hosts().status(HostId(1)), Some(Status::Up));
     assert_eq!(h.manager.tracked(), 1, "re-armed");
     s.fail_get.store(true, Ordering::SeqCst);
-    sleep(Config::default().ping_interval + Duration::from_secs(5)).await;
+    sleep(Config::default().liveness.ping_interval + Duration::from_secs(5)).await;
     assert_eq!(h.manager.hosts().status(HostId(1)), Some(Status::Up));
     assert_eq!(h.manager.tracked(), 1, "re-armed after a failed reload");
     assert!(h.scheduled().is_empty());
     s.conflict.store(false, Ordering::SeqCst);
     s.fail_get.store(false, Ordering::SeqCst);
-    sleep(Config::default().ping_interval + Duration::from_secs(5)).await;
+    sleep(Config::default().liveness.ping_interval + Duration::from_secs(5)).await;
     assert_eq!(h.status(HostId(1)), Some(Status::Down));
     assert_eq!(h.manager.hosts().status(HostId(1)), Some(Status::Down));
     assert_eq!(h.scheduled(), vec![(HostId(1), WorkReason::HostDown, true)]);
@@ -355,7 +369,12 @@ async fn robust_conflict_for_ever_then_get_failing_keeps_the_host_and_recovers()
 async fn robust_two_ha_managers_over_one_agent_start_the_vm_once() {
     let config = ha_config();
     let (hosts, vms, work) = kvm_fleet();
-    let agent = agent_over(&config, &hosts, Arc::new(RecordingAlerts::default())).await;
+    let agent = agent_over(
+        &config.liveness,
+        &hosts,
+        Arc::new(RecordingAlerts::default()),
+    )
+    .await;
     let ha1 = ha_over(&agent, 7, &vms, &work);
     let ha2 = ha_over(&agent, 8, &vms, &work);
     ha1.start().await.unwrap();
@@ -408,7 +427,12 @@ async fn robust_two_ha_managers_over_one_agent_start_the_vm_once() {
 async fn robust_ha_stop_racing_start_leaves_nothing_running() {
     let config = ha_config();
     let (hosts, vms, work) = kvm_fleet();
-    let agent = agent_over(&config, &hosts, Arc::new(RecordingAlerts::default())).await;
+    let agent = agent_over(
+        &config.liveness,
+        &hosts,
+        Arc::new(RecordingAlerts::default()),
+    )
+    .await;
     let ha = ha_over(&agent, 7, &vms, &work);
     let (started, ()) = tokio::join!(ha.start(), ha.stop());
     started.unwrap();

@@ -2,29 +2,26 @@
 
 use std::time::Duration;
 
-use cloudha_liveness::Config;
+use cloudha_ha::Config;
 
 #[test]
 fn defaults_are_cloudstacks() {
     let c = Config::default();
-    assert_eq!(c.ping_interval, Duration::from_secs(60));
-    assert_eq!(c.ping_deadline(), Duration::from_secs(150));
-    assert_eq!(c.alert_wait, Duration::from_secs(1800));
-    assert_eq!(c.host_ping_retry_count, 0);
-    assert_eq!(c.host_ping_retry_timer, Duration::from_secs(5));
-    assert_eq!((c.ha_workers, c.max_retries), (5, 5));
-    assert_eq!(c.restart_retry_interval, Duration::from_secs(600));
-    assert_eq!(c.alert_reinvestigate(), c.ping_interval);
+    assert_eq!(c.liveness.ping_interval, Duration::from_secs(60));
+    assert_eq!(c.liveness.ping_deadline(), Duration::from_secs(150));
+    assert_eq!(c.liveness.alert_wait, Duration::from_secs(1800));
+    assert_eq!(c.liveness.host_ping_retry_count, 0);
+    assert_eq!(c.liveness.host_ping_retry_timer, Duration::from_secs(5));
+    assert_eq!((c.ha.ha_workers, c.ha.max_retries), (5, 5));
+    assert_eq!(c.ha.restart_retry_interval, Duration::from_secs(600));
+    assert_eq!(c.liveness.alert_reinvestigate(), c.liveness.ping_interval);
     assert!(c.validate().is_ok());
     // Every key in the documented table exists in the serialized config, and vice versa.
     let serde_json::Value::Object(fields) = serde_json::to_value(&c).unwrap() else {
         panic!("an object")
     };
-    let documented: Vec<&str> = cloudha_liveness::config::KEYS
-        .iter()
-        .map(|k| k.key)
-        .collect();
-    for k in cloudha_liveness::config::KEYS {
+    let documented: Vec<&str> = Config::keys().map(|k| k.key).collect();
+    for k in Config::keys() {
         // Keys unset by default are skipped when written.
         assert!(
             fields.contains_key(k.key) || k.default.starts_with('('),
@@ -38,6 +35,49 @@ fn defaults_are_cloudstacks() {
             "key {key} is not documented"
         );
     }
+    // Each key has one home: no key is documented by both parts.
+    let mut sorted = documented.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), documented.len(), "a key documented twice");
+}
+
+#[test]
+fn each_part_reads_its_own_keys_from_one_file() {
+    let c = Config::from_toml(
+        r#"
+"ping.interval" = "30s"
+"wait" = "10m"
+"vm.ha.enabled" = false
+"ha.workers" = 3
+"kvm.heartbeat.staleness" = "90s"
+"#,
+        "both.toml",
+    )
+    .unwrap();
+    assert_eq!(c.liveness.ping_interval, Duration::from_secs(30));
+    assert_eq!(c.liveness.wait, Duration::from_secs(600));
+    assert!(!c.liveness.vm_ha_enabled);
+    assert_eq!(c.ha.ha_workers, 3);
+    assert_eq!(c.ha.kvm_heartbeat_staleness, Duration::from_secs(90));
+    // Written back as one flat table, and read again to the same config.
+    let text = toml::to_string(&c).unwrap();
+    assert_eq!(Config::from_toml(&text, "written.toml").unwrap(), c);
+    // A key neither part knows is refused with its line; a value of the wrong form too.
+    let err = Config::from_toml("\"ha.workers\" = 3\n\"ha.wokers\" = 4\n", "typo.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("typo.toml") && err.contains("line 2") && err.contains("ha.wokers"),
+        "{err}"
+    );
+    let err = Config::from_toml("\n\"ha.workers\" = \"three\"\n", "form.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("form.toml") && err.contains("line 2") && err.contains("ha.workers"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -54,12 +94,12 @@ fn reads_toml_with_units_numbers_and_the_alias() {
         "test.toml",
     )
     .unwrap();
-    assert_eq!(c.ping_interval, Duration::from_secs(30));
-    assert_eq!(c.ping_deadline(), Duration::from_secs(90));
-    assert_eq!(c.alert_wait, Duration::from_secs(900));
-    assert_eq!(c.host_ping_retry_timer, Duration::from_secs(90));
-    assert_eq!(c.max_retries, 7);
-    assert_eq!(c.ha_tag.as_deref(), Some("ha_host"));
+    assert_eq!(c.liveness.ping_interval, Duration::from_secs(30));
+    assert_eq!(c.liveness.ping_deadline(), Duration::from_secs(90));
+    assert_eq!(c.liveness.alert_wait, Duration::from_secs(900));
+    assert_eq!(c.liveness.host_ping_retry_timer, Duration::from_secs(90));
+    assert_eq!(c.ha.max_retries, 7);
+    assert_eq!(c.ha.ha_tag.as_deref(), Some("ha_host"));
 }
 
 #[test]
@@ -117,11 +157,12 @@ fn an_agreement_a_cluster_cannot_reach_is_refused_naming_the_key_and_the_cluster
         (2, &[], None),
     ];
     for (agreement, clusters, refused) in rows {
-        let c = Config {
-            ha_investigators_agreement: *agreement,
-            ..Config::default()
+        let c = {
+            let mut c = Config::default();
+            c.liveness.ha_investigators_agreement = *agreement;
+            c
         };
-        let got = c.check_clusters(clusters.iter().copied());
+        let got = c.liveness.check_clusters(clusters.iter().copied());
         let ctx = format!("agreement {agreement}, clusters {clusters:?}: {got:?}");
         match refused {
             None => assert!(got.is_ok(), "{ctx}"),
@@ -150,14 +191,17 @@ fn the_heartbeat_and_bmc_keys_read_from_toml() {
     )
     .unwrap();
     assert_eq!(
-        c.kvm_self_fence_deadline(),
+        c.ha.kvm_self_fence_deadline(),
         Duration::from_secs(45 + 2 * 15)
     );
-    assert_eq!(c.xen_self_fence_deadline(), Duration::from_secs(60));
-    assert_eq!(c.oobm_action_timeout, Duration::from_secs(25));
+    assert_eq!(c.ha.xen_self_fence_deadline(), Duration::from_secs(60));
+    assert_eq!(c.liveness.oobm_action_timeout, Duration::from_secs(25));
     let d = Config::default();
     assert_eq!(
-        (d.kvm_self_fence_deadline(), d.xen_self_fence_deadline()),
+        (
+            d.ha.kvm_self_fence_deadline(),
+            d.ha.xen_self_fence_deadline()
+        ),
         (Duration::from_secs(110), Duration::from_secs(60)),
         "defaults: 60 s + 5 × 10 s; 30 s + 30 s"
     );

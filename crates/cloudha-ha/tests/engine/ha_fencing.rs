@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use cloudha_ha::*;
 use cloudha_liveness::investigate::{self};
-use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::sleep;
@@ -19,10 +18,9 @@ const HOST: HostId = HostId(1);
 const VMS: u64 = 20;
 
 fn config() -> Config {
-    Config {
-        ha_startup_grace: Duration::ZERO,
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.ha.ha_startup_grace = Duration::ZERO;
+    c
 }
 
 fn vm(id: u64, host: HostId) -> VmRecord {
@@ -92,10 +90,11 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
         },
     ];
     for r in rows {
-        let config = Config {
+        let config = {
+            let mut c = config();
             // The fake host reports no VM states while Up: not the second trigger's business.
-            ha_vm_restart_hostup: false,
-            ..config()
+            c.ha.ha_vm_restart_hostup = false;
+            c
         };
         let store = Arc::new(InMemoryHostStore::new());
         let commander = Arc::new(FakeCommander::default());
@@ -118,9 +117,9 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
         let late = Arc::new(LateHosts::default());
         let hosts_port: Arc<dyn HostDirectory> = late.clone();
         let chain: Vec<Arc<dyn Investigator>> =
-            investigate::chain(&config, &commander_port, &hosts_port, Some(&oobm));
+            investigate::chain(&config.liveness, &commander_port, &hosts_port, Some(&oobm));
         let h = harness_with(
-            config.clone(),
+            config.liveness.clone(),
             Wiring {
                 store: store.clone(),
                 investigators: Some(chain),
@@ -143,7 +142,7 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
         }
         let work = Arc::new(InMemoryHaWorkStore::new());
         let ha = HaManager::new(
-            config.clone(),
+            config.ha.clone(),
             OwnerId(1),
             &h.manager,
             HaPorts::new(
@@ -250,9 +249,9 @@ async fn fence_failed_is_raised_once_per_host_and_retry_round() {
     let power = Counting::new(PowerFencer::new(bmc.front()));
     let alerts = Arc::new(RecordingAlerts::default());
     let work = Arc::new(InMemoryHaWorkStore::new());
-    let agent = agent_over(&config, &store, Arc::new(LogAlerts)).await;
+    let agent = agent_over(&config.liveness, &store, Arc::new(LogAlerts)).await;
     let ha = HaManager::new(
-        config.clone(),
+        config.ha.clone(),
         OwnerId(1),
         &agent,
         HaPorts::new(
@@ -325,9 +324,9 @@ async fn a_hosts_proof_is_not_reused_after_its_status_changes() {
     let bmc = FakeBmc::reading(PowerState::Off);
     let power = Counting::new(PowerFencer::new(bmc.front()));
     let work = Arc::new(InMemoryHaWorkStore::new());
-    let agent = agent_over(&config, &store, Arc::new(LogAlerts)).await;
+    let agent = agent_over(&config.liveness, &store, Arc::new(LogAlerts)).await;
     let ha = HaManager::new(
-        config.clone(),
+        config.ha.clone(),
         OwnerId(1),
         &agent,
         HaPorts::new(
@@ -371,10 +370,11 @@ async fn the_ha_alert_switch_mutes_only_ha_disabled() {
         (false, true, &[AlertKind::HaDisabled][..]),
         (false, false, &[][..]),
     ] {
-        let config = Config {
-            vm_ha_enabled: ha_enabled,
-            vm_ha_alerts_enabled: alerts_enabled,
-            ..config()
+        let config = {
+            let mut c = config();
+            c.liveness.vm_ha_enabled = ha_enabled;
+            c.liveness.vm_ha_alerts_enabled = alerts_enabled;
+            c
         };
         let store = Arc::new(InMemoryHostStore::new());
         let mut rec = HostRecord::new(HOST, "h1", HypervisorType::Kvm);
@@ -384,9 +384,9 @@ async fn the_ha_alert_switch_mutes_only_ha_disabled() {
         vms.upsert(vm(100, HOST));
         let alerts = Arc::new(RecordingAlerts::default());
         let work = Arc::new(InMemoryHaWorkStore::new());
-        let agent = agent_over(&config, &store, Arc::new(LogAlerts)).await;
+        let agent = agent_over(&config.liveness, &store, Arc::new(LogAlerts)).await;
         let ha = HaManager::new(
-            config,
+            config.ha,
             OwnerId(1),
             &agent,
             HaPorts::new(work.clone(), vms.clone(), vec![], alerts.clone())
@@ -428,7 +428,7 @@ async fn a_heartbeat_seen_beating_stops_the_fence_chain() {
     let vms = Arc::new(InMemoryVms::new());
     vms.upsert(vm(100, HOST));
     let bmc = FakeBmc::reading(PowerState::On);
-    let agent = agent_over(&config, &store, Arc::new(LogAlerts)).await;
+    let agent = agent_over(&config.liveness, &store, Arc::new(LogAlerts)).await;
     let neighbour = Counting::new(NeighbourFencer::new(
         commander.clone(),
         agent.hosts(),
@@ -438,7 +438,7 @@ async fn a_heartbeat_seen_beating_stops_the_fence_chain() {
     let power = Counting::new(PowerFencer::new(bmc.front()));
     let work = Arc::new(InMemoryHaWorkStore::new());
     let ha = HaManager::new(
-        config.clone(),
+        config.ha.clone(),
         OwnerId(1),
         &agent,
         HaPorts::new(

@@ -21,7 +21,7 @@ async fn a_status_the_store_cannot_write_is_kept_and_written_once_it_is_back() {
     h.set_verdict(Some(HostVerdict::Down));
     flaky.fail_status.store(usize::MAX, Ordering::SeqCst);
     host.power_off();
-    sleep(Config::default().ping_deadline() + Duration::from_secs(5)).await;
+    sleep(LivenessConfig::default().ping_deadline() + Duration::from_secs(5)).await;
     assert!(h.investigations() > 0, "flagged and investigated");
     assert_eq!(h.status(HostId(1)), Some(Status::Up), "the store kept Up");
     assert_eq!(
@@ -40,7 +40,7 @@ async fn a_status_the_store_cannot_write_is_kept_and_written_once_it_is_back() {
     );
     // The store comes back: the next monitor run moves the host.
     flaky.fail_status.store(0, Ordering::SeqCst);
-    sleep(Config::default().ping_interval + Duration::from_secs(5)).await;
+    sleep(LivenessConfig::default().ping_interval + Duration::from_secs(5)).await;
     assert_eq!(h.status(HostId(1)), Some(Status::Down));
     assert_eq!(h.manager.hosts().status(HostId(1)), Some(Status::Down));
     assert_eq!(h.scheduled(), vec![(HostId(1), WorkReason::HostDown, true)]);
@@ -66,7 +66,7 @@ async fn last_pings_reach_the_store_in_batches_and_a_failed_batch_is_not_lost() 
     assert!(stored > connected, "a later batch wrote the pings");
     // At most one batch behind the manager's exact time, and one of the host's own pings.
     let exact = h.manager.last_ping(HostId(1)).unwrap();
-    assert!(exact.saturating_duration_since(stored) <= Config::default().ping_interval);
+    assert!(exact.saturating_duration_since(stored) <= LivenessConfig::default().ping_interval);
     assert!(host.pings.lock().unwrap().contains(&h.when(stored)));
     h.shutdown().await;
 }

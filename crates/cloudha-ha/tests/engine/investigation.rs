@@ -355,7 +355,7 @@ fn rows() -> Vec<Row> {
 /// only through `commander`, so never armed in the ping monitor). With `start`, the manager is
 /// started first (its monitor and direct-agent scan run).
 async fn cloud(
-    config: Config,
+    config: LivenessConfig,
     target: HostRecord,
     neighbours: usize,
     commander: &Arc<FakeCommander>,
@@ -407,11 +407,12 @@ fn target(hypervisor: HypervisorType, independent: bool) -> HostRecord {
 #[tokio::test(start_paused = true)]
 async fn kvm_investigation_through_the_agent_manager() {
     for r in rows() {
-        let config = Config {
-            ha_investigators_agreement: r.agreement,
-            vm_ha_enabled: r.ha_enabled,
-            vm_ha_alerts_enabled: r.ha_alerts,
-            ..Config::default()
+        let config = {
+            let mut c = LivenessConfig::default();
+            c.ha_investigators_agreement = r.agreement;
+            c.vm_ha_enabled = r.ha_enabled;
+            c.vm_ha_alerts_enabled = r.ha_alerts;
+            c
         };
         let commander = Arc::new(FakeCommander::default());
         commander.on(HOST.0, Probe::CheckOnHost, &[r.own]);
@@ -488,7 +489,7 @@ async fn a_powered_off_host_is_down_within_seconds_of_detection() {
     }
     let bmc = FakeBmc::reading(PowerState::Off);
     let (h, host) = cloud(
-        Config::default(),
+        LivenessConfig::default(),
         target(HypervisorType::Kvm, false),
         3,
         &commander,
@@ -508,7 +509,7 @@ async fn a_powered_off_host_is_down_within_seconds_of_detection() {
         .into_iter()
         .find(|c| c.to == Status::Down)
         .expect("Down");
-    let t = Config::default().ping_deadline();
+    let t = LivenessConfig::default().ping_deadline();
     let after = h.when(down.at) - last;
     assert!(
         after >= t && after <= t + Duration::from_secs(2),
@@ -532,7 +533,7 @@ async fn an_agent_restart_ends_in_alert_is_never_fenced_and_comes_back_up() {
     }
     let bmc = FakeBmc::reading(PowerState::On);
     let (h, host) = cloud(
-        Config::default(),
+        LivenessConfig::default(),
         target(HypervisorType::Kvm, false),
         3,
         &commander,

@@ -144,13 +144,14 @@ async fn rig(verdict: VmVerdict) -> Rig {
     let work = Arc::new(InMemoryHaWorkStore::new());
     let fencer = Arc::new(PowerOff::default());
     let clock = crate::support::tokio_clock();
-    let config = Config {
-        ha_startup_grace: Duration::ZERO,
-        ..Config::default()
+    let config = {
+        let mut c = Config::default();
+        c.ha.ha_startup_grace = Duration::ZERO;
+        c
     };
-    let agent = crate::support::agent_over(&config, &hosts, Arc::new(LogAlerts)).await;
+    let agent = crate::support::agent_over(&config.liveness, &hosts, Arc::new(LogAlerts)).await;
     let ha = HaManager::new(
-        config,
+        config.ha,
         OwnerId(1),
         &agent,
         HaPorts::new(

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use crate::support::agent_over;
 use cloudha_ha::*;
-use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::sleep;
@@ -161,13 +160,14 @@ async fn rig(owner: OwnerId, fence_delay: Duration, work: Option<Arc<FlakyWork>>
         calls: AtomicUsize::new(0),
         delay: fence_delay,
     });
-    let config = Config {
-        ha_startup_grace: Duration::ZERO,
-        ..Config::default()
+    let config = {
+        let mut c = Config::default();
+        c.ha.ha_startup_grace = Duration::ZERO;
+        c
     };
-    let agent = agent_over(&config, &hosts, Arc::new(LogAlerts)).await;
+    let agent = agent_over(&config.liveness, &hosts, Arc::new(LogAlerts)).await;
     let ha = HaManager::new(
-        config,
+        config.ha,
         owner,
         &agent,
         HaPorts::new(
@@ -280,7 +280,7 @@ async fn a_hung_store_or_fencer_holds_no_worker_forever() {
         1,
         "the hung take was cut at its bound and the item taken again"
     );
-    let wait = Config::default().wait;
+    let wait = Config::default().liveness.wait;
     sleep(wait).await;
     let item = r.work.inner.item(id).expect("not lost");
     assert!(

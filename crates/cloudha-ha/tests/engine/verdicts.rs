@@ -181,9 +181,10 @@ fn rows() -> Vec<Row> {
 async fn every_row_of_the_verdict_table() {
     let alert_wait = Duration::from_secs(600);
     for (i, r) in rows().into_iter().enumerate() {
-        let config = Config {
-            alert_wait,
-            ..Config::default()
+        let config = {
+            let mut c = LivenessConfig::default();
+            c.alert_wait = alert_wait;
+            c
         };
         let h = harness_with(
             config,
@@ -260,7 +261,7 @@ async fn check_health_success_means_up_whatever_the_chain_says() {
         Some(HostVerdict::Alert),
         None,
     ] {
-        let h = harness(Config::default());
+        let h = harness(LivenessConfig::default());
         let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
         host.health_ok
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -292,7 +293,7 @@ async fn check_health_success_means_up_whatever_the_chain_says() {
 
 #[tokio::test(start_paused = true)]
 async fn alerts_are_not_repeated_until_the_status_changes() {
-    let h = harness(Config::default());
+    let h = harness(LivenessConfig::default());
     let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     let id = HostId(1);
     host.gateway

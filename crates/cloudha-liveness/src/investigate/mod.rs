@@ -34,15 +34,15 @@ use cloudha_ports::{
     VmVerdict,
 };
 
-use crate::config::Config;
+use crate::config::LivenessConfig;
 use crate::oobm::Oobm;
 
 /// Wait of a probe command.
-pub const PROBE_WAIT: Duration = Duration::from_secs(20);
+pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(20);
 
 /// One neighbour's answer about a host's heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Beat {
+pub(crate) struct Beat {
     /// The neighbour.
     pub by: HostId,
     /// It sees the heartbeat alive.
@@ -53,7 +53,7 @@ pub struct Beat {
 
 /// Everything a heartbeat investigation learned about a host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Evidence {
+pub(crate) struct Evidence {
     /// The host's own heartbeat check: `Some(alive)` when it answered.
     pub own: Option<bool>,
     /// The neighbours that answered a heartbeat check.
@@ -69,13 +69,13 @@ pub struct Evidence {
 
 /// How evidence is judged for one host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rules {
+pub(crate) struct Rules {
     /// `ha.investigators.agreement`: dead answers needed (no alive one allowed).
     pub agreement: usize,
 }
 
 /// The verdict the evidence supports (see the module docs), with the evidence in words.
-pub fn judge(e: &Evidence, rules: Rules) -> Finding {
+pub(crate) fn judge(e: &Evidence, rules: Rules) -> Finding {
     let m = rules.agreement.max(1);
     if e.own == Some(true) {
         return Finding::settled(
@@ -589,7 +589,7 @@ impl Investigator for PingInvestigator {
 /// [`crate::config::INVESTIGATORS`]), probing through `commander` and reading power through
 /// `oobm` when there is one.
 pub fn chain(
-    config: &Config,
+    config: &LivenessConfig,
     commander: &Arc<dyn HostCommander>,
     hosts: &Arc<dyn HostDirectory>,
     oobm: Option<&Arc<Oobm>>,
@@ -625,7 +625,7 @@ pub fn chain(
 }
 
 /// Runs the chain: the first investigator with a finding wins; returns it with its name.
-pub async fn investigate_host(
+pub(crate) async fn investigate_host(
     chain: &[Arc<dyn Investigator>],
     host: &HostRecord,
 ) -> Option<(Finding, &'static str)> {

@@ -252,19 +252,19 @@ fn up(id: u64, hv: HypervisorType, pod: u64, status: Option<Status>, t: HostType
 fn the_chain_follows_the_configured_order_by_cloudstacks_names() {
     let store: Arc<dyn HostDirectory> = Arc::new(cloudha_ports::HostCache::new());
     let commander: Arc<dyn HostCommander> = Arc::new(MockHostCommander::new());
-    let config = Config::default();
+    let config = LivenessConfig::default();
     let names: Vec<&str> = chain(&config, &commander, &store, None)
         .iter()
         .map(|i| i.name())
         .collect();
     assert_eq!(names, crate::config::INVESTIGATORS);
-    let reversed = Config {
+    let reversed = LivenessConfig {
         ha_investigators_order: crate::config::INVESTIGATORS
             .iter()
             .rev()
             .map(|s| (*s).to_owned())
             .collect(),
-        ..Config::default()
+        ..LivenessConfig::default()
     };
     let names: Vec<&str> = chain(&reversed, &commander, &store, None)
         .iter()

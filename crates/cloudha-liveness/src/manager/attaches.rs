@@ -5,7 +5,7 @@ use super::*;
 /// The attaches of every connected host. Also the [`HostCommander`] probes go through: a host
 /// with no attache fails at once.
 #[derive(Default)]
-pub struct Attaches {
+pub(crate) struct Attaches {
     map: Mutex<HashMap<HostId, Arc<dyn Attache>>>,
 }
 
@@ -23,7 +23,7 @@ impl Attaches {
     }
 
     /// The attache of `host`.
-    pub fn get(&self, host: HostId) -> Option<Arc<dyn Attache>> {
+    pub(crate) fn get(&self, host: HostId) -> Option<Arc<dyn Attache>> {
         self.lock().get(&host).cloned()
     }
 
@@ -71,7 +71,7 @@ impl HostCommander for Attaches {
 /// time its first host is flagged the others have already missed a ping, so the brake sees the
 /// whole rack even when each verdict takes no time.
 #[derive(Debug, Default)]
-pub struct Investigations {
+pub(crate) struct Investigations {
     hosts: Mutex<HashSet<HostId>>,
     pings: Option<(Arc<PingMonitor>, Duration)>,
 }
@@ -85,13 +85,13 @@ impl Investigations {
     }
 
     /// Whether `host` is being investigated.
-    pub fn contains(&self, host: HostId) -> bool {
+    pub(crate) fn contains(&self, host: HostId) -> bool {
         lock(&self.hosts).contains(&host)
     }
 
     /// Whether `host` is suspect for the brake: being investigated, or tracked by the ping
     /// monitor and silent for longer than `1.25 × ping.interval` (it missed a ping).
-    pub fn suspect(&self, host: HostId) -> bool {
+    pub(crate) fn suspect(&self, host: HostId) -> bool {
         self.contains(host)
             || self.pings.as_ref().is_some_and(|(monitor, after)| {
                 monitor

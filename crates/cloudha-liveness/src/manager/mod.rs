@@ -29,7 +29,7 @@ use cloudha_ports::{
     HostDirectory, HostRecord, HostStore, HostVerdict, Investigator, StoreError, Timestamp,
 };
 
-use crate::config::Config;
+use crate::config::LivenessConfig;
 use crate::error::ManagerError;
 use crate::investigate;
 use crate::monitor::PingMonitor;
@@ -40,7 +40,7 @@ mod connect;
 mod disconnect;
 mod status;
 
-pub use attaches::{Attaches, Investigations};
+pub(crate) use attaches::{Attaches, Investigations};
 pub use status::{StatusChange, StatusChanges};
 
 /// Who raises the host-down alert.
@@ -130,7 +130,7 @@ enum Life {
 }
 
 struct Inner {
-    config: Config,
+    config: LivenessConfig,
     store: Arc<dyn HostStore>,
     /// Every host record, loaded at start: what the ping path and every decision read.
     hosts: Arc<HostCache>,
@@ -189,7 +189,7 @@ impl AgentManager {
     ///
     /// # Errors
     /// The config's validation error.
-    pub fn new(config: Config, ports: Ports) -> Result<Self, crate::error::ConfigError> {
+    pub fn new(config: LivenessConfig, ports: Ports) -> Result<Self, crate::error::ConfigError> {
         config.validate()?;
         let attaches = Arc::new(Attaches::default());
         let hosts = Arc::new(HostCache::new());
@@ -241,7 +241,7 @@ impl AgentManager {
     }
 
     /// The config.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &LivenessConfig {
         &self.inner.config
     }
 
@@ -272,9 +272,16 @@ impl AgentManager {
         self.inner.investigators.clone()
     }
 
-    /// The hosts under investigation right now.
-    pub fn investigations(&self) -> Arc<Investigations> {
-        Arc::clone(&self.inner.investigations)
+    /// Whether `host` is suspect right now: under investigation, or tracked by the ping
+    /// monitor and silent for longer than `1.25 × ping.interval` (it missed a ping). The HA
+    /// manager's brake counts these.
+    pub fn is_suspect(&self, host: HostId) -> bool {
+        self.inner.investigations.suspect(host)
+    }
+
+    /// Whether `host` is being investigated right now.
+    pub fn is_investigating(&self, host: HostId) -> bool {
+        self.inner.investigations.contains(host)
     }
 
     /// The hosts as the manager knows them (its cache of the store: plain, fast reads).

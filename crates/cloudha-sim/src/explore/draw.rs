@@ -139,7 +139,7 @@ impl Space {
             // From the time every agent has connected (each connects at an offset within the
             // first ping interval): a fault before the cloud is up tests nothing HA does.
             at: (
-                (base.config.ping_interval * 2).min(base.duration),
+                (base.config.liveness.ping_interval * 2).min(base.duration),
                 base.duration.saturating_sub(Duration::from_secs(1)),
             ),
             lasting: (Duration::from_secs(10), Duration::from_secs(600)),

@@ -51,10 +51,10 @@ impl Cloud {
             return false;
         };
         let ha = self.world.lock().vms.get(&d.vm).is_some_and(|v| v.ha);
-        ha && config.vm_ha_enabled
+        ha && config.liveness.vm_ha_enabled
             && !rec.local_root_disk
             && !rec.hypervisor.has_native_ha()
-            && (d.cause != Cause::Crash || config.ha_vm_restart_hostup)
+            && (d.cause != Cause::Crash || config.ha.ha_vm_restart_hostup)
     }
 
     /// Waits for the death's deadline (`sim.liveness.bound`, paused while the startup grace or
@@ -80,7 +80,7 @@ impl Cloud {
     /// without power or out of the manager's reach: what the brake guards against is the
     /// manager's own partition).
     fn paused(&self, d: &Death, until: Instant) -> Duration {
-        let grace = self.scenario.config.ha_startup_grace;
+        let grace = self.scenario.config.ha.ha_startup_grace;
         let starts = lock(&self.starts).clone();
         let cluster = self
             .records
@@ -109,7 +109,7 @@ impl Cloud {
                 .and_then(|log| log.iter().rev().find(|r| r.since <= t))
                 .is_some_and(|r| !r.powered || !r.managed)
         };
-        let fraction = self.scenario.config.ha_brake_fraction;
+        let fraction = self.scenario.config.ha.ha_brake_fraction;
         let mut paused = Duration::ZERO;
         for w in cuts.windows(2) {
             let (a, b) = (w[0], w[1]);
@@ -199,7 +199,7 @@ impl Cloud {
             && (host.ping_loss
                 || host
                     .ping_delay
-                    .is_some_and(|d| d >= self.scenario.config.ping_interval))
+                    .is_some_and(|d| d >= self.scenario.config.liveness.ping_interval))
         {
             return Ok(
                 "excused: its host's pings, and with them its VM reports, do not get through"

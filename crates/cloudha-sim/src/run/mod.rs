@@ -154,7 +154,7 @@ pub fn simulate_with(scenario: &Scenario, seed: u64, injected: Injected) -> Repo
 
 async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
     let t0 = Instant::now();
-    let world = Arc::new(World::new(t0, scenario.config.force_ha, scenario.sim));
+    let world = Arc::new(World::new(t0, scenario.config.ha.force_ha, scenario.sim));
     let hosts = Arc::new(InMemoryHostStore::new());
     let records = Arc::new(InMemoryVms::new());
     let sim_tasks = Tasks::new();
@@ -330,7 +330,7 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
         .map(|(id, _)| *id)
         .collect();
     for host in kvm {
-        let offset = lock(&cloud.rng).below(cloud.scenario.config.ping_interval);
+        let offset = lock(&cloud.rng).below(cloud.scenario.config.liveness.ping_interval);
         let c = Arc::clone(&cloud);
         cloud
             .sim_tasks
@@ -402,11 +402,11 @@ impl Cloud {
         let clock: Arc<dyn Clock> = Arc::new(self.world.clock);
         let oobm = Arc::new(Oobm::new(
             self.bmc.clone(),
-            config.oobm_action_timeout,
+            config.liveness.oobm_action_timeout,
             clock.clone(),
         ));
         let agent = AgentManager::new(
-            config.clone(),
+            config.liveness.clone(),
             Ports::new(
                 self.hosts.clone(),
                 registry.clone(),
@@ -439,7 +439,7 @@ impl Cloud {
             recorded(Arc::new(PowerFencer::new(oobm))),
         ];
         let ha = HaManager::new(
-            config,
+            config.ha.clone(),
             OwnerId(1),
             &agent,
             HaPorts::new(

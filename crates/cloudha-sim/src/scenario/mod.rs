@@ -8,7 +8,7 @@ mod timings;
 
 use std::time::Duration;
 
-use cloudha_liveness::Config;
+use cloudha_ha::Config;
 use serde::Deserialize;
 
 pub use expect::{ALERT_KINDS, Expect, PROOF_KINDS};

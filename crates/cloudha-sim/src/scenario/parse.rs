@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use cloudha_liveness::Config;
+use cloudha_ha::Config;
 use cloudha_protocol::{Status, VmState};
 use serde::Deserialize;
 use toml::Spanned;
@@ -186,6 +186,7 @@ impl Scenario {
             return Err(err(0, "a scenario needs at least one [[cluster]]".into()));
         }
         config
+            .liveness
             .check_clusters(clusters.iter().map(|c| (c.name.as_str(), c.hosts as usize)))
             .map_err(|e| {
                 let line = raw

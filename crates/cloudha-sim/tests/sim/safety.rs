@@ -11,7 +11,7 @@ use crate::shipped;
 #[test]
 fn failover_at_cloudstack_defaults_meets_its_goal_on_seeds_1_to_50() {
     let scenario = shipped("kvm-failover-at-defaults.toml");
-    let t = scenario.config.ping_deadline().as_secs_f64();
+    let t = scenario.config.liveness.ping_deadline().as_secs_f64();
     for seed in 1..=50 {
         let report = simulate(&scenario, seed);
         assert!(report.ok(), "seed {seed}: {}", report.summary());

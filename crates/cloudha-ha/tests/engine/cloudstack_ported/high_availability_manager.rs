@@ -20,7 +20,7 @@ use crate::support::*;
 /// An agent manager whose chain is `investigators`, with host 1 (Up, no attache) in zone 1.
 async fn manager_with(config: Config, investigators: Vec<Arc<dyn Investigator>>) -> Harness {
     let h = harness_with(
-        config,
+        config.liveness,
         Wiring {
             investigators: Some(investigators),
             ..Wiring::default()
@@ -75,9 +75,10 @@ async fn investigateHostStatusHADisabled() {
     never.expect_name().return_const("Never");
     never.expect_host_status().never();
     let h = manager_with(
-        Config {
-            vm_ha_enabled: false,
-            ..Config::default()
+        {
+            let mut c = Config::default();
+            c.liveness.vm_ha_enabled = false;
+            c
         },
         vec![Arc::new(never)],
     )
@@ -112,13 +113,14 @@ impl Ha {
         let vms = Arc::new(InMemoryVms::new());
         let work = Arc::new(InMemoryHaWorkStore::new());
         let alerts = Arc::new(RecordingAlerts::default());
-        let config = Config {
-            ha_startup_grace: Duration::ZERO,
-            ..config
+        let config = {
+            let mut c = config;
+            c.ha.ha_startup_grace = Duration::ZERO;
+            c
         };
-        let agent = agent_over(&config, &hosts, alerts.clone()).await;
+        let agent = agent_over(&config.liveness, &hosts, alerts.clone()).await;
         let ha = HaManager::new(
-            config,
+            config.ha,
             OwnerId(1),
             &agent,
             HaPorts::new(work.clone(), vms.clone(), vec![], alerts.clone())
@@ -218,9 +220,10 @@ async fn scheduleRestartForVmsOnHostNotSupported() {
 
 #[tokio::test(start_paused = true)]
 async fn scheduleRestartForVmsOnHostHADisabled() {
-    let t = Ha::new(Config {
-        vm_ha_enabled: false,
-        ..Config::default()
+    let t = Ha::new({
+        let mut c = Config::default();
+        c.liveness.vm_ha_enabled = false;
+        c
     })
     .await;
     let host = t.host(1, "kvm1", HypervisorType::Kvm, 1).await;
@@ -298,9 +301,10 @@ async fn scheduleRestartForVmsOnHostNonEmptyVMList() {
 #[tokio::test(start_paused = true)]
 async fn scheduleRestartHADisabled() {
     // VM-HA disabled: the VM is left alone: not stopped, fenced or started, and no try spent.
-    let t = Ha::new(Config {
-        vm_ha_enabled: false,
-        ..Config::default()
+    let t = Ha::new({
+        let mut c = Config::default();
+        c.liveness.vm_ha_enabled = false;
+        c
     })
     .await;
     t.host(1, "kvm1", HypervisorType::Kvm, 1).await;

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use cloudha_attache::RequestError;
 use cloudha_ha::*;
-use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
 use mockall::Sequence;
@@ -130,7 +129,7 @@ async fn testWithHosts_cloudha_differs() {
     let t0 = Instant::now();
     let out = kvm_fence(&[UP_KVM, UP_KVM], true, c).await;
     assert_eq!(got(&out), Got::Failed, "{out:?}");
-    assert!(t0.elapsed() > Config::default().kvm_self_fence_deadline());
+    assert!(t0.elapsed() > Config::default().ha.kvm_self_fence_deadline());
 
     // Dead only 30 s (the host may still be retrying its writes); by the re-read it wrote again.
     let mut c = MockHostCommander::new();

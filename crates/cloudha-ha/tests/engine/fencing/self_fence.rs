@@ -370,9 +370,10 @@ async fn neighbour_and_pool_fencers_prove_only_past_the_self_fence_deadline() {
     // Time to subtract "connected ago" from.
     sleep(Duration::from_secs(3600)).await;
     for r in ROWS {
-        let config = Config {
-            ha_investigators_agreement: r.agreement,
-            ..Config::default()
+        let config = {
+            let mut c = Config::default();
+            c.liveness.ha_investigators_agreement = r.agreement;
+            c
         };
         let (store, mut target) = cluster(
             r.hypervisor,
@@ -395,7 +396,7 @@ async fn neighbour_and_pool_fencers_prove_only_past_the_self_fence_deadline() {
                     clock(),
                     &config,
                 )),
-                config.kvm_self_fence_deadline(),
+                config.ha.kvm_self_fence_deadline(),
             ),
             Which::Pool => (
                 Box::new(XenPoolFencer::new(
@@ -404,7 +405,7 @@ async fn neighbour_and_pool_fencers_prove_only_past_the_self_fence_deadline() {
                     clock(),
                     &config,
                 )),
-                config.xen_self_fence_deadline(),
+                config.ha.xen_self_fence_deadline(),
             ),
         };
         let t0 = Instant::now();
@@ -436,8 +437,8 @@ async fn neighbour_and_pool_fencers_prove_only_past_the_self_fence_deadline() {
     }
     assert_eq!(
         (
-            Config::default().kvm_self_fence_deadline(),
-            Config::default().xen_self_fence_deadline()
+            Config::default().ha.kvm_self_fence_deadline(),
+            Config::default().ha.xen_self_fence_deadline()
         ),
         (Duration::from_secs(110), Duration::from_secs(60)),
         "the defaults the rows assume"
@@ -447,14 +448,18 @@ async fn neighbour_and_pool_fencers_prove_only_past_the_self_fence_deadline() {
 /// The deadline follows the manager's assumed heartbeat timings (`kvm.heartbeat.*`).
 #[tokio::test(start_paused = true)]
 async fn the_neighbour_fencers_deadline_follows_the_heartbeat_settings() {
-    let config = Config {
-        kvm_heartbeat_interval: Duration::from_secs(30),
-        kvm_heartbeat_staleness: Duration::from_secs(40),
-        kvm_heartbeat_write_retries: 3,
-        kvm_heartbeat_retry_interval: Duration::from_secs(20),
-        ..Config::default()
+    let config = {
+        let mut c = Config::default();
+        c.ha.kvm_heartbeat_interval = Duration::from_secs(30);
+        c.ha.kvm_heartbeat_staleness = Duration::from_secs(40);
+        c.ha.kvm_heartbeat_write_retries = 3;
+        c.ha.kvm_heartbeat_retry_interval = Duration::from_secs(20);
+        c
     };
-    assert_eq!(config.kvm_self_fence_deadline(), Duration::from_secs(100));
+    assert_eq!(
+        config.ha.kvm_self_fence_deadline(),
+        Duration::from_secs(100)
+    );
     for (age, want) in [(101, true), (100, false), (110, true)] {
         let (store, target) = cluster(
             HypervisorType::Kvm,

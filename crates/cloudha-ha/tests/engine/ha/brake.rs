@@ -6,10 +6,11 @@ use super::*;
 #[tokio::test(start_paused = true)]
 async fn the_brake_holds_fencing_while_most_of_a_cluster_is_suspect() {
     let h = build(
-        Config {
-            ha_brake_fraction: 0.5,
-            ha_workers: 1,
-            ..config()
+        {
+            let mut c = config();
+            c.ha.ha_brake_fraction = 0.5;
+            c.ha.ha_workers = 1;
+            c
         },
         1,
     )
@@ -125,9 +126,10 @@ async fn a_down_no_ha_manager_followed_is_scheduled_at_start() {
 #[tokio::test(start_paused = true)]
 async fn startup_grace_holds_the_brake_everywhere() {
     let h = build(
-        Config {
-            ha_startup_grace: Duration::from_secs(300),
-            ..config()
+        {
+            let mut c = config();
+            c.ha.ha_startup_grace = Duration::from_secs(300);
+            c
         },
         1,
     )

@@ -5,10 +5,11 @@ use super::*;
 #[tokio::test(start_paused = true)]
 async fn cleanup_removes_final_items_older_than_time_between_failures() {
     let h = build(
-        Config {
-            time_between_cleanup: Duration::from_secs(3600),
-            time_between_failures: Duration::from_secs(1800),
-            ..config()
+        {
+            let mut c = config();
+            c.ha.time_between_cleanup = Duration::from_secs(3600);
+            c.ha.time_between_failures = Duration::from_secs(1800);
+            c
         },
         1,
     )
@@ -24,9 +25,10 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
     );
     // A recent failure is inherited by a new item for the same VM.
     let h = build(
-        Config {
-            max_retries: 5,
-            ..config()
+        {
+            let mut c = config();
+            c.ha.max_retries = 5;
+            c
         },
         1,
     )
@@ -59,9 +61,10 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
 async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
     let window = Duration::from_secs(1800);
     let h = build(
-        Config {
-            time_between_failures: window,
-            ..config()
+        {
+            let mut c = config();
+            c.ha.time_between_failures = window;
+            c
         },
         3,
     )
@@ -120,10 +123,11 @@ async fn only_recent_ha_items_pass_their_tries_to_a_new_restart() {
 #[tokio::test(start_paused = true)]
 async fn cleanup_keeps_final_items_younger_than_time_between_failures() {
     let h = build(
-        Config {
-            time_between_cleanup: Duration::from_secs(3600),
-            time_between_failures: Duration::from_secs(1800),
-            ..config()
+        {
+            let mut c = config();
+            c.ha.time_between_cleanup = Duration::from_secs(3600);
+            c.ha.time_between_failures = Duration::from_secs(1800);
+            c
         },
         1,
     )

@@ -7,10 +7,11 @@ use super::*;
 async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
     // Six failed hosts of one VM each (a fence is per host, so six fences); no brake.
     let mut h = build(
-        Config {
-            ha_workers: 2,
-            ha_brake_fraction: 1.0,
-            ..config()
+        {
+            let mut c = config();
+            c.ha.ha_workers = 2;
+            c.ha.ha_brake_fraction = 1.0;
+            c
         },
         0,
     )
@@ -59,9 +60,10 @@ async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
 
 #[tokio::test(start_paused = true)]
 async fn a_manager_restart_mid_work_resumes_everything_through_investigating_once() {
-    let config = Config {
-        ha_workers: 3,
-        ..config()
+    let config = {
+        let mut c = config();
+        c.ha.ha_workers = 3;
+        c
     };
     let mut h = build(config.clone(), 10).await;
     h.fencer = Arc::new(ScriptedFencer {
@@ -145,12 +147,13 @@ async fn a_departed_peers_claims_are_released_and_served_here() {
 /// disabled: nothing is done, no try is spent, and each item waits its own type's interval.
 #[tokio::test(start_paused = true)]
 async fn with_vm_ha_disabled_pending_work_waits_its_types_interval() {
-    let config = Config {
-        vm_ha_enabled: false,
-        restart_retry_interval: Duration::from_secs(600),
-        migrate_retry_interval: Duration::from_secs(120),
-        stop_retry_interval: Duration::from_secs(300),
-        ..config()
+    let config = {
+        let mut c = config();
+        c.liveness.vm_ha_enabled = false;
+        c.ha.restart_retry_interval = Duration::from_secs(600);
+        c.ha.migrate_retry_interval = Duration::from_secs(120);
+        c.ha.stop_retry_interval = Duration::from_secs(300);
+        c
     };
     let h = build(config, 3).await;
     let t0 = h.clock.now();

@@ -146,10 +146,9 @@ struct H {
 const FAILED: HostId = HostId(1);
 
 fn config() -> Config {
-    Config {
-        ha_startup_grace: Duration::ZERO,
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.ha.ha_startup_grace = Duration::ZERO;
+    c
 }
 
 /// Cluster 1: hosts 1..=4 (KVM, Up) and cluster 2: hosts 11..=12, zone 1. VM 100+i on host 1.
@@ -164,7 +163,7 @@ async fn build(config: Config, vms_on_failed: u64) -> H {
         r.status = Some(Status::Up);
         hosts.insert(r);
     }
-    let agent = agent_over(&config, &hosts, alerts.clone()).await;
+    let agent = agent_over(&config.liveness, &hosts, alerts.clone()).await;
     let vms = Arc::new(CountingVms {
         inner: InMemoryVms::new(),
         starts: Mutex::new(HashMap::new()),
@@ -216,7 +215,7 @@ fn new_manager(
     fencer: &Arc<ScriptedFencer>,
 ) -> HaManager {
     HaManager::new(
-        config.clone(),
+        config.ha.clone(),
         OwnerId(7),
         agent,
         HaPorts::new(

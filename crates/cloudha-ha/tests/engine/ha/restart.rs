@@ -141,7 +141,7 @@ async fn restart_branches_data_driven() {
     ];
     for c in cases {
         let mut cfg = config();
-        cfg.force_ha = c.force_ha;
+        cfg.ha.force_ha = c.force_ha;
         let mut h = build(cfg, 0).await;
         let mut v = vm(100, FAILED, c.ha_enabled);
         v.local_root_disk = c.local_disk;
@@ -224,9 +224,10 @@ async fn a_failed_fence_is_retried_and_a_later_fence_restarts() {
 #[tokio::test(start_paused = true)]
 async fn max_retries_then_give_up_with_an_alert() {
     let h = build(
-        Config {
-            max_retries: 3,
-            ..config()
+        {
+            let mut c = config();
+            c.ha.max_retries = 3;
+            c
         },
         1,
     )
@@ -298,9 +299,10 @@ async fn insufficient_capacity_falls_back_to_the_ha_planner() {
 #[tokio::test(start_paused = true)]
 async fn ha_tag_limits_placement_and_down_hosts_are_never_candidates() {
     let mut h = build(
-        Config {
-            ha_tag: Some("ha_host".into()),
-            ..config()
+        {
+            let mut c = config();
+            c.ha.ha_tag = Some("ha_host".into());
+            c
         },
         1,
     )

@@ -50,9 +50,10 @@ async fn an_ha_vm_reported_off_on_an_up_host_is_restarted() {
     assert_eq!(h.starts(303), 1);
     // Switched off: no restart.
     let h = build(
-        Config {
-            ha_vm_restart_hostup: false,
-            ..config()
+        {
+            let mut c = config();
+            c.ha.ha_vm_restart_hostup = false;
+            c
         },
         0,
     )
@@ -73,7 +74,7 @@ async fn an_ha_vm_reported_off_on_an_up_host_is_restarted() {
 #[tokio::test(start_paused = true)]
 async fn a_vm_missing_from_reports_is_restarted_only_after_the_ping_deadline() {
     let h = build(config(), 0).await;
-    let deadline = h.config.ping_deadline();
+    let deadline = h.config.liveness.ping_deadline();
     h.vms.inner.upsert(vm(300, HostId(2), true));
     h.vms.inner.upsert(vm(301, HostId(3), true));
     h.ha.start().await.unwrap();

@@ -89,7 +89,7 @@ impl FakeBmc {
     pub(crate) fn front(self: &Arc<Self>) -> Arc<Oobm> {
         Arc::new(Oobm::new(
             self.clone(),
-            Config::default().oobm_action_timeout,
+            LivenessConfig::default().oobm_action_timeout,
             clock(),
         ))
     }

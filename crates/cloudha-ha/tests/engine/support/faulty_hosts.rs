@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudha_liveness::Config;
+use cloudha_ha::Config;
 use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::sleep;
@@ -63,7 +63,7 @@ impl FaultyHosts {
     pub(crate) fn harness() -> (Harness, Arc<Self>) {
         let store = Arc::new(Self::default());
         let h = harness_with(
-            Config::default(),
+            Config::default().liveness,
             Wiring {
                 store: store.inner.clone(),
                 store_port: Some(store.clone()),

@@ -49,7 +49,7 @@ impl Default for Wiring {
     }
 }
 
-pub(crate) fn harness(config: Config) -> Harness {
+pub(crate) fn harness(config: LivenessConfig) -> Harness {
     harness_with(config, Wiring::default())
 }
 
@@ -71,7 +71,7 @@ pub(crate) fn tokio_clock() -> TokioClock {
 /// An agent manager over the records of `store` (loaded into its cache, never started), leaving
 /// host-down alerts to HA: for HA tests that move host status through it.
 pub(crate) async fn agent_over(
-    config: &Config,
+    config: &LivenessConfig,
     store: &Arc<InMemoryHostStore>,
     alerts: Arc<dyn AlertSink>,
 ) -> AgentManager {
@@ -93,7 +93,7 @@ pub(crate) async fn agent_over(
     agent
 }
 
-pub(crate) fn harness_with(config: Config, wiring: Wiring) -> Harness {
+pub(crate) fn harness_with(config: LivenessConfig, wiring: Wiring) -> Harness {
     let store = wiring.store;
     let port: Arc<dyn HostStore> = wiring.store_port.unwrap_or_else(|| store.clone());
     let registry = Arc::new(Registry::default());
