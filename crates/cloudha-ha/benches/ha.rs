@@ -60,19 +60,14 @@ fn main() {
         for h in 0..failed {
             for j in 0..per_host {
                 let id = h * per_host + j;
-                vms.upsert(VmRecord {
-                    id: VmId(id),
-                    name: format!("vm{id}"),
-                    kind: VmKind::User,
-                    host: Some(HostId(h)),
-                    last_host: None,
-                    state: VmState::Running,
-                    update_count: 0,
-                    ha_enabled: true,
-                    local_root_disk: false,
-                    hypervisor: HypervisorType::Kvm,
-                    cluster: Some(ClusterId(h % clusters)),
-                    zone: Some(ZoneId(1)),
+                vms.upsert({
+                    let mut r = VmRecord::new(VmId(id), format!("vm{id}"), HypervisorType::Kvm);
+                    r.host = Some(HostId(h));
+                    r.state = VmState::Running;
+                    r.ha_enabled = true;
+                    r.cluster = Some(ClusterId(h % clusters));
+                    r.zone = Some(ZoneId(1));
+                    r
                 });
             }
         }

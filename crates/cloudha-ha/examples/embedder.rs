@@ -18,7 +18,7 @@ use cloudha_ha::{
 use cloudha_liveness::{AgentManager, HostDownAlert, Ports};
 use cloudha_ports::{
     HostRecord, HostStore, InMemoryHaWorkStore, LogAlerts, OwnerId, StoreError, SystemClock,
-    Timestamp, VmKind, VmRecord,
+    Timestamp, VmRecord,
 };
 use cloudha_protocol::{
     ClusterId, Event, HostId, HypervisorType, ResourceState, Status, VmId, VmState,
@@ -95,10 +95,9 @@ impl MyVms {
         f: impl FnOnce(&mut VmRecord),
     ) -> Result<VmRecord, OrchestratorError> {
         let mut vms = self.0.lock().unwrap();
-        let v = vms.get_mut(&vm).ok_or(OrchestratorError {
-            vm,
-            reason: "no such VM".into(),
-        })?;
+        let v = vms
+            .get_mut(&vm)
+            .ok_or(OrchestratorError::new(vm, "no such VM"))?;
         f(v);
         v.update_count += 1;
         Ok(v.clone())
@@ -197,23 +196,15 @@ async fn main() {
         r.status = Some(Status::Up);
         hosts.upsert(&r).await.expect("stored");
     }
-    vms.0.lock().unwrap().insert(
-        VmId(100),
-        VmRecord {
-            id: VmId(100),
-            name: "web-1".into(),
-            kind: VmKind::User,
-            host: Some(HostId(1)),
-            last_host: None,
-            state: VmState::Running,
-            update_count: 1,
-            ha_enabled: true,
-            local_root_disk: false,
-            hypervisor: HypervisorType::Kvm,
-            cluster: Some(ClusterId(1)),
-            zone: None,
-        },
-    );
+    vms.0.lock().unwrap().insert(VmId(100), {
+        let mut r = VmRecord::new(VmId(100), "web-1", HypervisorType::Kvm);
+        r.host = Some(HostId(1));
+        r.state = VmState::Running;
+        r.update_count = 1;
+        r.ha_enabled = true;
+        r.cluster = Some(ClusterId(1));
+        r
+    });
 
     // Liveness over the embedder's host table; HA over the agent manager and its VM service.
     let agent = AgentManager::new(

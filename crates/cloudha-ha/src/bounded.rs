@@ -24,6 +24,7 @@ pub const STORE_CALL_BOUND: Duration = Duration::from_secs(30);
 /// A call that did not answer within its bound.
 #[derive(Debug, thiserror::Error)]
 #[error("no answer within {0:?}")]
+#[non_exhaustive]
 pub struct NoAnswer(pub Duration);
 
 async fn bounded<T>(bound: Duration, fut: impl Future<Output = T>) -> Result<T, NoAnswer> {
@@ -132,12 +133,9 @@ impl BoundedVms {
         what: &str,
         fut: impl Future<Output = Result<T, OrchestratorError>>,
     ) -> Result<T, OrchestratorError> {
-        bounded(self.bound, fut).await.unwrap_or_else(|e| {
-            Err(OrchestratorError {
-                vm,
-                reason: format!("{what}: {e}"),
-            })
-        })
+        bounded(self.bound, fut)
+            .await
+            .unwrap_or_else(|e| Err(OrchestratorError::new(vm, format!("{what}: {e}"))))
     }
 }
 

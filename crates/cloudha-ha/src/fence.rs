@@ -21,6 +21,7 @@ use crate::proof::FenceEvidence;
 
 /// What a fencer achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FenceOutcome {
     /// The VM's old copy cannot run any more: how the host was fenced, which the HA manager
     /// turns into the proof (see [`FenceEvidence`] for why a fencer makes no proof itself).
@@ -41,6 +42,31 @@ pub enum FenceOutcome {
         /// Who saw what.
         reason: String,
     },
+}
+
+impl FenceOutcome {
+    /// A short name of the outcome for logs and reports: `fenced`, `failed`, `no_proof`,
+    /// `alive` (a wrapper that records outcomes needs no match of its own).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Fenced(_) => "fenced",
+            Self::Failed { .. } => "failed",
+            Self::NotApplicable { .. } => "no_proof",
+            Self::Alive { .. } => "alive",
+        }
+    }
+}
+
+/// The evidence of a fence, or the reason there is none.
+impl std::fmt::Display for FenceOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fenced(evidence) => evidence.fmt(f),
+            Self::Failed { reason } | Self::NotApplicable { reason } | Self::Alive { reason } => {
+                f.write_str(reason)
+            }
+        }
+    }
 }
 
 /// One link of the fence chain (CloudStack's `FenceBuilder`).
@@ -262,13 +288,7 @@ impl HeartbeatFence {
             self.neighbours.agreement(),
         )
         .await?;
-        Ok((
-            SelfFenceTimings {
-                heartbeat_age: age,
-                deadline: self.deadline,
-            },
-            seen,
-        ))
+        Ok((SelfFenceTimings::new(age, self.deadline), seen))
     }
 }
 

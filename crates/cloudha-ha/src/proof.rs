@@ -159,13 +159,7 @@ impl DeathProof {
         timings: Option<SelfFenceTimings>,
     ) -> Self {
         Self {
-            record: ProofRecord {
-                kind,
-                host,
-                evidence,
-                at: Timestamp::UNIX_EPOCH,
-                timings,
-            },
+            record: ProofRecord::new(kind, host, evidence, Timestamp::UNIX_EPOCH, timings),
         }
     }
 
@@ -289,33 +283,22 @@ pub enum ProveDead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cloudha_ports::VmKind;
     use cloudha_protocol::{HypervisorType, VmId, WorkReason, WorkStep, WorkType};
     use std::time::Duration;
 
     fn stopped_vm(update_count: u64) -> VmRecord {
-        VmRecord {
-            id: VmId(7),
-            name: "vm7".into(),
-            kind: VmKind::User,
-            host: None,
-            last_host: Some(HostId(1)),
-            state: VmState::Stopped,
-            update_count,
-            ha_enabled: true,
-            local_root_disk: false,
-            hypervisor: HypervisorType::Kvm,
-            cluster: None,
-            zone: None,
+        {
+            let mut r = VmRecord::new(VmId(7), "vm7", HypervisorType::Kvm);
+            r.last_host = Some(HostId(1));
+            r.update_count = update_count;
+            r.ha_enabled = true;
+            r
         }
     }
 
     #[test]
     fn fence_evidence_makes_a_proof_for_the_host_the_manager_named() {
-        let timings = SelfFenceTimings {
-            heartbeat_age: Duration::from_secs(120),
-            deadline: Duration::from_secs(110),
-        };
+        let timings = SelfFenceTimings::new(Duration::from_secs(120), Duration::from_secs(110));
         let cases = [
             (
                 FenceEvidence::Power {
@@ -366,13 +349,13 @@ mod tests {
         let record = proof.record();
         assert_eq!(
             record,
-            ProofRecord {
-                kind: ProofKind::OperatorWord,
-                host: Some(HostId(2)),
-                evidence: "an operator declared host 2 dead".into(),
+            ProofRecord::new(
+                ProofKind::OperatorWord,
+                Some(HostId(2)),
+                "an operator declared host 2 dead",
                 at,
-                timings: None,
-            }
+                None
+            )
         );
         assert_eq!(proof.to_string(), record.to_string());
         assert_eq!(proof.duplicate(), proof);
@@ -396,15 +379,11 @@ mod tests {
         assert_eq!(DeathProof::standing(&item, &vm), Some(proof));
 
         // The force-stop failed: the item wrote the VM as it was, Running on its host.
-        let running = VmRecord {
-            state: VmState::Running,
-            host: Some(HostId(1)),
-            ..stopped_vm(5)
-        };
-        let other = VmRecord {
-            id: VmId(8),
-            ..stopped_vm(5)
-        };
+        let mut running = stopped_vm(5);
+        running.state = VmState::Running;
+        running.host = Some(HostId(1));
+        let mut other = stopped_vm(5);
+        other.id = VmId(8);
         for (vm, written, why) in [
             (stopped_vm(6), VmState::Stopped, "touched since"),
             (running, VmState::Running, "not stopped by HA"),

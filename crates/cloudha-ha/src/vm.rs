@@ -18,8 +18,9 @@ pub enum Planner {
     Ha,
 }
 
-/// How to start a VM: where it may go, and why.
+/// How to start a VM: where it may go, and why. Made by the HA manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StartParams {
     /// The hosts it may start on, in order of preference: all Up and enabled, never its failed
     /// host, filtered by `ha.tag` when set.
@@ -53,14 +54,37 @@ pub enum StartError {
     Failed(String),
 }
 
-/// An orchestration call that failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An orchestration call that failed, with the orchestrator's own error as its source when
+/// there is one.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("vm {vm}: {reason}")]
+#[non_exhaustive]
 pub struct OrchestratorError {
     /// The VM.
     pub vm: VmId,
     /// Why.
     pub reason: String,
+    /// The orchestrator's error (a database, an RPC, ...).
+    #[source]
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl OrchestratorError {
+    /// An error without a source.
+    pub fn new(vm: VmId, reason: impl Into<String>) -> Self {
+        Self {
+            vm,
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, caused by `source`.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
+    }
 }
 
 /// Runs VMs (CloudStack's `VirtualMachineManager`). Reads are plain calls (the ping path compares
@@ -293,10 +317,7 @@ impl VmOrchestrator for InMemoryVms {
                 r.update_count += 1;
                 r.clone()
             })
-            .ok_or_else(|| OrchestratorError {
-                vm,
-                reason: "unknown VM".into(),
-            })
+            .ok_or_else(|| OrchestratorError::new(vm, "unknown VM"))
     }
 
     async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {

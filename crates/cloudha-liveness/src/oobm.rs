@@ -20,6 +20,7 @@ pub const POWER_READING_FRESH: Duration = Duration::from_secs(60);
 
 /// One power reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PowerReading {
     /// What the BMC said.
     pub state: PowerState,
@@ -79,10 +80,10 @@ impl Oobm {
     }
 
     fn timed_out(&self, host: HostId, what: &str) -> OobError {
-        OobError {
+        OobError::new(
             host,
-            reason: format!("{what} did not answer within {:?}", self.wait),
-        }
+            format!("{what} did not answer within {:?}", self.wait),
+        )
     }
 
     /// Reads the host's power (one BMC call, bounded) and keeps the reading.

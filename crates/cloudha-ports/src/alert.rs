@@ -56,8 +56,9 @@ impl std::fmt::Display for AlertKind {
     }
 }
 
-/// One alert.
+/// One alert. Build one with [`Alert::new`] and set what it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Alert {
     /// What kind.
     pub kind: AlertKind,
@@ -73,6 +74,22 @@ pub struct Alert {
     pub zone: Option<ZoneId>,
     /// Human-readable text.
     pub message: String,
+}
+
+impl Alert {
+    /// An alert of `kind` about nothing in particular yet; set `host`, `vm`, `cluster`, `pod`,
+    /// `zone`.
+    pub fn new(kind: AlertKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            host: None,
+            vm: None,
+            cluster: None,
+            pod: None,
+            zone: None,
+            message: message.into(),
+        }
+    }
 }
 
 /// Where alerts go (email, a pager, the simulator's report).

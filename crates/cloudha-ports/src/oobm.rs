@@ -13,14 +13,37 @@ pub enum PowerState {
     Unknown,
 }
 
-/// An out-of-band management error (BMC unreachable, refused, timed out, ...).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An out-of-band management error (BMC unreachable, refused, timed out, ...), with the
+/// driver's own error as its source when there is one.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("out-of-band management of host {host}: {reason}")]
+#[non_exhaustive]
 pub struct OobError {
     /// The host.
     pub host: HostId,
     /// Why.
     pub reason: String,
+    /// The driver's error (an HTTP or I/O error, ...).
+    #[source]
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl OobError {
+    /// An error without a source.
+    pub fn new(host: HostId, reason: impl Into<String>) -> Self {
+        Self {
+            host,
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, caused by `source`.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
+    }
 }
 
 /// Out-of-band power management of hosts (IPMI, Redfish).

@@ -50,6 +50,7 @@ impl std::fmt::Display for ProofKind {
 /// The timings a self-fence proof relied on: what the heartbeat reader saw, and the deadline
 /// by which the host must have fenced itself under the manager's assumed timings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SelfFenceTimings {
     /// Age of the host's newest heartbeat when it was read.
     pub heartbeat_age: Duration,
@@ -65,6 +66,7 @@ pub struct SelfFenceTimings {
 /// `DeathProof`, which only the HA manager makes, on the paths that produce proof; nothing
 /// turns a record into one.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProofRecord {
     /// The kind of proof.
     pub kind: ProofKind,
@@ -76,6 +78,35 @@ pub struct ProofRecord {
     pub at: Timestamp,
     /// The self-fence timings it relied on (self and pool fences).
     pub timings: Option<SelfFenceTimings>,
+}
+
+impl SelfFenceTimings {
+    /// The heartbeat's age when read, and the deadline it was judged against.
+    pub fn new(heartbeat_age: Duration, deadline: Duration) -> Self {
+        Self {
+            heartbeat_age,
+            deadline,
+        }
+    }
+}
+
+impl ProofRecord {
+    /// A record (what a durable store loads back; the HA manager makes its own from a proof).
+    pub fn new(
+        kind: ProofKind,
+        host: Option<HostId>,
+        evidence: impl Into<String>,
+        at: Timestamp,
+        timings: Option<SelfFenceTimings>,
+    ) -> Self {
+        Self {
+            kind,
+            host,
+            evidence: evidence.into(),
+            at,
+            timings,
+        }
+    }
 }
 
 impl std::fmt::Display for ProofRecord {

@@ -35,6 +35,7 @@ impl HostVerdict {
 
 /// What an investigator found about a host: the verdict and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Finding {
     /// The verdict.
     pub verdict: HostVerdict,

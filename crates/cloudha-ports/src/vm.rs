@@ -23,8 +23,9 @@ impl VmKind {
     }
 }
 
-/// What the orchestrator knows of a VM.
+/// What the orchestrator knows of a VM. Build one with [`VmRecord::new`] and set fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VmRecord {
     /// The VM.
     pub id: VmId,
@@ -50,4 +51,24 @@ pub struct VmRecord {
     pub cluster: Option<ClusterId>,
     /// Its zone.
     pub zone: Option<ZoneId>,
+}
+
+impl VmRecord {
+    /// A stopped user VM on no host, without HA, with no cluster or zone; set the rest.
+    pub fn new(id: VmId, name: impl Into<String>, hypervisor: HypervisorType) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            kind: VmKind::User,
+            host: None,
+            last_host: None,
+            state: VmState::Stopped,
+            update_count: 0,
+            ha_enabled: false,
+            local_root_disk: false,
+            hypervisor,
+            cluster: None,
+            zone: None,
+        }
+    }
 }

@@ -17,6 +17,7 @@ pub struct OwnerId(pub u64);
 
 /// One entry of a work item's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkEvent {
     /// When.
     pub at: Timestamp,
@@ -24,8 +25,20 @@ pub struct WorkEvent {
     pub what: String,
 }
 
-/// One unit of HA work (CloudStack's `op_ha_work` row).
+impl WorkEvent {
+    /// An entry.
+    pub fn new(at: Timestamp, what: impl Into<String>) -> Self {
+        Self {
+            at,
+            what: what.into(),
+        }
+    }
+}
+
+/// One unit of HA work (CloudStack's `op_ha_work` row). Build one with [`WorkItem::new`] and set
+/// fields (a durable store loading a row sets every field).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkItem {
     /// Assigned by the store.
     pub id: WorkId,

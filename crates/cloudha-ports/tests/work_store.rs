@@ -11,19 +11,13 @@ use cloudha_protocol::{HostId, HypervisorType, VmId, VmState, WorkReason, WorkSt
 const T0: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
 
 fn item() -> WorkItem {
-    let vm = VmRecord {
-        id: VmId(7),
-        name: "vm7".into(),
-        kind: VmKind::User,
-        host: Some(HostId(1)),
-        last_host: None,
-        state: VmState::Running,
-        update_count: 3,
-        ha_enabled: true,
-        local_root_disk: false,
-        hypervisor: HypervisorType::Kvm,
-        cluster: None,
-        zone: None,
+    let vm = {
+        let mut r = VmRecord::new(VmId(7), "vm7", HypervisorType::Kvm);
+        r.host = Some(HostId(1));
+        r.state = VmState::Running;
+        r.update_count = 3;
+        r.ha_enabled = true;
+        r
     };
     WorkItem::new(
         WorkType::Ha,

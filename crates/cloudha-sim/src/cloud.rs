@@ -328,10 +328,7 @@ impl SimBmc {
         self.world.probe(host);
         match self.world.host(host) {
             Some(h) if h.bmc_ok => Ok(h),
-            _ => Err(OobError {
-                host,
-                reason: "BMC unreachable".into(),
-            }),
+            _ => Err(OobError::new(host, "BMC unreachable")),
         }
     }
 }
@@ -363,10 +360,10 @@ impl OutOfBandManagement for SimBmc {
             (self.on_power_off)(host);
         }
         if h.bmc_off_fails {
-            return Err(OobError {
+            return Err(OobError::new(
                 host,
-                reason: "the BMC's answer to Off was lost (timeout)".into(),
-            });
+                "the BMC's answer to Off was lost (timeout)",
+            ));
         }
         Ok(())
     }
@@ -488,10 +485,7 @@ impl VmOrchestrator for SimVms {
         if let Some(h) = host
             && !self.world.reachable(h)
         {
-            return Err(OrchestratorError {
-                vm,
-                reason: format!("host {h} unreachable"),
-            });
+            return Err(OrchestratorError::new(vm, format!("host {h} unreachable")));
         }
         if let Some(h) = host {
             self.world.stop_vm_on(vm, h);
@@ -572,12 +566,7 @@ impl Fencer for RecordingFencer {
 
     async fn fence(&self, vm: &VmRecord, host: &HostRecord) -> FenceOutcome {
         let outcome = self.inner.fence(vm, host).await;
-        let (kind, evidence) = match &outcome {
-            FenceOutcome::Fenced(proof) => ("fenced", proof.to_string()),
-            FenceOutcome::Failed { reason } => ("failed", reason.clone()),
-            FenceOutcome::NotApplicable { reason } => ("no_proof", reason.clone()),
-            FenceOutcome::Alive { reason } => ("alive", reason.clone()),
-        };
+        let (kind, evidence) = (outcome.kind(), outcome.to_string());
         self.log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

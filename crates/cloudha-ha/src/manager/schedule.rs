@@ -18,14 +18,14 @@ impl HaInner {
             return;
         }
         let rec = host.and_then(|h| self.hosts.get(h));
-        self.ports.alerts.raise(Alert {
-            kind,
-            host,
-            vm,
-            cluster: cluster.or(rec.as_ref().and_then(|r| r.cluster)),
-            pod: rec.as_ref().and_then(|r| r.pod),
-            zone: rec.as_ref().and_then(|r| r.zone),
-            message,
+        self.ports.alerts.raise({
+            let mut r = Alert::new(kind, message);
+            r.host = host;
+            r.vm = vm;
+            r.cluster = cluster.or(rec.as_ref().and_then(|r| r.cluster));
+            r.pod = rec.as_ref().and_then(|r| r.pod);
+            r.zone = rec.as_ref().and_then(|r| r.zone);
+            r
         });
     }
 

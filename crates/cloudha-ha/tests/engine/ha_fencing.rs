@@ -24,19 +24,15 @@ fn config() -> Config {
 }
 
 fn vm(id: u64, host: HostId) -> VmRecord {
-    VmRecord {
-        id: VmId(id),
-        name: format!("vm{id}"),
-        kind: VmKind::User,
-        host: Some(host),
-        last_host: None,
-        state: VmState::Running,
-        update_count: 1,
-        ha_enabled: true,
-        local_root_disk: false,
-        hypervisor: HypervisorType::Kvm,
-        cluster: Some(ClusterId(1)),
-        zone: Some(ZoneId(1)),
+    {
+        let mut r = VmRecord::new(VmId(id), format!("vm{id}"), HypervisorType::Kvm);
+        r.host = Some(host);
+        r.state = VmState::Running;
+        r.update_count = 1;
+        r.ha_enabled = true;
+        r.cluster = Some(ClusterId(1));
+        r.zone = Some(ZoneId(1));
+        r
     }
 }
 

@@ -127,19 +127,14 @@ async fn rig(verdict: VmVerdict) -> Rig {
         hosts.insert(r);
     }
     let vms = Arc::new(ProofLog::default());
-    vms.inner.upsert(VmRecord {
-        id: VM,
-        name: "vm100".into(),
-        kind: VmKind::User,
-        host: Some(FAILED),
-        last_host: None,
-        state: VmState::Running,
-        update_count: 1,
-        ha_enabled: true,
-        local_root_disk: false,
-        hypervisor: HypervisorType::Kvm,
-        cluster: Some(ClusterId(1)),
-        zone: None,
+    vms.inner.upsert({
+        let mut r = VmRecord::new(VM, "vm100", HypervisorType::Kvm);
+        r.host = Some(FAILED);
+        r.state = VmState::Running;
+        r.update_count = 1;
+        r.ha_enabled = true;
+        r.cluster = Some(ClusterId(1));
+        r
     });
     let work = Arc::new(InMemoryHaWorkStore::new());
     let fencer = Arc::new(PowerOff::default());
@@ -332,12 +327,14 @@ async fn a_record_loaded_from_the_store_starts_only_a_vm_ha_stopped_on_it() {
             r.clock.now(),
         );
         // What a store hands back: anyone can write a record.
-        item.fence_proof = c.record.then(|| ProofRecord {
-            kind: ProofKind::OperatorWord,
-            host: Some(FAILED),
-            evidence: "loaded back from the store".into(),
-            at: r.clock.now(),
-            timings: None,
+        item.fence_proof = c.record.then(|| {
+            ProofRecord::new(
+                ProofKind::OperatorWord,
+                Some(FAILED),
+                "loaded back from the store",
+                r.clock.now(),
+                None,
+            )
         });
         if !c.resumed {
             r.ha.start().await.unwrap();

@@ -133,19 +133,13 @@ async fn rig(owner: OwnerId, fence_delay: Duration, work: Option<Arc<FlakyWork>>
         hosts.insert(r);
     }
     let vms = Arc::new(InMemoryVms::new());
-    vms.upsert(VmRecord {
-        id: VmId(100),
-        name: "vm100".into(),
-        kind: VmKind::User,
-        host: Some(HostId(1)),
-        last_host: None,
-        state: VmState::Running,
-        update_count: 0,
-        ha_enabled: true,
-        local_root_disk: false,
-        hypervisor: HypervisorType::Kvm,
-        cluster: Some(ClusterId(1)),
-        zone: None,
+    vms.upsert({
+        let mut r = VmRecord::new(VmId(100), "vm100", HypervisorType::Kvm);
+        r.host = Some(HostId(1));
+        r.state = VmState::Running;
+        r.ha_enabled = true;
+        r.cluster = Some(ClusterId(1));
+        r
     });
     let work = work.unwrap_or_else(|| {
         Arc::new(FlakyWork {

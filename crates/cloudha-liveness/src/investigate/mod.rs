@@ -5,9 +5,9 @@
 //! (CheckOnHost 20 s, PingTest and CheckVirtualMachine 20 s), so a simulator or a real cloud
 //! answers them alike; a host with no attache fails at once.
 //!
-//! The heartbeat investigators (KVM, XenServer) gather their [`Evidence`] concurrently (the
+//! The heartbeat investigators (KVM, XenServer) gather their evidence concurrently (the
 //! host's own check, every neighbour's heartbeat check and ping test, the BMC's power reading)
-//! and judge it with one pure function, [`judge`], as soon as the evidence decides:
+//! and judge it with one pure function, `judge`, as soon as the evidence decides:
 //! - the host's own heartbeat check answers alive ⇒ Up;
 //! - any neighbour sees the heartbeat alive ⇒ Disconnected (the first alive neighbour vetoes
 //!   Down, CloudStack's rule; with `ha.investigators.agreement` = m > 1 likewise);

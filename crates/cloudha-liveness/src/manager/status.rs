@@ -161,14 +161,13 @@ impl Inner {
             tracing::debug!(host.id = %rec.id, %kind, "alert already raised for this status");
             return;
         }
-        self.alerts.raise(Alert {
-            kind,
-            host: Some(rec.id),
-            vm: None,
-            cluster: rec.cluster,
-            pod: rec.pod,
-            zone: rec.zone,
-            message,
+        self.alerts.raise({
+            let mut r = Alert::new(kind, message);
+            r.host = Some(rec.id);
+            r.cluster = rec.cluster;
+            r.pod = rec.pod;
+            r.zone = rec.zone;
+            r
         });
     }
 

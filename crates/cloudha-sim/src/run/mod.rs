@@ -22,9 +22,7 @@ use cloudha_ha::{
     Fencer, HaManager, HaPorts, InMemoryVms, NeighbourFencer, PowerFencer, XenPoolFencer,
 };
 use cloudha_liveness::{AgentManager, HostDownAlert, Oobm, Ports, StatusChange};
-use cloudha_ports::{
-    Clock, HostRecord, InMemoryHaWorkStore, InMemoryHostStore, OwnerId, VmKind, VmRecord,
-};
+use cloudha_ports::{Clock, HostRecord, InMemoryHaWorkStore, InMemoryHostStore, OwnerId, VmRecord};
 use cloudha_protocol::*;
 use cloudha_registry::Registry;
 use cloudha_registry::{Interest, ListenerRegistry};
@@ -221,19 +219,15 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
                 let vname = format!("{name}-vm{j}");
                 vm_names.insert(vname.clone(), vid);
                 let ha = j <= ha_vms;
-                records.upsert(VmRecord {
-                    id: vid,
-                    name: vname.clone(),
-                    kind: VmKind::User,
-                    host: Some(id),
-                    last_host: None,
-                    state: VmState::Running,
-                    update_count: 0,
-                    ha_enabled: ha,
-                    local_root_disk: c.storage == Storage::Local,
-                    hypervisor: hv,
-                    cluster: Some(cluster),
-                    zone: Some(zone),
+                records.upsert({
+                    let mut r = VmRecord::new(vid, vname.clone(), hv);
+                    r.host = Some(id);
+                    r.state = VmState::Running;
+                    r.ha_enabled = ha;
+                    r.local_root_disk = c.storage == Storage::Local;
+                    r.cluster = Some(cluster);
+                    r.zone = Some(zone);
+                    r
                 });
                 world.lock().add_vm(
                     vid,

@@ -156,19 +156,16 @@ impl Ha {
         hypervisor: HypervisorType,
         ha: bool,
     ) {
-        self.vms.upsert(VmRecord {
-            id: VmId(id),
-            name: name.into(),
-            kind,
-            host: Some(HostId(host)),
-            last_host: None,
-            state: VmState::Running,
-            update_count: 1,
-            ha_enabled: ha,
-            local_root_disk: false,
-            hypervisor,
-            cluster: Some(ClusterId(1)),
-            zone: Some(ZoneId(1)),
+        self.vms.upsert({
+            let mut r = VmRecord::new(VmId(id), name, hypervisor);
+            r.kind = kind;
+            r.host = Some(HostId(host));
+            r.state = VmState::Running;
+            r.update_count = 1;
+            r.ha_enabled = ha;
+            r.cluster = Some(ClusterId(1));
+            r.zone = Some(ZoneId(1));
+            r
         });
     }
 

@@ -30,10 +30,7 @@ async fn power_fence(oob: MockOutOfBandManagement) -> FenceOutcome {
 }
 
 fn oob_error(reason: &str) -> OobError {
-    OobError {
-        host: HOST,
-        reason: reason.into(),
-    }
+    OobError::new(HOST, reason)
 }
 
 #[tokio::test(start_paused = true)]

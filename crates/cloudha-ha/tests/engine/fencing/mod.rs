@@ -35,23 +35,20 @@ pub(crate) fn got(o: &FenceOutcome) -> Got {
         FenceOutcome::Failed { .. } => Got::Failed,
         FenceOutcome::NotApplicable { .. } => Got::NotApplicable,
         FenceOutcome::Alive { .. } => Got::Alive,
+        other => panic!("an outcome these tests do not know: {other:?}"),
     }
 }
 
 pub(crate) fn vm_on(host: HostId) -> VmRecord {
-    VmRecord {
-        id: VmId(100),
-        name: "vm100".into(),
-        kind: VmKind::User,
-        host: Some(host),
-        last_host: None,
-        state: VmState::Running,
-        update_count: 1,
-        ha_enabled: true,
-        local_root_disk: false,
-        hypervisor: HypervisorType::Kvm,
-        cluster: Some(ClusterId(1)),
-        zone: Some(ZoneId(1)),
+    {
+        let mut r = VmRecord::new(VmId(100), "vm100", HypervisorType::Kvm);
+        r.host = Some(host);
+        r.state = VmState::Running;
+        r.update_count = 1;
+        r.ha_enabled = true;
+        r.cluster = Some(ClusterId(1));
+        r.zone = Some(ZoneId(1));
+        r
     }
 }
 

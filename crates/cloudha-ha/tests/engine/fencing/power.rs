@@ -351,7 +351,7 @@ async fn the_oobm_front_bounds_counts_and_forgets() {
     let oobm = Oobm::new(bmc.clone(), wait, clock());
     assert_eq!(oobm.fresh(HOST, None), None, "nothing read yet");
     let t0 = tokio_clock().now();
-    assert_eq!(oobm.power_status(HOST).await, Ok(On));
+    assert_eq!(oobm.power_status(HOST).await.ok(), Some(On));
     assert_eq!(
         oobm.fresh(HOST, None).map(|r| (r.state, r.at)),
         Some((On, t0))
@@ -370,7 +370,7 @@ async fn the_oobm_front_bounds_counts_and_forgets() {
         "stale at {POWER_READING_FRESH:?}"
     );
     // A failed reading forgets the older one.
-    assert_eq!(oobm.power_status(HOST).await, Ok(On));
+    assert_eq!(oobm.power_status(HOST).await.ok(), Some(On));
     assert!(oobm.power_status(HOST).await.is_err());
     assert_eq!(
         oobm.fresh(HOST, None),
@@ -378,8 +378,8 @@ async fn the_oobm_front_bounds_counts_and_forgets() {
         "an older reading must not stand in"
     );
     // An Off forgets it too.
-    assert_eq!(oobm.power_status(HOST).await, Ok(Off));
-    assert_eq!(oobm.power_off(HOST).await, Ok(()));
+    assert_eq!(oobm.power_status(HOST).await.ok(), Some(Off));
+    assert!(oobm.power_off(HOST).await.is_ok());
     assert_eq!(oobm.fresh(HOST, None), None);
     // A hung BMC is cut at the bound.
     let t1 = Instant::now();

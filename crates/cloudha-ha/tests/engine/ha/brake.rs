@@ -15,10 +15,9 @@ async fn the_brake_holds_fencing_while_most_of_a_cluster_is_suspect() {
         1,
     )
     .await;
-    h.vms.inner.upsert(VmRecord {
-        cluster: Some(ClusterId(2)),
-        ..vm(200, HostId(11), true)
-    });
+    let mut other = vm(200, HostId(11), true);
+    other.cluster = Some(ClusterId(2));
+    h.vms.inner.upsert(other);
     h.ha.start().await.unwrap();
     // 3 of 4 hosts of cluster 1 down: more than half suspect.
     h.host_down(HostId(2)).await;

@@ -172,10 +172,9 @@ async fn stop_work_types_and_the_unchanged_since_scheduling_check() {
 #[tokio::test(start_paused = true)]
 async fn destroy_force_stops_running_vms_and_skips_destroyed_user_vms() {
     let h = build(config(), 4).await;
-    h.vms.inner.upsert(VmRecord {
-        kind: VmKind::ConsoleProxy,
-        ..vm(103, FAILED, true)
-    });
+    let mut proxy = vm(103, FAILED, true);
+    proxy.kind = VmKind::ConsoleProxy;
+    h.vms.inner.upsert(proxy);
     h.vms.inner.set_state(VmId(101), VmState::Stopped, None);
     for v in [102, 103] {
         h.vms.inner.set_state(VmId(v), VmState::Destroyed, None);

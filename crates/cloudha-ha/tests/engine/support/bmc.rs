@@ -71,16 +71,10 @@ impl FakeBmc {
     async fn act(host: HostId, b: Bmc) -> Result<PowerState, OobError> {
         match b {
             Bmc::Is(s) => Ok(s),
-            Bmc::Refuses => Err(OobError {
-                host,
-                reason: "BMC unreachable".into(),
-            }),
+            Bmc::Refuses => Err(OobError::new(host, "BMC unreachable")),
             Bmc::Hangs => {
                 sleep(Duration::from_secs(3600)).await;
-                Err(OobError {
-                    host,
-                    reason: "hung".into(),
-                })
+                Err(OobError::new(host, "hung"))
             }
         }
     }
