@@ -41,6 +41,7 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
             "cloudha-ha",
         ],
     ),
+    ("cloudha-store", &["cloudha-protocol", "cloudha-ports"]),
     ("cloudha-cli", ALL),
     ("cloudha-tests", ALL),
     ("xtask", &[]),
@@ -54,6 +55,7 @@ const ALL: &[&str] = &[
     "cloudha-liveness",
     "cloudha-ha",
     "cloudha-sim",
+    "cloudha-store",
     "cloudha-cli",
 ];
 

@@ -39,6 +39,20 @@ impl ProofKind {
             Self::OperatorWord => "operator_word",
         }
     }
+
+    /// The kind named by [`ProofKind::as_str`] (what a durable store reads back).
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::PowerFenced,
+            Self::PoolFenced,
+            Self::SelfFenced,
+            Self::DeadVerdict,
+            Self::VmReportedOff,
+            Self::OperatorWord,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
 }
 
 impl std::fmt::Display for ProofKind {

@@ -1,0 +1,411 @@
+//! The HA work store: `ha_work` (one row per item; `version` is the claim version, bumped by
+//! every write and checked with the owner by every update) and `ha_work_history` (append-only).
+
+use std::collections::HashMap;
+
+use cloudha_ports::{HaWorkStore, OwnerId, StoreError, Timestamp, WorkEvent, WorkItem};
+use cloudha_protocol::{HostId, VmId, WorkId, WorkStep};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
+
+use crate::codec::{
+    db, flag, get, get_bool, get_enum, get_opt_u64, get_time, get_u64, int, name_of, opt_time,
+    proof_from_json, proof_to_json, time,
+};
+use crate::{Backend, SqlStore};
+
+const WORK_COLUMNS: &str = "id, vm_id, work_type, step, host_id, previous_state, update_count, \
+     tries, time_to_try, reason, owner, taken, version, braked, fence_proof";
+
+const ELIGIBLE: &str = "owner IS NULL AND is_final = 0 AND braked = 0";
+
+/// An item without its history.
+fn item_from_row(row: &AnyRow) -> Result<WorkItem, StoreError> {
+    let vm = VmId(get_u64(row, "vm_id")?);
+    let mut item = WorkItem::new(
+        get_enum(row, "work_type")?,
+        get_enum(row, "step")?,
+        get_enum(row, "reason")?,
+        &cloudha_ports::VmRecord::new(vm, String::new(), cloudha_protocol::HypervisorType::Kvm),
+        get_opt_u64(row, "host_id")?.map(HostId),
+        get_time(row, "time_to_try")?,
+    );
+    item.id = WorkId(get_u64(row, "id")?);
+    item.previous_state = get_enum(row, "previous_state")?;
+    item.update_count = get_u64(row, "update_count")?;
+    item.tries = u32::try_from(get_u64(row, "tries")?)
+        .map_err(|_| crate::codec::bad("tries", "does not fit a u32"))?;
+    item.owner = get_opt_u64(row, "owner")?.map(OwnerId);
+    item.taken = get_opt_u64(row, "taken")?.map(Timestamp::from_micros);
+    item.version = get_u64(row, "version")?;
+    item.braked = get_bool(row, "braked")?;
+    let proof: Option<String> = get(row, "fence_proof")?;
+    item.fence_proof = proof.as_deref().map(proof_from_json).transpose()?;
+    item.history.clear();
+    Ok(item)
+}
+
+/// Reads the history of `items` (all of them in one query) into them.
+async fn with_history(
+    exec: impl sqlx::Executor<'_, Database = Any>,
+    mut items: Vec<WorkItem>,
+    all: bool,
+) -> Result<Vec<WorkItem>, StoreError> {
+    if items.is_empty() {
+        return Ok(items);
+    }
+    let rows = if all {
+        sqlx::query("SELECT work_id, at, what FROM ha_work_history ORDER BY work_id, seq")
+            .fetch_all(exec)
+            .await
+    } else {
+        let ids: Vec<String> = (1..=items.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT work_id, at, what FROM ha_work_history WHERE work_id IN ({}) ORDER BY work_id, seq",
+            ids.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for item in &items {
+            q = q.bind(int(item.id.0, "id")?);
+        }
+        q.fetch_all(exec).await
+    }
+    .map_err(db("reading work history"))?;
+    let index: HashMap<WorkId, usize> = items.iter().enumerate().map(|(i, w)| (w.id, i)).collect();
+    for row in &rows {
+        let id = WorkId(get_u64(row, "work_id")?);
+        if let Some(&i) = index.get(&id) {
+            items[i].history.push(WorkEvent::new(
+                get_time(row, "at")?,
+                get::<String>(row, "what")?,
+            ));
+        }
+    }
+    Ok(items)
+}
+
+/// Appends `events` to the history of `id`, numbered from `first`.
+async fn append_history(
+    tx: &mut Transaction<'_, Any>,
+    id: WorkId,
+    first: usize,
+    events: &[WorkEvent],
+) -> Result<(), StoreError> {
+    for (seq, e) in (first..).zip(events) {
+        sqlx::query("INSERT INTO ha_work_history (work_id, seq, at, what) VALUES ($1, $2, $3, $4)")
+            .bind(int(id.0, "id")?)
+            .bind(int(seq as u64, "seq")?)
+            .bind(time(e.at)?)
+            .bind(e.what.clone())
+            .execute(&mut **tx)
+            .await
+            .map_err(db("appending work history"))?;
+    }
+    Ok(())
+}
+
+async fn history_len(tx: &mut Transaction<'_, Any>, id: WorkId) -> Result<usize, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ha_work_history WHERE work_id = $1")
+        .bind(int(id.0, "id")?)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("reading work history"))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+impl SqlStore {
+    async fn items_where(
+        &self,
+        condition: &str,
+        bind: Option<i64>,
+    ) -> Result<Vec<WorkItem>, StoreError> {
+        let sql = format!("SELECT {WORK_COLUMNS} FROM ha_work {condition} ORDER BY id");
+        let mut q = sqlx::query(&sql);
+        if let Some(v) = bind {
+            q = q.bind(v);
+        }
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading work items"))?;
+        let items = rows
+            .iter()
+            .map(item_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let all = condition.is_empty();
+        with_history(&self.pool, items, all).await
+    }
+
+    /// Changes the items `pick` selects (a `WHERE` clause over `ha_work`, parameters from
+    /// `$1`) through `f`, each write bumping its version, in one transaction.
+    async fn change_all(
+        &self,
+        what: &'static str,
+        pick: &str,
+        binds: Vec<i64>,
+        mut f: impl FnMut(&mut WorkItem) + Send,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db(what))?;
+        let sql = format!("SELECT {WORK_COLUMNS} FROM ha_work WHERE {pick} ORDER BY id");
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(*b);
+        }
+        let rows = q.fetch_all(&mut *tx).await.map_err(db(what))?;
+        let items = rows
+            .iter()
+            .map(item_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        for mut item in items.iter().cloned() {
+            // Loaded without its history: whatever `f` notes is new.
+            f(&mut item);
+            write_row(&mut tx, &item, None).await?;
+            let stored = history_len(&mut tx, item.id).await?;
+            append_history(&mut tx, item.id, stored, &item.history).await?;
+        }
+        tx.commit().await.map_err(db(what))?;
+        Ok(items.len())
+    }
+}
+
+/// Writes every column of `item` with `version + 1`; with `check`, only if the row is held by
+/// that owner at the item's version. Returns the rows written (0 or 1).
+async fn write_row(
+    tx: &mut Transaction<'_, Any>,
+    item: &WorkItem,
+    check: Option<OwnerId>,
+) -> Result<u64, StoreError> {
+    let mut sql = String::from(
+        "UPDATE ha_work SET step = $1, is_final = $2, host_id = $3, previous_state = $4, \
+         update_count = $5, tries = $6, time_to_try = $7, reason = $8, owner = $9, taken = $10, \
+         version = version + 1, braked = $11, fence_proof = $12, work_type = $13, vm_id = $14 \
+         WHERE id = $15",
+    );
+    if check.is_some() {
+        sql.push_str(" AND owner = $16 AND version = $17");
+    }
+    let mut q = sqlx::query(&sql)
+        .bind(name_of(&item.step))
+        .bind(flag(item.step.is_final()))
+        .bind(item.host.map(|h| int(h.0, "host_id")).transpose()?)
+        .bind(name_of(&item.previous_state))
+        .bind(int(item.update_count, "update_count")?)
+        .bind(i64::from(item.tries))
+        .bind(time(item.time_to_try)?)
+        .bind(name_of(&item.reason))
+        .bind(item.owner.map(|o| int(o.0, "owner")).transpose()?)
+        .bind(opt_time(item.taken)?)
+        .bind(flag(item.braked))
+        .bind(item.fence_proof.as_ref().map(proof_to_json))
+        .bind(name_of(&item.work_type))
+        .bind(int(item.vm.0, "vm_id")?)
+        .bind(int(item.id.0, "id")?);
+    if let Some(owner) = check {
+        q = q
+            .bind(int(owner.0, "owner")?)
+            .bind(int(item.version, "version")?);
+    }
+    let done = q
+        .execute(&mut **tx)
+        .await
+        .map_err(db("writing a work item"))?;
+    Ok(done.rows_affected())
+}
+
+#[async_trait::async_trait]
+impl HaWorkStore for SqlStore {
+    async fn insert(&self, item: WorkItem) -> Result<WorkId, StoreError> {
+        let what = "inserting a work item";
+        let mut tx = self.pool.begin().await.map_err(db(what))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO ha_work (vm_id, work_type, step, is_final, host_id, previous_state, \
+             update_count, tries, time_to_try, reason, owner, taken, version, braked, fence_proof) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14) RETURNING id",
+        )
+        .bind(int(item.vm.0, "vm_id")?)
+        .bind(name_of(&item.work_type))
+        .bind(name_of(&item.step))
+        .bind(flag(item.step.is_final()))
+        .bind(item.host.map(|h| int(h.0, "host_id")).transpose()?)
+        .bind(name_of(&item.previous_state))
+        .bind(int(item.update_count, "update_count")?)
+        .bind(i64::from(item.tries))
+        .bind(time(item.time_to_try)?)
+        .bind(name_of(&item.reason))
+        .bind(item.owner.map(|o| int(o.0, "owner")).transpose()?)
+        .bind(opt_time(item.taken)?)
+        .bind(flag(item.braked))
+        .bind(item.fence_proof.as_ref().map(proof_to_json))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db(what))?;
+        let id = WorkId(u64::try_from(id).map_err(|_| crate::codec::bad("id", "negative"))?);
+        append_history(&mut tx, id, 0, &item.history).await?;
+        tx.commit().await.map_err(db(what))?;
+        Ok(id)
+    }
+
+    async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
+        // One statement: on SQLite the one connection is the single writer; on PostgreSQL the
+        // first eligible row is locked and rows other claimers hold are skipped.
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE ha_work SET owner = $1, taken = $2, version = version + 1 \
+             WHERE id = (SELECT id FROM ha_work WHERE {ELIGIBLE} AND time_to_try <= $2 \
+             ORDER BY time_to_try, id LIMIT 1{lock}) RETURNING {WORK_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(int(owner.0, "owner")?)
+            .bind(time(now)?)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("claiming a work item"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let item = item_from_row(&row)?;
+        Ok(with_history(&self.pool, vec![item], false).await?.pop())
+    }
+
+    async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
+        let what = "updating a work item";
+        let mut tx = self.pool.begin().await.map_err(db(what))?;
+        if write_row(&mut tx, item, Some(writer)).await? == 0 {
+            let row = sqlx::query("SELECT owner, version FROM ha_work WHERE id = $1")
+                .bind(int(item.id.0, "id")?)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db(what))?;
+            let Some(row) = row else {
+                return Err(StoreError::UnknownWork(item.id));
+            };
+            return Err(StoreError::Stale {
+                work: item.id,
+                writer,
+                version: item.version,
+                holder: get_opt_u64(&row, "owner")?.map(OwnerId),
+                current: get_u64(&row, "version")?,
+            });
+        }
+        // Append-only: events the store has are kept, new ones added.
+        let stored = history_len(&mut tx, item.id).await?;
+        let new = item.history.get(stored..).unwrap_or_default();
+        append_history(&mut tx, item.id, stored, new).await?;
+        tx.commit().await.map_err(db(what))?;
+        Ok(item.version + 1)
+    }
+
+    async fn get(&self, id: WorkId) -> Result<Option<WorkItem>, StoreError> {
+        Ok(self
+            .items_where("WHERE id = $1", Some(int(id.0, "id")?))
+            .await?
+            .pop())
+    }
+
+    async fn for_vm(&self, vm: VmId) -> Result<Vec<WorkItem>, StoreError> {
+        self.items_where("WHERE vm_id = $1", Some(int(vm.0, "vm_id")?))
+            .await
+    }
+
+    async fn list(&self) -> Result<Vec<WorkItem>, StoreError> {
+        self.items_where("", None).await
+    }
+
+    async fn pending(&self) -> Result<usize, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ha_work WHERE is_final = 0")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting pending work"))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn release_owner(&self, owner: OwnerId) -> Result<usize, StoreError> {
+        let done = sqlx::query(
+            "UPDATE ha_work SET owner = NULL, taken = NULL, version = version + 1 \
+             WHERE owner = $1 AND is_final = 0",
+        )
+        .bind(int(owner.0, "owner")?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing claims"))?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.change_all(
+            "moving pending work back to Investigating",
+            "owner IS NULL AND is_final = 0",
+            Vec::new(),
+            |i| {
+                if i.step != WorkStep::Investigating {
+                    i.note(
+                        now,
+                        format!("manager start: step {:?} -> Investigating", i.step),
+                    );
+                    i.step = WorkStep::Investigating;
+                }
+            },
+        )
+        .await
+    }
+
+    async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError> {
+        if vms.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = (1..=vms.len()).map(|i| format!("${i}")).collect();
+        let binds = vms
+            .iter()
+            .map(|v| int(v.0, "vm_id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.change_all(
+            "lifting the brake",
+            &format!("braked = 1 AND vm_id IN ({})", ids.join(", ")),
+            binds,
+            |i| {
+                i.braked = false;
+                i.time_to_try = now;
+                i.note(now, "brake lifted");
+            },
+        )
+        .await
+    }
+
+    async fn cleanup(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
+        let what = "cleaning up work";
+        let mut tx = self.pool.begin().await.map_err(db(what))?;
+        sqlx::query(
+            "DELETE FROM ha_work_history WHERE work_id IN \
+             (SELECT id FROM ha_work WHERE is_final = 1 AND time_to_try <= $1)",
+        )
+        .bind(time(cutoff)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(what))?;
+        let done = sqlx::query("DELETE FROM ha_work WHERE is_final = 1 AND time_to_try <= $1")
+            .bind(time(cutoff)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(what))?;
+        tx.commit().await.map_err(db(what))?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let at: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(time_to_try) FROM ha_work WHERE {ELIGIBLE}"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("reading the next due time"))?;
+        at.map(|t| {
+            u64::try_from(t)
+                .map(Timestamp::from_micros)
+                .map_err(|_| crate::codec::bad("time_to_try", "negative"))
+        })
+        .transpose()
+    }
+}

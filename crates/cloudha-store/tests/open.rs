@@ -1,0 +1,126 @@
+//! Opening a store: bad URLs, a corrupt or read-only file, an unreachable server, a schema
+//! newer than this build. Each is a clear error naming the store, never a panic, never a
+//! password.
+
+use cloudha_ports::{HaWorkStore, HostRecord, HostStore};
+use cloudha_protocol::{HostId, HypervisorType};
+use cloudha_store::{OpenError, SCHEMA_VERSION, SqlStore};
+
+fn temp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cloudha-open-{name}-{}.db", std::process::id()))
+}
+
+fn remove(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[tokio::test]
+async fn urls_that_are_not_stores_are_named() {
+    for url in ["mysql://x@h/db", "cloudha.db", "sqlite:", ""] {
+        let err = SqlStore::open(url).await.unwrap_err();
+        assert!(matches!(err, OpenError::BadUrl { .. }), "{url}: {err}");
+        assert!(err.to_string().contains("sqlite:PATH"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_sqlite_file_is_created_on_first_use_and_reopened() {
+    let path = temp("create");
+    remove(&path);
+    let url = format!("sqlite:{}", path.display());
+    let store = SqlStore::open(&url).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    store
+        .upsert(&HostRecord::new(HostId(1), "kvm-1", HypervisorType::Kvm))
+        .await
+        .unwrap();
+    store.close().await;
+    let again = SqlStore::open(&url).await.unwrap();
+    assert_eq!(
+        HostStore::list(&again).await.unwrap().len(),
+        1,
+        "kept across opens"
+    );
+    assert_eq!(again.pending().await.unwrap(), 0);
+    again.close().await;
+    remove(&path);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_with_what_to_do() {
+    let path = temp("newer");
+    remove(&path);
+    let url = format!("sqlite:{}", path.display());
+    let store = SqlStore::open(&url).await.unwrap();
+    store.close().await;
+    {
+        use sqlx::Executor;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        pool.execute("INSERT INTO cloudha_schema (version) VALUES (99)")
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let err = SqlStore::open(&url).await.unwrap_err();
+    assert!(
+        matches!(err, OpenError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("newer"),
+        "{text}"
+    );
+    remove(&path);
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_an_error_naming_the_store() {
+    let path = temp("corrupt");
+    remove(&path);
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    let err = SqlStore::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Database { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the driver's error is kept"
+    );
+    remove(&path);
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_an_error_naming_the_store() {
+    let err = SqlStore::open("sqlite:/nonexistent-cloudha-dir/x.db")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Database { .. }), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent-cloudha-dir/x.db"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_named_without_its_password() {
+    // Port 1 on loopback: nothing listens there.
+    let err = SqlStore::open("postgres://cloudha:s3cret@127.0.0.1:1/test?connect_timeout=2")
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, OpenError::Database { .. }), "{text}");
+    assert!(
+        text.contains("127.0.0.1:1") && !text.contains("s3cret"),
+        "{text}"
+    );
+}
