@@ -26,6 +26,9 @@ pub struct StartCall {
 
 /// A [`VmOrchestrator`]: [`InMemoryVms`] underneath, recording every start (after an optional
 /// delay) and every stop, forced stop and destroy.
+///
+/// Each start also checks the proof it is handed: its record must say what its public accessors
+/// say (a panic otherwise, failing the test).
 #[derive(Debug, Default)]
 pub struct RecordingVms {
     /// The orchestrator underneath, to seed and read (capacity, states).
@@ -109,13 +112,24 @@ impl VmOrchestrator for RecordingVms {
         params: StartParams,
         proof: &DeathProof,
     ) -> Result<HostId, StartError> {
+        let record = proof.record();
+        assert_eq!(
+            (
+                record.kind,
+                record.host,
+                record.evidence.as_str(),
+                record.at
+            ),
+            (proof.kind(), proof.host(), proof.evidence(), proof.at()),
+            "the record says what the proof says"
+        );
         let delay = *self.start_delay.lock().unwrap();
         sleep(delay).await;
         let r = self.inner.start(vm, params.clone(), proof).await;
         self.starts.lock().unwrap().push(StartCall {
             vm,
             params,
-            proof: proof.record(),
+            proof: record,
             placed: r.as_ref().ok().copied(),
         });
         r

@@ -1,5 +1,7 @@
 //! The liveness and HA engine (cloudha-liveness, cloudha-ha over cloudha-ports) through its
 //! public API, under paused time, with fake or mock ports, the real registry and direct attaches.
+//! The fakes shared with other tests come from `cloudha-testkit`; a fake only one file needs
+//! stays in that file.
 
 mod adversary;
 mod cloudstack_ported;
@@ -14,5 +16,4 @@ mod lifecycle;
 mod monitor;
 mod start_proof;
 mod store_faults;
-mod support;
 mod verdicts;
