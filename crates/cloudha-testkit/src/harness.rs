@@ -34,7 +34,7 @@ pub struct Harness {
 
 /// How a harness is wired beyond the defaults of [`Harness::new`].
 pub struct Wiring {
-    /// The store (a chain built before the manager needs it).
+    /// The in-memory store (given, to seed it or to build ports over it before the harness).
     pub store: Arc<InMemoryHostStore>,
     /// The store port the manager writes through; `None`: `store` itself.
     pub store_port: Option<Arc<dyn HostStore>>,
@@ -75,7 +75,8 @@ pub fn tokio_clock() -> TokioClock {
 }
 
 /// An agent manager over the records of `store` (loaded into its cache, never started), leaving
-/// host-down alerts to HA: for HA tests that move host status through it.
+/// host-down alerts to HA: for HA tests that move host status through it. Panics if the manager
+/// refuses `config`.
 pub async fn agent_over(
     config: &LivenessConfig,
     store: &Arc<InMemoryHostStore>,
@@ -101,11 +102,12 @@ pub async fn agent_over(
 
 impl Harness {
     /// The default wiring: host-down alerts left to VM-HA, the scripted investigator alone.
+    /// Panics if the manager refuses `config`.
     pub fn new(config: LivenessConfig) -> Self {
         Self::with_wiring(config, Wiring::default())
     }
 
-    /// Wired as `wiring` says.
+    /// Wired as `wiring` says. Panics if the manager refuses `config`.
     pub fn with_wiring(config: LivenessConfig, wiring: Wiring) -> Self {
         let store = wiring.store;
         let port: Arc<dyn HostStore> = wiring.store_port.unwrap_or_else(|| store.clone());
@@ -174,7 +176,7 @@ impl Harness {
         r
     }
 
-    /// Adds a direct host and connects it; it ends Up.
+    /// Adds a direct host ([`Harness::record`]) and connects it; it ends Up (panics otherwise).
     pub async fn add_up(
         &self,
         id: u64,
@@ -185,7 +187,7 @@ impl Harness {
             .await
     }
 
-    /// Adds a direct host with this record and connects it; it ends Up.
+    /// Adds a direct host with this record and connects it; it ends Up (panics otherwise).
     pub async fn add_up_record(&self, record: HostRecord) -> Arc<FakeHost> {
         let id = record.id;
         let host = FakeHost::new(id, record.host_type);
