@@ -11,6 +11,7 @@ use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
 use cloudha_registry::Registry;
+use cloudha_testkit::RecordingAlerts;
 use tokio::time::sleep;
 
 /// Ground truth: per host, whether its power is on, its agent answers, and its storage
@@ -109,29 +110,7 @@ struct Fleet {
     registry: Arc<Registry>,
     /// Every status change since the fleet was made (what an HA manager follows).
     changes: Mutex<StatusChanges>,
-    alerts: Arc<Alerts>,
-}
-
-/// Records alerts.
-#[derive(Default)]
-struct Alerts(Mutex<Vec<Alert>>);
-
-impl AlertSink for Alerts {
-    fn raise(&self, alert: Alert) {
-        self.0.lock().unwrap().push(alert);
-    }
-}
-
-impl Alerts {
-    fn kinds(&self, host: u64) -> Vec<AlertKind> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| a.host == Some(HostId(host)))
-            .map(|a| a.kind)
-            .collect()
-    }
+    alerts: Arc<RecordingAlerts>,
 }
 
 /// A BMC over the world: a host reads On while powered; an Off switches it off.
@@ -169,7 +148,7 @@ async fn fleet_with_bmc(
 ) -> Fleet {
     let world = Arc::new(World::default());
     let registry = Arc::new(Registry::default());
-    let alerts = Arc::new(Alerts::default());
+    let alerts = Arc::new(RecordingAlerts::new());
     let store = Arc::new(InMemoryHostStore::new());
     let oobm = bmc.then(|| {
         Arc::new(Oobm::new(
@@ -306,7 +285,7 @@ async fn a_lone_host_nobody_can_vouch_for_goes_to_alert_at_detection() {
         "{}",
         alert.reason
     );
-    assert_eq!(f.alerts.kinds(1), [AlertKind::HostDisconnected]);
+    assert_eq!(f.alerts.kinds(HostId(1)), [AlertKind::HostDisconnected]);
     // Re-investigated while in Alert, never Down: nobody can vouch for it.
     sleep(Duration::from_secs(1800)).await;
     assert_eq!(f.status(1), Some(Status::Alert));
@@ -326,7 +305,7 @@ async fn a_kvm_agent_restart_on_a_live_host_ends_in_alert_and_comes_back_up() {
     f.world.set(HostId(2), true, false, false);
     sleep(Duration::from_secs(60 + 150 + 2)).await;
     assert_eq!(f.status(2), Some(Status::Alert));
-    assert_eq!(f.alerts.kinds(2), [AlertKind::HostDisconnected]);
+    assert_eq!(f.alerts.kinds(HostId(2)), [AlertKind::HostDisconnected]);
     // Five minutes of Alert re-investigation: never Down, never handed to VM-HA.
     sleep(Duration::from_secs(300)).await;
     assert_eq!(f.status(2), Some(Status::Alert));

@@ -4,8 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Which cloudha crates each package may depend on (any kind of dependency).
-/// A new edge is an API change: add it here deliberately.
+/// Which cloudha crates each package may depend on (any kind of dependency; the crates of
+/// [`DEV_ONLY`] as dev-dependencies only). A new edge is an API change: add it here deliberately.
 const ALLOWED_EDGES: &[(&str, &[&str])] = &[
     ("cloudha-protocol", &[]),
     ("cloudha-attache", &["cloudha-protocol"]),
@@ -18,6 +18,7 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
             "cloudha-attache",
             "cloudha-registry",
             "cloudha-ports",
+            "cloudha-testkit",
         ],
     ),
     (
@@ -28,6 +29,7 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
             "cloudha-registry",
             "cloudha-ports",
             "cloudha-liveness",
+            "cloudha-testkit",
         ],
     ),
     (
@@ -42,6 +44,18 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
         ],
     ),
     ("cloudha-store", &["cloudha-protocol", "cloudha-ports"]),
+    // Dev-only (`DEV_ONLY`): the crates it is built over take it as a dev-dependency alone.
+    (
+        "cloudha-testkit",
+        &[
+            "cloudha-protocol",
+            "cloudha-attache",
+            "cloudha-registry",
+            "cloudha-ports",
+            "cloudha-liveness",
+            "cloudha-ha",
+        ],
+    ),
     ("cloudha-cli", ALL),
     ("cloudha-tests", ALL),
     ("xtask", &[]),
@@ -57,7 +71,13 @@ const ALL: &[&str] = &[
     "cloudha-sim",
     "cloudha-store",
     "cloudha-cli",
+    "cloudha-testkit",
 ];
+
+/// Crates a package of the allow-list may take only as a dev-dependency (for its tests, benches
+/// and examples), never as a dependency: test fakes, built over the very crates whose tests use
+/// them.
+const DEV_ONLY: &[&str] = &["cloudha-testkit"];
 
 /// Runs every tidy rule over the workspace at `root`; the error lists every problem.
 pub(crate) fn check(root: &Path) -> Result<(), Vec<String>> {
@@ -126,6 +146,11 @@ fn check_edges(root: &Path, manifest: &Path, problems: &mut Vec<String>) {
     for (section, dep) in deps {
         // A crate may name itself as a dev-dependency to turn its `mock` feature on in its tests.
         let own_mocks = dep == name && section == "dev-dependencies";
+        if DEV_ONLY.contains(&dep.as_str()) && section != "dev-dependencies" {
+            problems.push(format!(
+                "{rel}: `{name}` may take `{dep}` only as a dev-dependency (found in [{section}])"
+            ));
+        }
         if dep.starts_with("cloudha-") && !allowed.contains(&dep.as_str()) && !own_mocks {
             problems.push(format!(
                 "{rel}: `{name}` may not depend on `{dep}` (in [{section}]); allowed: {allowed:?}"
@@ -234,5 +259,25 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("may not depend on `cloudha-registry`"));
         assert!(problems[1].contains("must begin with `//!`"));
+    }
+
+    #[test]
+    fn the_testkit_is_a_dev_dependency_only() {
+        let dir = std::env::temp_dir().join(format!("cloudha-tidy-dev-{}", std::process::id()));
+        let crate_dir = dir.join("crates/cloudha-ha");
+        fs::create_dir_all(&crate_dir).unwrap();
+        fs::write(
+            crate_dir.join("Cargo.toml"),
+            "[package]\nname = \"cloudha-ha\"\n[dependencies]\ncloudha-testkit.workspace = true\n\
+             [dev-dependencies]\ncloudha-testkit = { workspace = true, features = [\"ha\"] }\n",
+        )
+        .unwrap();
+        let problems = check(&dir).unwrap_err();
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("may take `cloudha-testkit` only as a dev-dependency"),
+            "{problems:?}"
+        );
     }
 }

@@ -15,7 +15,7 @@ use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::sleep;
 
-use crate::support::*;
+use cloudha_testkit::*;
 
 fn vm_on(id: u64, host: HostId, hypervisor: HypervisorType) -> VmRecord {
     {
@@ -27,21 +27,6 @@ fn vm_on(id: u64, host: HostId, hypervisor: HypervisorType) -> VmRecord {
         r.cluster = Some(ClusterId(1));
         r.zone = Some(ZoneId(1));
         r
-    }
-}
-
-/// A fencer that always fences (power).
-struct AlwaysFences;
-
-#[async_trait::async_trait]
-impl Fencer for AlwaysFences {
-    fn name(&self) -> &'static str {
-        "AlwaysFences"
-    }
-    async fn fence(&self, _: &VmRecord, _: &HostRecord) -> FenceOutcome {
-        FenceOutcome::Fenced(FenceEvidence::Power {
-            evidence: "adversary".into(),
-        })
     }
 }
 
@@ -64,7 +49,7 @@ fn ha_over(
         HaPorts::new(
             work.clone(),
             vms.clone(),
-            vec![Arc::new(AlwaysFences) as Arc<dyn Fencer>],
+            vec![Arc::new(ScriptedFencer::new()) as Arc<dyn Fencer>],
             Arc::new(RecordingAlerts::default()),
         )
         .with_investigators(Vec::new()),

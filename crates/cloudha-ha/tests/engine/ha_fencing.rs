@@ -12,7 +12,7 @@ use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::sleep;
 
-use crate::support::*;
+use cloudha_testkit::*;
 
 const HOST: HostId = HostId(1);
 const VMS: u64 = 20;
@@ -114,7 +114,7 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
         let hosts_port: Arc<dyn HostDirectory> = late.clone();
         let chain: Vec<Arc<dyn Investigator>> =
             investigate::chain(&config.liveness, &commander_port, &hosts_port, Some(&oobm));
-        let h = harness_with(
+        let h = Harness::with_wiring(
             config.liveness.clone(),
             Wiring {
                 store: store.clone(),
@@ -125,13 +125,13 @@ async fn one_host_of_twenty_ha_vms_is_fenced_once_with_at_most_three_bmc_calls()
         );
         late.set(h.manager.hosts());
         h.load_store().await;
-        let neighbour = Counting::new(NeighbourFencer::new(
+        let neighbour = CountingFencer::new(NeighbourFencer::new(
             commander.clone(),
             h.manager.hosts(),
             clock(),
             &config,
         ));
-        let power = Counting::new(PowerFencer::new(oobm.clone()));
+        let power = CountingFencer::new(PowerFencer::new(oobm.clone()));
         let vms = Arc::new(InMemoryVms::new());
         for i in 0..VMS {
             vms.upsert(vm(100 + i, HOST));
@@ -242,7 +242,7 @@ async fn fence_failed_is_raised_once_per_host_and_retry_round() {
         }
     }
     let bmc = FakeBmc::reading(PowerState::Unknown);
-    let power = Counting::new(PowerFencer::new(bmc.front()));
+    let power = CountingFencer::new(PowerFencer::new(bmc.front()));
     let alerts = Arc::new(RecordingAlerts::default());
     let work = Arc::new(InMemoryHaWorkStore::new());
     let agent = agent_over(&config.liveness, &store, Arc::new(LogAlerts)).await;
@@ -318,7 +318,7 @@ async fn a_hosts_proof_is_not_reused_after_its_status_changes() {
     let vms = Arc::new(InMemoryVms::new());
     vms.upsert(vm(100, HOST));
     let bmc = FakeBmc::reading(PowerState::Off);
-    let power = Counting::new(PowerFencer::new(bmc.front()));
+    let power = CountingFencer::new(PowerFencer::new(bmc.front()));
     let work = Arc::new(InMemoryHaWorkStore::new());
     let agent = agent_over(&config.liveness, &store, Arc::new(LogAlerts)).await;
     let ha = HaManager::new(
@@ -425,13 +425,13 @@ async fn a_heartbeat_seen_beating_stops_the_fence_chain() {
     vms.upsert(vm(100, HOST));
     let bmc = FakeBmc::reading(PowerState::On);
     let agent = agent_over(&config.liveness, &store, Arc::new(LogAlerts)).await;
-    let neighbour = Counting::new(NeighbourFencer::new(
+    let neighbour = CountingFencer::new(NeighbourFencer::new(
         commander.clone(),
         agent.hosts(),
         clock(),
         &config,
     ));
-    let power = Counting::new(PowerFencer::new(bmc.front()));
+    let power = CountingFencer::new(PowerFencer::new(bmc.front()));
     let work = Arc::new(InMemoryHaWorkStore::new());
     let ha = HaManager::new(
         config.ha.clone(),

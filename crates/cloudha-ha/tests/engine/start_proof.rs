@@ -2,112 +2,23 @@
 //! the proof recorded on its work item, and a record loaded back from the store starts nothing
 //! unless HA itself stopped the VM on it (and nothing touched the VM since).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloudha_ha::*;
 use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
+use cloudha_testkit::{
+    RecordingVms, ScriptedFencer, ScriptedInvestigator, agent_over, tokio_clock,
+};
 use tokio::time::sleep;
-
-/// The in-memory orchestrator, keeping what each start was handed (read through the proof's
-/// public accessors).
-#[derive(Default)]
-struct ProofLog {
-    inner: InMemoryVms,
-    starts: Mutex<Vec<(VmId, ProofRecord)>>,
-}
-
-#[async_trait::async_trait]
-impl VmOrchestrator for ProofLog {
-    fn get(&self, vm: VmId) -> Option<VmRecord> {
-        self.inner.get(vm)
-    }
-    fn vms_on_host(&self, host: HostId) -> Vec<VmRecord> {
-        self.inner.vms_on_host(host)
-    }
-    fn running_on(&self, host: HostId) -> Vec<VmId> {
-        self.inner.running_on(host)
-    }
-    async fn force_stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
-        self.inner.force_stop(vm).await
-    }
-    async fn stop(&self, vm: VmId) -> Result<VmRecord, OrchestratorError> {
-        self.inner.stop(vm).await
-    }
-    async fn start(
-        &self,
-        vm: VmId,
-        params: StartParams,
-        proof: &DeathProof,
-    ) -> Result<HostId, StartError> {
-        let record = proof.record();
-        assert_eq!(
-            (
-                record.kind,
-                record.host,
-                record.evidence.as_str(),
-                record.at
-            ),
-            (proof.kind(), proof.host(), proof.evidence(), proof.at()),
-            "the record says what the proof says"
-        );
-        self.starts.lock().unwrap().push((vm, record));
-        self.inner.start(vm, params, proof).await
-    }
-    async fn migrate_away(
-        &self,
-        vm: VmId,
-        from: HostId,
-        candidates: Vec<HostId>,
-    ) -> Result<HostId, StartError> {
-        self.inner.migrate_away(vm, from, candidates).await
-    }
-    async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError> {
-        self.inner.destroy(vm, expunge).await
-    }
-}
-
-/// A VM investigator with a fixed verdict.
-struct Verdict(VmVerdict);
-
-#[async_trait::async_trait]
-impl Investigator for Verdict {
-    fn name(&self) -> &'static str {
-        "Fixed"
-    }
-    async fn host_status(&self, _: &HostRecord) -> Option<Finding> {
-        None
-    }
-    async fn vm_alive(&self, _: VmId, _: &HostRecord) -> VmVerdict {
-        self.0
-    }
-}
-
-/// Fences by power, counting calls.
-#[derive(Default)]
-struct PowerOff(AtomicUsize);
-
-#[async_trait::async_trait]
-impl Fencer for PowerOff {
-    fn name(&self) -> &'static str {
-        "PowerOff"
-    }
-    async fn fence(&self, _: &VmRecord, _: &HostRecord) -> FenceOutcome {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        FenceOutcome::Fenced(FenceEvidence::Power {
-            evidence: "powered off, read back Off".into(),
-        })
-    }
-}
 
 struct Rig {
     ha: HaManager,
-    vms: Arc<ProofLog>,
+    vms: Arc<RecordingVms>,
     work: Arc<InMemoryHaWorkStore>,
-    fencer: Arc<PowerOff>,
+    fencer: Arc<ScriptedFencer>,
     clock: TokioClock,
     /// Keeps the agent manager the HA manager is built over.
     _agent: AgentManager,
@@ -126,7 +37,7 @@ async fn rig(verdict: VmVerdict) -> Rig {
         r.status = Some(status);
         hosts.insert(r);
     }
-    let vms = Arc::new(ProofLog::default());
+    let vms = Arc::new(RecordingVms::new());
     vms.inner.upsert({
         let mut r = VmRecord::new(VM, "vm100", HypervisorType::Kvm);
         r.host = Some(FAILED);
@@ -137,14 +48,14 @@ async fn rig(verdict: VmVerdict) -> Rig {
         r
     });
     let work = Arc::new(InMemoryHaWorkStore::new());
-    let fencer = Arc::new(PowerOff::default());
-    let clock = crate::support::tokio_clock();
+    let fencer = Arc::new(ScriptedFencer::new());
+    let clock = tokio_clock();
     let config = {
         let mut c = Config::default();
         c.ha.ha_startup_grace = Duration::ZERO;
         c
     };
-    let agent = crate::support::agent_over(&config.liveness, &hosts, Arc::new(LogAlerts)).await;
+    let agent = agent_over(&config.liveness, &hosts, Arc::new(LogAlerts)).await;
     let ha = HaManager::new(
         config.ha,
         OwnerId(1),
@@ -155,7 +66,9 @@ async fn rig(verdict: VmVerdict) -> Rig {
             vec![fencer.clone()],
             Arc::new(LogAlerts),
         )
-        .with_investigators(vec![Arc::new(Verdict(verdict))]),
+        .with_investigators(vec![Arc::new(ScriptedInvestigator::with_vm_verdict(
+            verdict,
+        ))]),
     );
     Rig {
         ha,
@@ -168,8 +81,14 @@ async fn rig(verdict: VmVerdict) -> Rig {
 }
 
 impl Rig {
+    /// Every start asked for, with the proof it was handed (whose record the orchestrator checked
+    /// against the proof's public accessors).
     fn starts(&self) -> Vec<(VmId, ProofRecord)> {
-        self.vms.starts.lock().unwrap().clone()
+        self.vms
+            .start_calls()
+            .into_iter()
+            .map(|call| (call.vm, call.proof))
+            .collect()
     }
     fn vm(&self) -> VmRecord {
         self.vms.get(VM).unwrap()
@@ -218,7 +137,7 @@ async fn every_start_is_handed_the_proof_recorded_on_its_item() {
         let recorded = item.fence_proof.clone().expect("a proof recorded");
         assert_eq!((recorded.kind, recorded.host), (kind, Some(FAILED)));
         assert_eq!(r.starts(), vec![(VM, recorded)], "{:?}", item.history);
-        assert_eq!(r.fencer.0.load(Ordering::SeqCst), fences, "{kind}");
+        assert_eq!(r.fencer.calls(), fences, "{kind}");
         assert_eq!(r.vm().state, VmState::Running, "{kind}");
         r.ha.stop().await;
     }
@@ -349,7 +268,7 @@ async fn a_record_loaded_from_the_store_starts_only_a_vm_ha_stopped_on_it() {
         let ctx = format!("{}: {:?}", c.name, item.history);
         let kinds: Vec<ProofKind> = r.starts().iter().map(|(_, p)| p.kind).collect();
         assert_eq!(kinds, Vec::from_iter(c.started_on), "{ctx}");
-        assert_eq!(r.fencer.0.load(Ordering::SeqCst), c.fences, "{ctx}");
+        assert_eq!(r.fencer.calls(), c.fences, "{ctx}");
         let last = &item.history.last().unwrap().what;
         assert!(last.starts_with(c.note), "{ctx}");
         if c.started_on.is_none() {

@@ -2,125 +2,21 @@
 //! the item is neither lost nor run twice; a write refused because the claim moved stops the
 //! processing at once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::support::agent_over;
 use cloudha_ha::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
+use cloudha_testkit::{FlakyWork, ScriptedFencer, agent_over};
 use tokio::time::sleep;
-
-/// The in-memory store, failing the next `fail_takes` takes and `fail_updates` updates with a
-/// backend error whose source is an I/O error; every error it returned is kept.
-struct FlakyWork {
-    inner: InMemoryHaWorkStore,
-    fail_takes: AtomicUsize,
-    fail_updates: AtomicUsize,
-    /// The next takes never answer.
-    hang_takes: AtomicUsize,
-    errors: Mutex<Vec<String>>,
-}
-
-impl FlakyWork {
-    fn fail(&self, counter: &AtomicUsize, what: &str) -> Result<(), StoreError> {
-        if counter
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            let e = StoreError::backend(
-                what,
-                std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "connection reset by peer",
-                ),
-            );
-            let source = std::error::Error::source(&e).map(ToString::to_string);
-            self.errors
-                .lock()
-                .unwrap()
-                .push(format!("{e}: {}", source.unwrap_or_default()));
-            return Err(e);
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl HaWorkStore for FlakyWork {
-    async fn insert(&self, item: WorkItem) -> Result<WorkId, StoreError> {
-        self.inner.insert(item).await
-    }
-    async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
-        self.fail(&self.fail_takes, "take")?;
-        if self
-            .hang_takes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            std::future::pending::<()>().await;
-        }
-        self.inner.take(owner, now).await
-    }
-    async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
-        self.fail(&self.fail_updates, "update")?;
-        self.inner.update(writer, item).await
-    }
-    async fn get(&self, id: WorkId) -> Result<Option<WorkItem>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn for_vm(&self, vm: VmId) -> Result<Vec<WorkItem>, StoreError> {
-        self.inner.for_vm(vm).await
-    }
-    async fn list(&self) -> Result<Vec<WorkItem>, StoreError> {
-        self.inner.list().await
-    }
-    async fn pending(&self) -> Result<usize, StoreError> {
-        self.inner.pending().await
-    }
-    async fn release_owner(&self, owner: OwnerId) -> Result<usize, StoreError> {
-        self.inner.release_owner(owner).await
-    }
-    async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError> {
-        self.inner.mark_pending_investigating(now).await
-    }
-    async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError> {
-        self.inner.unbrake(now, vms).await
-    }
-    async fn cleanup(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
-        self.inner.cleanup(cutoff).await
-    }
-    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        self.inner.next_due().await
-    }
-}
-
-/// Fences by saying so, counting calls; may take time.
-struct Fences {
-    calls: AtomicUsize,
-    delay: Duration,
-}
-
-#[async_trait::async_trait]
-impl Fencer for Fences {
-    fn name(&self) -> &'static str {
-        "Scripted"
-    }
-    async fn fence(&self, _: &VmRecord, _: &HostRecord) -> FenceOutcome {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        sleep(self.delay).await;
-        FenceOutcome::Fenced(FenceEvidence::Power {
-            evidence: "powered off, read back Off".into(),
-        })
-    }
-}
 
 struct Rig {
     ha: HaManager,
     vms: Arc<InMemoryVms>,
     work: Arc<FlakyWork>,
-    fences: Arc<Fences>,
+    fences: Arc<ScriptedFencer>,
 }
 
 /// Host 1 (Down) and host 2 (Up) in cluster 1; HA VM 100 on host 1.
@@ -141,19 +37,8 @@ async fn rig(owner: OwnerId, fence_delay: Duration, work: Option<Arc<FlakyWork>>
         r.cluster = Some(ClusterId(1));
         r
     });
-    let work = work.unwrap_or_else(|| {
-        Arc::new(FlakyWork {
-            inner: InMemoryHaWorkStore::new(),
-            fail_takes: AtomicUsize::new(0),
-            fail_updates: AtomicUsize::new(0),
-            hang_takes: AtomicUsize::new(0),
-            errors: Mutex::new(Vec::new()),
-        })
-    });
-    let fences = Arc::new(Fences {
-        calls: AtomicUsize::new(0),
-        delay: fence_delay,
-    });
+    let work = work.unwrap_or_default();
+    let fences = Arc::new(ScriptedFencer::new().with_delay(fence_delay));
     let config = {
         let mut c = Config::default();
         c.ha.ha_startup_grace = Duration::ZERO;
@@ -210,7 +95,7 @@ async fn backend_errors_are_retried_and_the_item_is_neither_lost_nor_run_twice()
     );
     let vm = r.vms.get(VmId(100)).unwrap();
     assert_eq!((vm.state, vm.host), (VmState::Running, Some(HostId(2))));
-    assert_eq!(r.fences.calls.load(Ordering::SeqCst), 1, "fenced once");
+    assert_eq!(r.fences.calls(), 1, "fenced once");
     assert_eq!(r.work.inner.pending_count(), 0);
     r.ha.stop().await;
 }
@@ -270,7 +155,7 @@ async fn a_hung_store_or_fencer_holds_no_worker_forever() {
             .expect("scheduled");
     sleep(STORE_CALL_BOUND + Duration::from_secs(5)).await;
     assert_eq!(
-        r.fences.calls.load(Ordering::SeqCst),
+        r.fences.calls(),
         1,
         "the hung take was cut at its bound and the item taken again"
     );

@@ -11,7 +11,7 @@ use cloudha_protocol::*;
 use tokio::time::sleep;
 
 use super::*;
-use crate::support::*;
+use cloudha_testkit::*;
 
 // ---------------------------------------------------------------------------------------------
 // HighAvailabilityManagerImplTest: investigate
@@ -19,7 +19,7 @@ use crate::support::*;
 
 /// An agent manager whose chain is `investigators`, with host 1 (Up, no attache) in zone 1.
 async fn manager_with(config: Config, investigators: Vec<Arc<dyn Investigator>>) -> Harness {
-    let h = harness_with(
+    let h = Harness::with_wiring(
         config.liveness,
         Wiring {
             investigators: Some(investigators),
@@ -170,13 +170,7 @@ impl Ha {
     }
 
     fn kinds(&self) -> Vec<AlertKind> {
-        self.alerts
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|a| a.kind)
-            .collect()
+        self.alerts.all_kinds()
     }
 }
 
@@ -374,7 +368,7 @@ async fn scheduleRestartVmStoppedUnexpectedlyResolvesHostLocation() {
             .await,
         None
     );
-    let alerts = t.alerts.0.lock().unwrap().clone();
+    let alerts = t.alerts.raised();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     let a = &alerts[0];
     assert_eq!(
@@ -402,7 +396,7 @@ async fn scheduleRestartVmStoppedUnexpectedlyFallsBackWhenHostGone() {
             .await,
         None
     );
-    let alerts = t.alerts.0.lock().unwrap().clone();
+    let alerts = t.alerts.raised();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(
         (alerts[0].kind, alerts[0].host, alerts[0].vm),

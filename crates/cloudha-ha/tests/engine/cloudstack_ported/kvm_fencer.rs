@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::fencing::{Got, got, vm_on};
-use crate::support::*;
+use cloudha_testkit::*;
 
 /// The cluster (host 1 first, the one fenced) and the fencer's verdict for host 1.
 async fn kvm_fence(

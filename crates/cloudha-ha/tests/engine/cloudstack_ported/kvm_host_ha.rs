@@ -12,7 +12,7 @@ use mockall::Sequence;
 
 use super::*;
 use crate::fencing::{Got, got, vm_on};
-use crate::support::*;
+use cloudha_testkit::*;
 
 fn power_fence_with(oob: MockOutOfBandManagement) -> PowerFencer {
     PowerFencer::new(Arc::new(Oobm::new(

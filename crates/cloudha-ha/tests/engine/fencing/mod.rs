@@ -15,7 +15,7 @@ use cloudha_liveness::*;
 use cloudha_ports::*;
 use cloudha_protocol::*;
 
-use crate::support::*;
+use cloudha_testkit::*;
 
 /// The host being fenced; its neighbours are 2, 3, ...
 const HOST: HostId = HostId(1);

@@ -27,11 +27,7 @@ async fn the_brake_holds_fencing_while_most_of_a_cluster_is_suspect() {
     let item = h.item(100);
     assert!(item.braked, "{:?}", item.history);
     assert_eq!(item.tries, 0, "braked work spends no try");
-    assert_eq!(
-        h.fencer.calls.load(Ordering::SeqCst),
-        0,
-        "nothing fenced while the brake holds"
-    );
+    assert_eq!(h.fencer.calls(), 0, "nothing fenced while the brake holds");
     assert!(h.kinds().contains(&AlertKind::BrakeHolds));
     assert!(
         h.ha.brake_holds(ClusterId(1))
@@ -69,16 +65,12 @@ async fn the_operator_releases_the_brake_or_declares_a_host_dead() {
     h.ha.release_brake(ClusterId(1)).await;
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.starts(100), 1, "released: fenced and restarted");
-    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(h.fencer.calls(), 1);
     // Declaring host 4 dead restarts its VMs without fencing, on the operator's word.
     h.ha.declare_host_dead(HostId(4)).await.unwrap();
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.starts(101), 1);
-    assert_eq!(
-        h.fencer.calls.load(Ordering::SeqCst),
-        1,
-        "no fence for the declared host"
-    );
+    assert_eq!(h.fencer.calls(), 1, "no fence for the declared host");
     let proof = h.item(101).fence_proof.expect("a proof");
     assert_eq!(
         (proof.kind, proof.host, proof.evidence.as_str()),

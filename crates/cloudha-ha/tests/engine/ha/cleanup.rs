@@ -33,9 +33,9 @@ async fn cleanup_removes_final_items_older_than_time_between_failures() {
         1,
     )
     .await;
-    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Failed {
+    h.fencer.set_outcome(FenceOutcome::Failed {
         reason: "no".into(),
-    };
+    });
     h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(601)).await;

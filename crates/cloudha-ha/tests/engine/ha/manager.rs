@@ -25,13 +25,12 @@ async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
         h.agent.add_host(r).await.unwrap();
         h.vms.inner.upsert(vm(100 + i as u64, *id, true));
     }
-    h.fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced(FenceEvidence::Power {
+    h.fencer = Arc::new(
+        ScriptedFencer::with_outcome(FenceOutcome::Fenced(FenceEvidence::Power {
             evidence: "slow".into(),
-        })),
-        calls: AtomicUsize::new(0),
-        delay: Duration::from_secs(10),
-    });
+        }))
+        .with_delay(Duration::from_secs(10)),
+    );
     let ha = new_manager(
         &h.config, &h.agent, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer,
     );
@@ -42,15 +41,11 @@ async fn workers_are_limited_to_ha_workers_and_woken_by_scheduling() {
         h.mark_down(*id).await;
     }
     sleep(Duration::from_millis(1)).await;
-    assert_eq!(
-        h.fencer.calls.load(Ordering::SeqCst),
-        2,
-        "woken at once, two slots"
-    );
+    assert_eq!(h.fencer.calls(), 2, "woken at once, two slots");
     sleep(Duration::from_secs(10)).await;
-    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(h.fencer.calls(), 4);
     sleep(Duration::from_secs(11)).await;
-    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 6);
+    assert_eq!(h.fencer.calls(), 6);
     sleep(Duration::from_secs(10)).await;
     for i in 0..6 {
         assert_eq!(h.starts(100 + i), 1, "{:?}", h.item(100 + i).history);
@@ -66,15 +61,14 @@ async fn a_manager_restart_mid_work_resumes_everything_through_investigating_onc
         c
     };
     let mut h = build(config.clone(), 10).await;
-    h.fencer = Arc::new(ScriptedFencer {
-        outcome: Mutex::new(FenceOutcome::Fenced(FenceEvidence::Power {
+    h.fencer = Arc::new(
+        ScriptedFencer::with_outcome(FenceOutcome::Fenced(FenceEvidence::Power {
             evidence: "slow fence".into(),
-        })),
-        calls: AtomicUsize::new(0),
-        delay: Duration::from_secs(20),
-    });
+        }))
+        .with_delay(Duration::from_secs(20)),
+    );
     // One fence for the host (20 s), then each start takes 10 s: mid-work at 45 s.
-    *h.vms.start_delay.lock().unwrap() = Duration::from_secs(10);
+    h.vms.set_start_delay(Duration::from_secs(10));
     let first = new_manager(
         &config, &h.agent, &h.vms, &h.work, &h.alerts, &h.verdict, &h.fencer,
     );

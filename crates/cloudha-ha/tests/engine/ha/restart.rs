@@ -18,20 +18,25 @@ async fn a_down_hosts_ha_vm_is_fenced_stopped_and_started_elsewhere() {
     let proof = item.fence_proof.as_ref().expect("a proof");
     assert_eq!(
         (proof.kind, proof.host, proof.evidence.as_str()),
-        (ProofKind::PowerFenced, Some(FAILED), "test")
+        (
+            ProofKind::PowerFenced,
+            Some(FAILED),
+            ScriptedFencer::EVIDENCE
+        )
     );
     let log: Vec<&str> = item.history.iter().map(|e| e.what.as_str()).collect();
     assert!(
         log.iter().any(|l| l.contains("VM verdict Unknown")),
         "{log:?}"
     );
-    assert!(log.contains(&"fenced: power_fenced: test"), "{log:?}");
+    let fenced = format!("fenced: power_fenced: {}", ScriptedFencer::EVIDENCE);
+    assert!(log.contains(&fenced.as_str()), "{log:?}");
     assert!(
         log.last().unwrap().starts_with("done: started on host"),
         "{log:?}"
     );
     // Placement: the VM's cluster first, never the failed host, only Up hosts.
-    let params = h.vms.starts.lock().unwrap()[&VmId(100)][0].clone();
+    let params = h.vms.starts(VmId(100))[0].clone();
     assert_eq!(params.planner, Planner::Default);
     assert_eq!(params.candidates, vec![HostId(2), HostId(3), HostId(4)]);
     assert!(params.ha_operation);
@@ -146,8 +151,8 @@ async fn restart_branches_data_driven() {
         let mut v = vm(100, FAILED, c.ha_enabled);
         v.local_root_disk = c.local_disk;
         h.vms.inner.upsert(v);
-        *h.verdict.0.lock().unwrap() = c.verdict;
-        *h.fencer.outcome.lock().unwrap() = c.fence.clone().unwrap();
+        h.verdict.set_vm_verdict(c.verdict);
+        h.fencer.set_outcome(c.fence.clone().unwrap());
         if !c.host_up_at_check {
             h.mark_down(FAILED).await;
         }
@@ -172,11 +177,7 @@ async fn restart_branches_data_driven() {
         );
         assert_eq!(item.step, c.step, "{ctx}");
         assert_eq!(h.starts(100) == 1, c.started, "{ctx}");
-        assert_eq!(
-            h.fencer.calls.load(Ordering::SeqCst),
-            c.fenced_calls,
-            "{ctx}"
-        );
+        assert_eq!(h.fencer.calls(), c.fenced_calls, "{ctx}");
         match c.retry_after {
             Some(d) => {
                 assert_eq!(item.tries, 1, "{ctx}");
@@ -199,21 +200,18 @@ async fn restart_branches_data_driven() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_fence_is_retried_and_a_later_fence_restarts() {
     let h = build(config(), 1).await;
-    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Failed {
+    h.fencer.set_outcome(FenceOutcome::Failed {
         reason: "bmc unreachable".into(),
-    };
+    });
     h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(601)).await;
-    assert_eq!(
-        h.fencer.calls.load(Ordering::SeqCst),
-        2,
-        "retried after restart.retry.interval"
-    );
+    assert_eq!(h.fencer.calls(), 2, "retried after restart.retry.interval");
     assert_eq!(h.vm(100).host, Some(FAILED), "never started while unfenced");
-    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Fenced(FenceEvidence::Power {
-        evidence: "bmc back: powered off".into(),
-    });
+    h.fencer
+        .set_outcome(FenceOutcome::Fenced(FenceEvidence::Power {
+            evidence: "bmc back: powered off".into(),
+        }));
     sleep(Duration::from_secs(600)).await;
     assert_eq!(h.vm(100).state, VmState::Running);
     assert_ne!(h.vm(100).host, Some(FAILED));
@@ -232,9 +230,9 @@ async fn max_retries_then_give_up_with_an_alert() {
         1,
     )
     .await;
-    *h.fencer.outcome.lock().unwrap() = FenceOutcome::Failed {
+    h.fencer.set_outcome(FenceOutcome::Failed {
         reason: "no".into(),
-    };
+    });
     h.ha.start().await.unwrap();
     h.fail_host().await;
     sleep(Duration::from_secs(600 * 5)).await;
@@ -247,7 +245,7 @@ async fn max_retries_then_give_up_with_an_alert() {
             .what
             .starts_with("giving up after 3 tries")
     );
-    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(h.fencer.calls(), 3);
     assert_eq!(h.kinds().last(), Some(&AlertKind::HaGaveUp));
     h.shutdown().await;
 }
@@ -266,7 +264,7 @@ async fn insufficient_capacity_falls_back_to_the_ha_planner() {
         Some(HostId(11)),
         "another cluster of the zone"
     );
-    let starts = h.vms.starts.lock().unwrap()[&VmId(100)].clone();
+    let starts = h.vms.starts(VmId(100));
     assert_eq!(starts[0].planner, Planner::Ha);
     assert!(
         h.item(100)
@@ -289,7 +287,7 @@ async fn insufficient_capacity_falls_back_to_the_ha_planner() {
     sleep(Duration::from_secs(600)).await;
     assert_eq!(h.vm(100).host, Some(HostId(12)));
     assert_eq!(
-        h.fencer.calls.load(Ordering::SeqCst),
+        h.fencer.calls(),
         1,
         "the fence is not repeated for a start retry"
     );
@@ -315,7 +313,7 @@ async fn ha_tag_limits_placement_and_down_hosts_are_never_candidates() {
     h.fail_host().await;
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.vm(100).host, Some(HostId(3)));
-    let params = h.vms.starts.lock().unwrap()[&VmId(100)][0].clone();
+    let params = h.vms.starts(VmId(100))[0].clone();
     assert_eq!(params.candidates, vec![HostId(3)]);
     assert_eq!(params.ha_tag.as_deref(), Some("ha_host"));
     h.shutdown().await;
@@ -475,7 +473,7 @@ async fn a_vm_updated_in_place_since_scheduling_is_not_restarted() {
         note.starts_with("done: VM changed since scheduling"),
         "{note}"
     );
-    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(h.fencer.calls(), 0);
     assert_eq!(h.starts(100), 0);
     assert!(h.calls(100).is_empty());
     h.shutdown().await;
@@ -496,7 +494,7 @@ async fn an_investigating_item_whose_vm_left_its_host_is_done_without_restart() 
     h.ha.start().await.unwrap();
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.last_note(id), "done: VM no longer on the host");
-    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(h.fencer.calls(), 0);
     assert_eq!(h.starts(100), 0);
     assert_eq!(h.vm(100).state, VmState::Stopped);
     h.shutdown().await;

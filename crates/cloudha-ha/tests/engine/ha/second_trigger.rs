@@ -28,7 +28,7 @@ async fn an_ha_vm_reported_off_on_an_up_host_is_restarted() {
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.starts(300), 1);
     assert_eq!(
-        h.fencer.calls.load(Ordering::SeqCst),
+        h.fencer.calls(),
         0,
         "reported off by its own Up host: no fence needed"
     );
@@ -170,7 +170,7 @@ async fn a_vm_reported_off_by_its_up_host_may_restart_on_that_host() {
     );
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.starts(300), 1);
-    let params = h.vms.starts.lock().unwrap()[&VmId(300)][0].clone();
+    let params = h.vms.starts(VmId(300))[0].clone();
     assert!(params.candidates.contains(&HostId(2)), "{params:?}");
     h.shutdown().await;
 }
@@ -201,6 +201,6 @@ async fn a_restart_on_proof_resumes_after_a_manager_start_without_investigation(
     let note = h.last_note(item.id);
     assert!(note.starts_with("done: started on host"), "{note}");
     assert_eq!(h.starts(300), 1);
-    assert_eq!(h.fencer.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(h.fencer.calls(), 0);
     h.shutdown().await;
 }

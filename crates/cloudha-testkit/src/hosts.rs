@@ -1,87 +1,82 @@
-//! Fake hosts and what reads them: a host directory set late, a scripted investigator, and a
-//! directly managed host whose behaviour the test switches.
+//! Fake hosts: a directly managed host whose behaviour a test switches, and a host directory set
+//! once the agent manager exists.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use cloudha_attache::ServerResource;
-use cloudha_ports::*;
+use cloudha_ports::{HostDirectory, HostRecord};
 use cloudha_protocol::*;
 use tokio::time::{Instant, sleep};
 
 /// A host directory set once the agent manager exists: investigators and fencers built before
-/// it read its cache.
+/// the manager (they are among its ports) read its cache through this.
 #[derive(Default)]
-pub(crate) struct LateHosts(std::sync::OnceLock<Arc<dyn HostDirectory>>);
+pub struct LateHosts(OnceLock<Arc<dyn HostDirectory>>);
 
 impl LateHosts {
-    pub(crate) fn set(&self, hosts: Arc<dyn HostDirectory>) {
+    /// A directory not set yet (reading it panics until [`LateHosts::set`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the directory read from now on, typically `manager.hosts()`. Panics if set twice.
+    pub fn set(&self, hosts: Arc<dyn HostDirectory>) {
         assert!(self.0.set(hosts).is_ok(), "set once");
     }
-    fn get_hosts(&self) -> &dyn HostDirectory {
+
+    fn hosts(&self) -> &dyn HostDirectory {
         &**self.0.get().expect("the manager's hosts are set")
     }
 }
 
 impl HostDirectory for LateHosts {
     fn get(&self, id: HostId) -> Option<HostRecord> {
-        self.get_hosts().get(id)
+        self.hosts().get(id)
     }
     fn status(&self, id: HostId) -> Option<Status> {
-        self.get_hosts().status(id)
+        self.hosts().status(id)
     }
     fn list(&self) -> Vec<HostRecord> {
-        self.get_hosts().list()
+        self.hosts().list()
     }
     fn in_cluster(&self, cluster: ClusterId) -> Vec<HostRecord> {
-        self.get_hosts().in_cluster(cluster)
+        self.hosts().in_cluster(cluster)
     }
     fn in_pod(&self, pod: PodId) -> Vec<HostRecord> {
-        self.get_hosts().in_pod(pod)
+        self.hosts().in_pod(pod)
     }
 }
 
-/// An investigator whose host verdict the test sets.
-#[derive(Default)]
-pub(crate) struct ScriptedInvestigator {
-    pub(crate) verdict: Mutex<Option<HostVerdict>>,
-    pub(crate) calls: AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl Investigator for ScriptedInvestigator {
-    fn name(&self) -> &'static str {
-        "Scripted"
-    }
-    async fn host_status(&self, _host: &HostRecord) -> Option<Finding> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.verdict
-            .lock()
-            .unwrap()
-            .map(|v| Finding::new(v, "scripted"))
-    }
-    async fn vm_alive(&self, _vm: VmId, _host: &HostRecord) -> VmVerdict {
-        VmVerdict::Unknown
-    }
-}
-
-/// A directly managed host whose behaviour the test switches.
-pub(crate) struct FakeHost {
-    pub(crate) id: HostId,
-    pub(crate) host_type: HostType,
-    pub(crate) reachable: AtomicBool,
-    pub(crate) pinging: AtomicBool,
-    pub(crate) health_ok: AtomicBool,
-    /// CheckHealth gets no answer (its 50 s wait runs out).
-    pub(crate) health_hangs: AtomicBool,
-    pub(crate) ready_ok: AtomicBool,
-    pub(crate) gateway: AtomicBool,
-    pub(crate) pings: Mutex<Vec<Instant>>,
+/// A directly managed host (a XenServer-like [`ServerResource`]) whose behaviour the test
+/// switches through its public flags. Fresh, it is reachable, pings, is ready, has its gateway
+/// and fails health checks.
+#[derive(Debug)]
+pub struct FakeHost {
+    /// Its id.
+    pub id: HostId,
+    /// What its startup command says it is.
+    pub host_type: HostType,
+    /// It answers at all: startup and commands (off: no startup, every command fails).
+    pub reachable: AtomicBool,
+    /// Its PingTask gets a status from it (off: no ping).
+    pub pinging: AtomicBool,
+    /// CheckHealth succeeds.
+    pub health_ok: AtomicBool,
+    /// CheckHealth gets no answer (its wait runs out).
+    pub health_hangs: AtomicBool,
+    /// ReadyCommand succeeds.
+    pub ready_ok: AtomicBool,
+    /// Its pings say the gateway is reachable.
+    pub gateway: AtomicBool,
+    /// When each of its pings was taken.
+    pub pings: Mutex<Vec<Instant>>,
 }
 
 impl FakeHost {
-    pub(crate) fn new(id: HostId, host_type: HostType) -> Arc<Self> {
+    /// A healthy host of this id and type.
+    pub fn new(id: HostId, host_type: HostType) -> Arc<Self> {
         Arc::new(Self {
             id,
             host_type,
@@ -96,12 +91,13 @@ impl FakeHost {
     }
 
     /// The host dies: no status, no startup, no answers.
-    pub(crate) fn power_off(&self) {
+    pub fn power_off(&self) {
         self.pinging.store(false, Ordering::SeqCst);
         self.reachable.store(false, Ordering::SeqCst);
     }
 
-    pub(crate) fn last_ping(&self) -> Instant {
+    /// When its last ping was taken. Panics if it never pinged.
+    pub fn last_ping(&self) -> Instant {
         *self.pings.lock().unwrap().last().expect("pinged")
     }
 }

@@ -13,7 +13,7 @@ use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::{Instant, sleep};
 
-use crate::support::*;
+use cloudha_testkit::*;
 
 /// The host under investigation; its neighbours are 2, 3, ...
 const HOST: HostId = HostId(1);
@@ -369,7 +369,7 @@ async fn cloud(
     let hosts_port: Arc<dyn HostDirectory> = late.clone();
     let chain: Vec<Arc<dyn Investigator>> =
         investigate::chain(&config, &commander_port, &hosts_port, oobm.as_ref());
-    let h = harness_with(
+    let h = Harness::with_wiring(
         config,
         Wiring {
             store: store.clone(),

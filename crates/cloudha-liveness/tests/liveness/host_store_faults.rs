@@ -11,7 +11,7 @@ use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::sleep;
 
-use crate::support::*;
+use cloudha_testkit::*;
 
 #[tokio::test(start_paused = true)]
 async fn a_status_the_store_cannot_write_is_kept_and_written_once_it_is_back() {

@@ -11,11 +11,11 @@ use cloudha_protocol::*;
 use cloudha_registry::{ConnectError, Interest, ListenerRegistry, MockListener};
 use tokio::io::AsyncWriteExt;
 
-use crate::support::{FakeHost, Harness, harness};
+use cloudha_testkit::{FakeHost, Harness};
 
 #[tokio::test(start_paused = true)]
 async fn a_direct_host_connects_through_connecting_to_up_and_pings() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     assert_eq!(
         h.events(HostId(1)),
@@ -39,7 +39,7 @@ async fn a_direct_host_connects_through_connecting_to_up_and_pings() {
 }
 
 async fn refused(refusal: ConnectError) -> (Harness, Arc<FakeHost>) {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     let mut listener = MockListener::new();
     listener
         .expect_process_connect()
@@ -90,7 +90,7 @@ async fn a_shutdown_refusal_stops_the_agent() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_ready_disconnects_the_host() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     let host = FakeHost::new(HostId(1), HostType::Routing);
     host.ready_ok.store(false, Ordering::SeqCst);
     h.manager
@@ -117,7 +117,7 @@ async fn a_failed_ready_disconnects_the_host() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_direct_host_stays_unconnected() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     let host = FakeHost::new(HostId(1), HostType::Routing);
     host.power_off();
     h.manager
@@ -134,7 +134,7 @@ async fn an_unreachable_direct_host_stays_unconnected() {
 
 #[tokio::test(start_paused = true)]
 async fn connected_agents_are_accepted_only_for_known_hosts() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     let tasks = cloudha_attache::Tasks::new();
     let codec = FrameCodec::default();
     // Unknown host: refused in the StartupAnswer.

@@ -4,34 +4,38 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudha_liveness::*;
-use cloudha_ports::*;
-use cloudha_protocol::*;
+use cloudha_liveness::{LivenessConfig, Oobm};
+use cloudha_ports::{OobError, OutOfBandManagement, PowerState};
+use cloudha_protocol::HostId;
 use tokio::time::sleep;
 
-use super::clock;
+use crate::harness::clock;
 
 /// What a scripted BMC does with one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Bmc {
+pub enum Bmc {
     /// Power status: this state. Power off: done.
     Is(PowerState),
     /// Refuses or is unreachable (an error at once).
     Refuses,
-    /// No answer (the Oobm's bound runs out).
+    /// No answer (an hour's sleep: the `Oobm`'s bound runs out first).
     Hangs,
 }
 
-/// An `OutOfBandManagement` from a script (per call kind a list, the last one repeating), counting
-/// every call.
-pub(crate) struct FakeBmc {
+/// An [`OutOfBandManagement`] from a script: per call kind (power status, power off) a list of
+/// what the BMC does, in turn, the last one repeating (an empty list refuses). Power resets
+/// always succeed. Every call is recorded.
+#[derive(Debug)]
+pub struct FakeBmc {
     status: Mutex<VecDeque<Bmc>>,
     off: Mutex<VecDeque<Bmc>>,
-    pub(crate) calls: Mutex<Vec<(&'static str, HostId)>>,
+    /// Every call made, in order: (`"status"`, `"off"` or `"reset"`, the host).
+    pub calls: Mutex<Vec<(&'static str, HostId)>>,
 }
 
 impl FakeBmc {
-    pub(crate) fn new(status: &[Bmc], off: &[Bmc]) -> Arc<Self> {
+    /// A BMC answering power-status calls from `status` and power-off calls from `off`.
+    pub fn new(status: &[Bmc], off: &[Bmc]) -> Arc<Self> {
         Arc::new(Self {
             status: Mutex::new(status.iter().copied().collect()),
             off: Mutex::new(off.iter().copied().collect()),
@@ -40,12 +44,12 @@ impl FakeBmc {
     }
 
     /// A BMC that always reads `state` and accepts an Off.
-    pub(crate) fn reading(state: PowerState) -> Arc<Self> {
+    pub fn reading(state: PowerState) -> Arc<Self> {
         Self::new(&[Bmc::Is(state)], &[Bmc::Is(PowerState::Off)])
     }
 
     /// The calls of one kind (`"status"`, `"off"`, `"reset"`).
-    pub(crate) fn count(&self, what: &str) -> usize {
+    pub fn count(&self, what: &str) -> usize {
         self.calls
             .lock()
             .unwrap()
@@ -55,7 +59,7 @@ impl FakeBmc {
     }
 
     /// Every call made.
-    pub(crate) fn total(&self) -> usize {
+    pub fn total(&self) -> usize {
         self.calls.lock().unwrap().len()
     }
 
@@ -79,8 +83,8 @@ impl FakeBmc {
         }
     }
 
-    /// An `Oobm` over this BMC with the default bound.
-    pub(crate) fn front(self: &Arc<Self>) -> Arc<Oobm> {
+    /// An [`Oobm`] front over this BMC with the default bound, on [`clock`].
+    pub fn front(self: &Arc<Self>) -> Arc<Oobm> {
         Arc::new(Oobm::new(
             self.clone(),
             LivenessConfig::default().oobm_action_timeout,

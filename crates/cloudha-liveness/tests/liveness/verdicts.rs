@@ -8,7 +8,7 @@ use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::sleep;
 
-use crate::support::{Wiring, harness, harness_with};
+use cloudha_testkit::{Harness, Wiring};
 
 struct Row {
     name: &'static str,
@@ -186,7 +186,7 @@ async fn every_row_of_the_verdict_table() {
             c.alert_wait = alert_wait;
             c
         };
-        let h = harness_with(
+        let h = Harness::with_wiring(
             config,
             Wiring {
                 ha: !r.no_ha,
@@ -261,7 +261,7 @@ async fn check_health_success_means_up_whatever_the_chain_says() {
         Some(HostVerdict::Alert),
         None,
     ] {
-        let h = harness(LivenessConfig::default());
+        let h = Harness::new(LivenessConfig::default());
         let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
         host.health_ok
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -293,7 +293,7 @@ async fn check_health_success_means_up_whatever_the_chain_says() {
 
 #[tokio::test(start_paused = true)]
 async fn alerts_are_not_repeated_until_the_status_changes() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     let id = HostId(1);
     host.gateway
@@ -312,7 +312,7 @@ async fn alerts_are_not_repeated_until_the_status_changes() {
         "same status: not again"
     );
     assert_eq!(
-        *h.alerts.1.lock().unwrap(),
+        h.alerts.cleared(),
         [(AlertKind::LostGateway, id)],
         "cleared once when the gateway came back"
     );

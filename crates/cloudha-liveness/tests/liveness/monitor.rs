@@ -7,7 +7,7 @@ use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::{Instant, sleep};
 
-use crate::support::harness;
+use cloudha_testkit::Harness;
 
 const T: Duration = Duration::from_secs(150);
 
@@ -18,7 +18,7 @@ async fn a_silent_host_is_flagged_at_t_plus_at_most_the_resolution() {
         Duration::from_millis(250),
         Duration::from_secs(5),
     ] {
-        let h = harness({
+        let h = Harness::new({
             let mut c = LivenessConfig::default();
             c.ping_monitor_resolution = resolution;
             c
@@ -48,7 +48,7 @@ async fn a_silent_host_is_flagged_at_t_plus_at_most_the_resolution() {
 
 #[tokio::test(start_paused = true)]
 async fn pinging_hosts_are_never_flagged() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     h.manager.start().await.unwrap();
     for id in 1..=20 {
         h.add_up(id, HostType::Routing, ResourceState::Enabled)
@@ -132,7 +132,7 @@ async fn monitor_rules_by_resource_state_and_host_type() {
         },
     ];
     for (i, c) in cases.iter().enumerate() {
-        let h = harness(LivenessConfig::default());
+        let h = Harness::new(LivenessConfig::default());
         h.manager.start().await.unwrap();
         let host = h.add_up(1, c.host_type, c.state).await;
         h.set_verdict(Some(HostVerdict::Down));
@@ -158,7 +158,7 @@ async fn monitor_rules_by_resource_state_and_host_type() {
 
 #[tokio::test(start_paused = true)]
 async fn a_ping_from_an_unknown_host_is_ignored() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     let sink = h.manager.sink();
     let answers = sink.on_commands(
         HostId(999),
@@ -176,7 +176,7 @@ async fn a_ping_from_an_unknown_host_is_ignored() {
 
 #[tokio::test(start_paused = true)]
 async fn an_inconclusive_host_is_rechecked_every_interval_not_every_tick() {
-    let h = harness({
+    let h = Harness::new({
         let mut c = LivenessConfig::default();
         c.alert_wait = Duration::from_secs(3600);
         c
@@ -208,7 +208,7 @@ async fn an_inconclusive_host_is_rechecked_every_interval_not_every_tick() {
 
 #[tokio::test(start_paused = true)]
 async fn alert_hosts_are_reinvestigated_and_only_down_acts() {
-    let h = harness({
+    let h = Harness::new({
         let mut c = LivenessConfig::default();
         c.alert_reinvestigate_interval = Some(Duration::from_secs(120));
         c

@@ -1,19 +1,25 @@
-//! A scripted `HostCommander`: what each host answers to each probe.
+//! A scripted [`HostCommander`]: what each host answers to each probe (a neighbour's heartbeat
+//! check, a ping test, a fence command).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use cloudha_attache::RequestError;
-use cloudha_ports::*;
+use cloudha_ports::{CommandError, HostCommander};
 use cloudha_protocol::*;
 use tokio::time::{Instant, sleep};
 
 /// What a scripted host answers to one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Says {
+pub enum Says {
     /// A heartbeat check (CheckOnHost, or a FenceCommand): alive or dead, with the age it read.
-    Beat { alive: bool, age: Option<Duration> },
+    Beat {
+        /// The heartbeat is alive.
+        alive: bool,
+        /// How old the last good heartbeat write was when read, if the check says.
+        age: Option<Duration>,
+    },
     /// A ping test: reached the target or not.
     Reach(bool),
     /// Answered, unsuccessfully (it could not check).
@@ -25,18 +31,18 @@ pub(crate) enum Says {
 }
 
 /// A neighbour's heartbeat check: alive.
-pub(crate) const ALIVE: Says = Says::Beat {
+pub const ALIVE: Says = Says::Beat {
     alive: true,
     age: None,
 };
 /// A neighbour's heartbeat check: dead, no age given.
-pub(crate) const DEAD: Says = Says::Beat {
+pub const DEAD: Says = Says::Beat {
     alive: false,
     age: None,
 };
 
 /// Dead, read `secs` after the last good write.
-pub(crate) const fn dead_for(secs: u64) -> Says {
+pub const fn dead_for(secs: u64) -> Says {
     Says::Beat {
         alive: false,
         age: Some(Duration::from_secs(secs)),
@@ -45,15 +51,20 @@ pub(crate) const fn dead_for(secs: u64) -> Says {
 
 /// The kind of a probe command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Probe {
+pub enum Probe {
+    /// `CheckOnHost`: a neighbour's heartbeat check.
     CheckOnHost,
+    /// `PingTest`: a neighbour pings the target.
     PingTest,
+    /// `FenceCommand`: a neighbour fences the target.
     Fence,
+    /// Any other command.
     Other,
 }
 
 impl Probe {
-    pub(crate) fn of(command: &Command) -> Self {
+    /// The kind of `command`.
+    pub fn of(command: &Command) -> Self {
         match command {
             Command::CheckOnHost(_) => Self::CheckOnHost,
             Command::PingTest(_) => Self::PingTest,
@@ -79,15 +90,21 @@ type Key = (HostId, Probe, Option<HostId>);
 /// A `HostCommander` whose hosts answer from a script: per (host, probe, target) a list of
 /// answers, the last one repeating; a script for no target in particular answers for any.
 /// Unscripted probes find no attache. Records every command sent.
-#[derive(Default)]
-pub(crate) struct FakeCommander {
+#[derive(Debug, Default)]
+pub struct FakeCommander {
     script: Mutex<HashMap<Key, VecDeque<Says>>>,
-    pub(crate) sent: Mutex<Vec<(Instant, HostId, Command)>>,
+    /// Every command sent, in order: (when, via which host, the command).
+    pub sent: Mutex<Vec<(Instant, HostId, Command)>>,
 }
 
 impl FakeCommander {
+    /// A commander with no script yet: every probe finds no attache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// From now on `via` answers `probe` about any host with `says` in turn (the last repeats).
-    pub(crate) fn on(&self, via: u64, probe: Probe, says: &[Says]) {
+    pub fn on(&self, via: u64, probe: Probe, says: &[Says]) {
         self.script
             .lock()
             .unwrap()
@@ -95,7 +112,7 @@ impl FakeCommander {
     }
 
     /// From now on `via` answers `probe` about `target` with `says` in turn.
-    pub(crate) fn on_to(&self, via: u64, probe: Probe, target: HostId, says: &[Says]) {
+    pub fn on_to(&self, via: u64, probe: Probe, target: HostId, says: &[Says]) {
         self.script.lock().unwrap().insert(
             (HostId(via), probe, Some(target)),
             says.iter().copied().collect(),
@@ -103,7 +120,7 @@ impl FakeCommander {
     }
 
     /// The commands of one kind sent, as (via, when).
-    pub(crate) fn sent(&self, probe: Probe) -> Vec<(HostId, Instant)> {
+    pub fn sent(&self, probe: Probe) -> Vec<(HostId, Instant)> {
         self.sent
             .lock()
             .unwrap()

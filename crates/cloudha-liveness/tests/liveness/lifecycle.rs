@@ -8,11 +8,11 @@ use cloudha_ports::*;
 use cloudha_protocol::*;
 use tokio::time::{Instant, sleep};
 
-use crate::support::{FakeHost, Harness, harness};
+use cloudha_testkit::{FakeHost, Harness};
 
 #[tokio::test(start_paused = true)]
 async fn start_marks_hosts_management_server_down_with_a_deadline_of_start_plus_t() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     for (id, status) in [
         (1, Status::Up),
         (2, Status::Alert),
@@ -59,7 +59,7 @@ async fn start_marks_hosts_management_server_down_with_a_deadline_of_start_plus_
 
 #[tokio::test(start_paused = true)]
 async fn stop_marks_attached_hosts_and_ends_every_task() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     h.manager.start().await.unwrap();
     h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     h.add_up(2, HostType::Routing, ResourceState::Enabled).await;
@@ -74,7 +74,7 @@ async fn stop_marks_attached_hosts_and_ends_every_task() {
 
 #[tokio::test(start_paused = true)]
 async fn a_direct_host_that_powers_back_on_is_found_by_the_scan() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     let host = FakeHost::new(HostId(1), HostType::Routing);
     host.power_off();
     h.manager
@@ -112,7 +112,7 @@ async fn a_direct_host_that_powers_back_on_is_found_by_the_scan() {
 
 #[tokio::test(start_paused = true)]
 async fn subscribers_see_every_change_and_refused_transitions_name_status_and_event() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     let mut changes = h.manager.subscribe();
     h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     let first = changes.recv().await.unwrap();
@@ -136,7 +136,7 @@ async fn subscribers_see_every_change_and_refused_transitions_name_status_and_ev
 
 #[tokio::test(start_paused = true)]
 async fn resource_state_is_read_by_the_monitor_rules() {
-    let h = harness(LivenessConfig::default());
+    let h = Harness::new(LivenessConfig::default());
     h.manager.start().await.unwrap();
     let host = h.add_up(1, HostType::Routing, ResourceState::Enabled).await;
     h.manager
