@@ -84,7 +84,10 @@ async fn flapping(store: &SqlStore, hosts: u64) -> Duration {
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for chunk in (1..=hosts).collect::<Vec<_>>().chunks(hosts.div_ceil(16) as usize) {
+    for chunk in (1..=hosts)
+        .collect::<Vec<_>>()
+        .chunks(hosts.div_ceil(16) as usize)
+    {
         let store = store.clone();
         let chunk = chunk.to_vec();
         tasks.push(tokio::spawn(async move {
@@ -131,7 +134,10 @@ fn pgbench(url: &str, schema: &str, seconds: u64) -> Option<f64> {
         .output()
         .ok()?;
     if !init.status.success() {
-        eprintln!("pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
+        eprintln!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         return None;
     }
     let out = std::process::Command::new("pgbench")
