@@ -9,7 +9,6 @@
 //! PostgreSQL comes from `CLOUDHA_TEST_POSTGRES` (default the local server); the bench works in
 //! schemas of its own and drops them. When no server answers, the PostgreSQL rows say so.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudha_ports::{HaWorkStore, HostRecord, HostStore, OwnerId, Timestamp, VmRecord, WorkItem};
