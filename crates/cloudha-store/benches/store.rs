@@ -9,6 +9,9 @@
 //! PostgreSQL comes from `CLOUDHA_TEST_POSTGRES` (default the local server); the bench works in
 //! schemas of its own and drops them. When no server answers, the PostgreSQL rows say so.
 
+// Wall-clock time on purpose: a benchmark measures real time.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::time::{Duration, Instant};
 
 use cloudha_ports::{HaWorkStore, HostRecord, HostStore, OwnerId, Timestamp, VmRecord, WorkItem};
