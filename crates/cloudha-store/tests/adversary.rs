@@ -399,10 +399,8 @@ async fn sqlite_matches_memory_on_random_sequences() {
                             Ok(Some(w)) => norm(w),
                             _ => res(&r),
                         });
-                        if let Ok(Some(w)) = r {
-                            if k == 0 {
-                                held.push(w);
-                            }
+                        if let (0, Ok(Some(w))) = (k, r) {
+                            held.push(w);
                         }
                     }
                 }
