@@ -505,3 +505,173 @@ async fn sqlite_matches_memory_on_random_sequences() {
         sql.close().await;
     }
 }
+
+async fn status_change_never_moves_last_ping_back(hosts: &dyn HostStore) {
+    let mut h = HostRecord::new(HostId(1), "h1", HypervisorType::Kvm);
+    h.status = Some(Status::Alert);
+    hosts.upsert(&h).await.unwrap();
+    hosts.set_last_pings(&[(HostId(1), at(100))]).await.unwrap();
+    // A ping handled late (its time older than a batch already written).
+    let r = hosts
+        .update_status(
+            HostId(1),
+            Some(Status::Alert),
+            0,
+            Status::Up,
+            Event::Ping,
+            at(50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.last_ping, Some(at(100)));
+    assert_eq!(
+        hosts.get(HostId(1)).await.unwrap().unwrap().last_ping,
+        Some(at(100))
+    );
+    let r = hosts
+        .update_status(
+            HostId(1),
+            Some(Status::Up),
+            1,
+            Status::Up,
+            Event::Ping,
+            at(150),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.last_ping, Some(at(150)));
+}
+
+/// Every backend: the last ping only moves forward, whoever writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_change_never_moves_last_ping_back_on_any_backend() {
+    status_change_never_moves_last_ping_back(&cloudha_ports::InMemoryHostStore::new()).await;
+    let path = sqlite_path("ping_back");
+    let s = SqlStore::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    status_change_never_moves_last_ping_back(&s).await;
+    if let Some((url, _side)) = pg("ping_back").await {
+        let s = SqlStore::open(&url).await.unwrap();
+        status_change_never_moves_last_ping_back(&s).await;
+    }
+}
+
+/// Two handles on one SQLite file (two managers on one host): claims stay exclusive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_handles_claim_exclusively() {
+    let path = sqlite_path("two_claimers");
+    let url = format!("sqlite:{}", path.display());
+    let a = SqlStore::open(&url).await.unwrap();
+    let b = SqlStore::open(&url).await.unwrap();
+    for n in 0..200 {
+        a.insert(item(n, at(n % 5))).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for (owner, s) in [
+        (1, a.clone()),
+        (2, b.clone()),
+        (3, a.clone()),
+        (4, b.clone()),
+    ] {
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(w) = s.take(OwnerId(owner), at(10)).await.unwrap() {
+                mine.push(w.id);
+            }
+            mine
+        }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(seen.insert(id), "{id:?} claimed twice");
+        }
+    }
+    assert_eq!(seen.len(), 200);
+}
+
+/// Two handles on one PostgreSQL schema race the same status change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_two_handles_race_update_status() {
+    let Some((url, _side)) = pg("two_handles").await else {
+        eprintln!("SKIPPED: no PostgreSQL");
+        return;
+    };
+    let a = SqlStore::open(&url).await.unwrap();
+    let b = SqlStore::open(&url).await.unwrap();
+    for round in 1..=40u64 {
+        let mut h = HostRecord::new(HostId(round), "h", HypervisorType::Kvm);
+        h.status = Some(Status::Up);
+        HostStore::upsert(&a, &h).await.unwrap();
+        let (ra, rb) = tokio::join!(
+            a.update_status(
+                HostId(round),
+                Some(Status::Up),
+                0,
+                Status::Alert,
+                Event::PingTimeout,
+                at(1)
+            ),
+            b.update_status(
+                HostId(round),
+                Some(Status::Up),
+                0,
+                Status::Down,
+                Event::HostDown,
+                at(1)
+            ),
+        );
+        assert_eq!(
+            usize::from(ra.is_ok()) + usize::from(rb.is_ok()),
+            1,
+            "{ra:?} {rb:?}"
+        );
+        for r in [ra, rb] {
+            if let Err(e) = r {
+                assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+            }
+        }
+        assert_eq!(a.status_history(HostId(round)).await.unwrap().len(), 1);
+    }
+}
+
+/// A read-only database file: opening or writing fails with an error, never a panic or a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_read_only_file_is_an_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = sqlite_path("readonly");
+    let url = format!("sqlite:{}", path.display());
+    let s = SqlStore::open(&url).await.unwrap();
+    s.insert(item(1, at(0))).await.unwrap();
+    s.close().await;
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), async {
+        match SqlStore::open(&url).await {
+            Err(e) => Err(e.to_string()),
+            Ok(s) => s
+                .insert(item(2, at(0)))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    })
+    .await
+    .expect("hung on a read-only file");
+    // root ignores file modes: only judge when the mode holds.
+    if !is_root() {
+        assert!(r.is_err(), "wrote to a read-only file");
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
