@@ -371,8 +371,29 @@ async fn sqlite_matches_memory_on_random_sequences() {
         let sql = SqlStore::open(&format!("sqlite:{}", path.display()))
             .await
             .unwrap();
+        random_sequence(seed, &sql).await;
+        sql.close().await;
+    }
+}
+
+/// The same on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_matches_memory_on_random_sequences() {
+    for seed in 1..=6u64 {
+        let Some((url, _side)) = pg(&format!("prop{seed}")).await else {
+            eprintln!("SKIPPED: no PostgreSQL");
+            return;
+        };
+        let sql = SqlStore::open(&url).await.unwrap();
+        random_sequence(seed, &sql).await;
+        sql.close().await;
+    }
+}
+
+async fn random_sequence(seed: u64, sql: &SqlStore) {
+    {
         let mem = InMemoryHaWorkStore::new();
-        let stores: [&dyn HaWorkStore; 2] = [&mem, &sql];
+        let stores: [&dyn HaWorkStore; 2] = [&mem, sql];
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut held: Vec<WorkItem> = Vec::new();
         let mut log = Vec::new();
@@ -477,7 +498,7 @@ async fn sqlite_matches_memory_on_random_sequences() {
                 .iter()
                 .map(norm)
                 .collect();
-            let b: Vec<String> = HaWorkStore::list(&sql)
+            let b: Vec<String> = HaWorkStore::list(sql)
                 .await
                 .unwrap()
                 .iter()
@@ -502,7 +523,6 @@ async fn sqlite_matches_memory_on_random_sequences() {
                 assert_eq!(a, b, "for_vm seed {seed} step {step}");
             }
         }
-        sql.close().await;
     }
 }
 
