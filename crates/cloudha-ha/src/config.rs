@@ -209,17 +209,20 @@ impl HaConfig {
     /// the whole write-retry window (`kvm.heartbeat.write.retries × kvm.heartbeat.retry.interval`).
     /// The last good write is at most this long ago when the host still runs.
     pub fn kvm_self_fence_deadline(&self) -> Duration {
+        // Saturating: a window past what a Duration holds is never reached, never a panic.
         self.kvm_heartbeat_interval
             .max(self.kvm_heartbeat_staleness)
-            + self
-                .kvm_heartbeat_retry_interval
-                .saturating_mul(self.kvm_heartbeat_write_retries)
+            .saturating_add(
+                self.kvm_heartbeat_retry_interval
+                    .saturating_mul(self.kvm_heartbeat_write_retries),
+            )
     }
 
     /// How old a XenServer host's pool heartbeat must be before its self-reboot must have
     /// fired: `xen.heartbeat.staleness + xen.heartbeat.self.reboot.timeout`.
     pub fn xen_self_fence_deadline(&self) -> Duration {
-        self.xen_heartbeat_staleness + self.xen_heartbeat_self_reboot_timeout
+        self.xen_heartbeat_staleness
+            .saturating_add(self.xen_heartbeat_self_reboot_timeout)
     }
 
     /// Checks every rule; the first broken one is reported with its key.
@@ -317,8 +320,17 @@ impl Config {
             let line = text
                 .lines()
                 .position(|l| {
+                    // The key itself (quoted or bare), followed by `=` or a dot, or a table
+                    // header: not a longer key it is the start of.
                     let l = l.trim_start();
-                    l.starts_with(&format!("\"{unknown}\"")) || l.starts_with(unknown.as_str())
+                    let l = l.strip_prefix('[').map_or(l, str::trim_start);
+                    let quoted = format!("\"{unknown}\"");
+                    let rest = l
+                        .strip_prefix(quoted.as_str())
+                        .or_else(|| l.strip_prefix(unknown.as_str()));
+                    rest.is_some_and(|r| {
+                        matches!(r.trim_start().chars().next(), Some('=' | '.' | ']'))
+                    })
                 })
                 .map(|i| format!("line {}: ", i + 1))
                 .unwrap_or_default();

@@ -172,7 +172,9 @@ async fn stale_past_deadline(
     }
     // Dead, but maybe not for long enough: the host may still be retrying its writes. Read it
     // again once the deadline must have passed.
-    let wait = first.map_or(deadline, |age| deadline.saturating_sub(age)) + Duration::from_secs(1);
+    let wait = first
+        .map_or(deadline, |age| deadline.saturating_sub(age))
+        .saturating_add(Duration::from_secs(1));
     tokio::time::sleep(wait).await;
     match ask_fence(commander, via, target, vm).await {
         Seen::Dead(Some(age)) if age > deadline && !before_connect(age) => Stale::Proof(

@@ -88,7 +88,8 @@ impl HostRecord {
             self.connected_at = Some(now);
         }
         if matches!(event, Event::Ping | Event::AgentConnected) {
-            self.last_ping = Some(now);
+            // Never back (as `set_last_pings`): a newer ping already recorded stays.
+            self.last_ping = Some(self.last_ping.map_or(now, |last| last.max(now)));
         }
         if to.lost_connection() && !from.is_some_and(Status::lost_connection) {
             self.disconnected_on = Some(now);

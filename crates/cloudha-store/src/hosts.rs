@@ -104,44 +104,56 @@ impl HostStore for SqlStore {
         now: Timestamp,
     ) -> Result<HostRecord, StoreError> {
         let what = "writing a host status";
-        let mut tx = self.pool.begin().await.map_err(db(what))?;
-        let row = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"))
-            .bind(int(id.0, "id")?)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(what))?;
-        let Some(row) = row else {
-            return Err(StoreError::UnknownHost(id));
-        };
-        let mut h = host_from_row(&row)?;
         let conflict = StoreError::Conflict {
             host: id,
             expected,
             update_count,
         };
-        if h.status != expected || h.update_count != update_count {
-            return Err(conflict);
-        }
-        h.apply_status(to, event, now);
-        // The compare is repeated in the write: another process may have moved the host
-        // between the read and the write.
-        let written = sqlx::query(
-            "UPDATE hosts SET status = $1, update_count = $2, last_ping = $3, \
-             disconnected_on = $4, connected_at = $5 WHERE id = $6 AND update_count = $7",
-        )
-        .bind(Some(name_of(&to)))
-        .bind(int(h.update_count, "update_count")?)
-        .bind(opt_time(h.last_ping)?)
-        .bind(opt_time(h.disconnected_on)?)
-        .bind(opt_time(h.connected_at)?)
+        // What `HostRecord::apply_status` changes, decided from the event and the expected
+        // status alone (the write only happens when the stored status is the expected one).
+        let sets_ping = matches!(event, Event::Ping | Event::AgentConnected);
+        let sets_connected = event == Event::AgentConnected;
+        let sets_disconnected =
+            to.lost_connection() && !expected.is_some_and(Status::lost_connection);
+        let mut tx = self.pool.begin().await.map_err(db(what))?;
+        // One guarded write, first in the transaction: the compare-and-set is the `WHERE`, so a
+        // second handle on the same SQLite file waits for the write lock instead of failing to
+        // upgrade a stale read, and a last ping written meanwhile by another connection is
+        // never put back (the last ping only moves forward, as in `set_last_pings`).
+        let row = sqlx::query(&format!(
+            "UPDATE hosts SET status = $1, update_count = update_count + 1, \
+             last_ping = CASE WHEN $2 = 1 AND (last_ping IS NULL OR last_ping < $3) THEN $3 \
+             ELSE last_ping END, \
+             connected_at = CASE WHEN $4 = 1 THEN $3 ELSE connected_at END, \
+             disconnected_on = CASE WHEN $5 = 1 THEN $3 ELSE disconnected_on END \
+             WHERE id = $6 AND update_count = $7 AND (status = $8 OR (status IS NULL AND $9 = 1)) \
+             RETURNING {HOST_COLUMNS}"
+        ))
+        .bind(name_of(&to))
+        .bind(flag(sets_ping))
+        .bind(time(now)?)
+        .bind(flag(sets_connected))
+        .bind(flag(sets_disconnected))
         .bind(int(id.0, "id")?)
         .bind(int(update_count, "update_count")?)
-        .execute(&mut *tx)
+        .bind(expected.as_ref().map(name_of).unwrap_or_default())
+        .bind(flag(expected.is_none()))
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db(what))?;
-        if written.rows_affected() != 1 {
-            return Err(conflict);
-        }
+        let Some(row) = row else {
+            let known: Option<i64> = sqlx::query_scalar("SELECT id FROM hosts WHERE id = $1")
+                .bind(int(id.0, "id")?)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db(what))?;
+            return Err(if known.is_some() {
+                conflict
+            } else {
+                StoreError::UnknownHost(id)
+            });
+        };
+        let h = host_from_row(&row)?;
         sqlx::query(
             "INSERT INTO host_status_history (host_id, at, from_status, to_status, event, update_count) \
              VALUES ($1, $2, $3, $4, $5, $6)",

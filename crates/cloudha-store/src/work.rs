@@ -17,6 +17,10 @@ use crate::{Backend, SqlStore};
 const WORK_COLUMNS: &str = "id, vm_id, work_type, step, host_id, previous_state, update_count, \
      tries, time_to_try, reason, owner, taken, version, braked, fence_proof";
 
+/// VM ids per statement when lifting the brake (SQLite allows 32766 parameters, PostgreSQL
+/// 65535).
+const VMS_PER_STATEMENT: usize = 1000;
+
 const ELIGIBLE: &str = "owner IS NULL AND is_final = 0 AND braked = 0";
 
 /// An item without its history.
@@ -136,35 +140,45 @@ impl SqlStore {
         with_history(&self.pool, items, all).await
     }
 
-    /// Changes the items `pick` selects (a `WHERE` clause over `ha_work`, parameters from
-    /// `$1`) through `f`, each write bumping its version, in one transaction.
+    /// Changes the items each `pick` selects (a `WHERE` clause over `ha_work`, parameters from
+    /// `$1`, with its binds) through `f`, each write bumping its version, in one transaction.
+    /// On PostgreSQL the rows are locked as they are read (`FOR UPDATE`): a row another manager
+    /// claims meanwhile is read again after its claim and left out if no longer picked, never
+    /// written back from the older read.
     async fn change_all(
         &self,
         what: &'static str,
-        pick: &str,
-        binds: Vec<i64>,
+        picks: Vec<(String, Vec<i64>)>,
         mut f: impl FnMut(&mut WorkItem) + Send,
     ) -> Result<usize, StoreError> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
         let mut tx = self.pool.begin().await.map_err(db(what))?;
-        let sql = format!("SELECT {WORK_COLUMNS} FROM ha_work WHERE {pick} ORDER BY id");
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = q.bind(*b);
-        }
-        let rows = q.fetch_all(&mut *tx).await.map_err(db(what))?;
-        let items = rows
-            .iter()
-            .map(item_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        for mut item in items.iter().cloned() {
-            // Loaded without its history: whatever `f` notes is new.
-            f(&mut item);
-            write_row(&mut tx, &item, None).await?;
-            let stored = history_len(&mut tx, item.id).await?;
-            append_history(&mut tx, item.id, stored, &item.history).await?;
+        let mut changed = 0;
+        for (pick, binds) in picks {
+            let sql = format!("SELECT {WORK_COLUMNS} FROM ha_work WHERE {pick} ORDER BY id{lock}");
+            let mut q = sqlx::query(&sql);
+            for b in &binds {
+                q = q.bind(*b);
+            }
+            let rows = q.fetch_all(&mut *tx).await.map_err(db(what))?;
+            let items = rows
+                .iter()
+                .map(item_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            for mut item in items {
+                // Loaded without its history: whatever `f` notes is new.
+                f(&mut item);
+                write_row(&mut tx, &item, None).await?;
+                let stored = history_len(&mut tx, item.id).await?;
+                append_history(&mut tx, item.id, stored, &item.history).await?;
+                changed += 1;
+            }
         }
         tx.commit().await.map_err(db(what))?;
-        Ok(items.len())
+        Ok(changed)
     }
 }
 
@@ -337,8 +351,7 @@ impl HaWorkStore for SqlStore {
     async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError> {
         self.change_all(
             "moving pending work back to Investigating",
-            "owner IS NULL AND is_final = 0",
-            Vec::new(),
+            vec![("owner IS NULL AND is_final = 0".to_owned(), Vec::new())],
             |i| {
                 if i.step != WorkStep::Investigating {
                     i.note(
@@ -353,24 +366,32 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError> {
-        if vms.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<String> = (1..=vms.len()).map(|i| format!("${i}")).collect();
-        let binds = vms
+        // One statement per chunk of VMs (the databases limit the parameters of a statement),
+        // all in one transaction.
+        let mut binds = vms
             .iter()
             .map(|v| int(v.0, "vm_id"))
             .collect::<Result<Vec<_>, _>>()?;
-        self.change_all(
-            "lifting the brake",
-            &format!("braked = 1 AND vm_id IN ({})", ids.join(", ")),
-            binds,
-            |i| {
-                i.braked = false;
-                i.time_to_try = now;
-                i.note(now, "brake lifted");
-            },
-        )
+        binds.sort_unstable();
+        binds.dedup();
+        if binds.is_empty() {
+            return Ok(0);
+        }
+        let picks = binds
+            .chunks(VMS_PER_STATEMENT)
+            .map(|chunk| {
+                let ids: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                (
+                    format!("braked = 1 AND vm_id IN ({})", ids.join(", ")),
+                    chunk.to_vec(),
+                )
+            })
+            .collect();
+        self.change_all("lifting the brake", picks, |i| {
+            i.braked = false;
+            i.time_to_try = now;
+            i.note(now, "brake lifted");
+        })
         .await
     }
 
