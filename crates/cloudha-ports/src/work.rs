@@ -367,9 +367,12 @@ impl HaWorkStore for InMemoryHaWorkStore {
         let mut item = item.clone();
         // The history is append-only: the stored events stay, the writer's further ones are
         // added (a writer whose copy lost events cannot erase them).
-        let mut history = stored.history.clone();
-        history.extend(item.history.drain(..).skip(stored.history.len()));
-        item.history = history;
+        let kept = stored.history.len();
+        if item.history.get(..kept) != Some(&stored.history[..]) {
+            let mut history = stored.history.clone();
+            history.extend(item.history.drain(..).skip(kept));
+            item.history = history;
+        }
         item.version += 1;
         let version = item.version;
         items.put(item);
