@@ -33,116 +33,23 @@ fn item(vm_id: u64, due: Timestamp) -> WorkItem {
     )
 }
 
-fn postgres_url() -> String {
-    std::env::var("CLOUDHA_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+mod support;
 
-/// Drops its schema when the test ends, passed or not (no schema is left behind).
-struct Schema {
-    url: String,
-    name: String,
-}
+use support::{Schema, TempDb};
 
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // Its own thread and runtime: a drop cannot await, and may run inside a runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok(pool) = sqlx::AnyPool::connect(&url).await {
-                    let _ = pool
-                        .execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
-                        .await;
-                    pool.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// A fresh schema; its URL, an admin pool whose connections use it, and the guard that drops
-/// it. `None` (said loudly) when no server answers outside CI; under `CI=true`, a failure.
+/// A fresh schema; its URL, a side pool whose connections use it, and the guard that drops it.
 async fn pg(test: &str) -> Option<(String, sqlx::AnyPool, Schema)> {
-    sqlx::any::install_default_drivers();
-    let url = postgres_url();
-    let admin = match sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&url)
-        .await
-    {
-        Ok(admin) => admin,
-        Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "PostgreSQL at {url} does not answer ({e}); under CI=true that is a failure"
-            );
-            eprintln!(
-                "\n!!! SKIPPED the PostgreSQL test `{test}`: nothing answers at {url} ({e}).\n"
-            );
-            return None;
-        }
-    };
-    let schema = format!("cloudha_adv_{test}_{}", std::process::id());
-    admin
-        .execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
-        .await
-        .unwrap();
-    admin
-        .execute(format!("CREATE SCHEMA {schema}").as_str())
-        .await
-        .unwrap();
-    admin.close().await;
-    let guard = Schema {
-        url: url.clone(),
-        name: schema.clone(),
-    };
-    let url = format!("{url}?options=-c%20search_path%3D{schema}");
+    let schema = support::schema("cloudha_adv", test).await?;
     let side = sqlx::any::AnyPoolOptions::new()
         .max_connections(2)
-        .connect(&url)
+        .connect(&schema.url)
         .await
         .unwrap();
-    Some((url, side, guard))
-}
-
-/// A SQLite file (with its `-wal` and `-shm`) removed when the test ends, passed or not.
-struct TempDb(std::path::PathBuf);
-
-impl TempDb {
-    fn remove(&self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = self.0.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-impl std::ops::Deref for TempDb {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        self.remove();
-    }
+    Some((schema.url.clone(), side, schema))
 }
 
 fn sqlite_path(test: &str) -> TempDb {
-    let db =
-        TempDb(std::env::temp_dir().join(format!("cloudha-adv-{test}-{}.db", std::process::id())));
-    db.remove();
-    db
+    TempDb::new("cloudha-adv", test)
 }
 
 /// A status change racing a batch of last pings (another manager, another connection) must not

@@ -19,13 +19,17 @@ use cloudha_protocol::{
     WorkStep, WorkType,
 };
 use cloudha_store::SqlStore;
-use sqlx::Executor;
 
-/// The stores of one backend, and how to "restart" them (reopen the same database).
+mod support;
+
+use support::{Schema, TempDb};
+
+/// The stores of one backend, and how to "restart" them (reopen the same database). The
+/// SQLite file and the PostgreSQL schema go with it.
 enum Backend {
     Memory(Arc<InMemoryHaWorkStore>, Arc<InMemoryHostStore>),
-    Sqlite(std::path::PathBuf),
-    Postgres { url: String, schema: String },
+    Sqlite(TempDb),
+    Postgres(Schema),
 }
 
 struct Stores {
@@ -36,30 +40,22 @@ struct Stores {
 
 impl Backend {
     async fn open(&self) -> Stores {
-        match self {
-            Self::Memory(w, h) => Stores {
-                work: w.clone(),
-                hosts: h.clone(),
-                sql: None,
-            },
-            Self::Sqlite(path) => {
-                let s = SqlStore::open(&format!("sqlite:{}", path.display()))
-                    .await
-                    .unwrap();
-                Stores {
-                    work: Arc::new(s.clone()),
-                    hosts: Arc::new(s.clone()),
-                    sql: Some(s),
-                }
+        let url = match self {
+            Self::Memory(w, h) => {
+                return Stores {
+                    work: w.clone(),
+                    hosts: h.clone(),
+                    sql: None,
+                };
             }
-            Self::Postgres { url, schema } => {
-                let s = SqlStore::open(&schema_url(url, schema)).await.unwrap();
-                Stores {
-                    work: Arc::new(s.clone()),
-                    hosts: Arc::new(s.clone()),
-                    sql: Some(s),
-                }
-            }
+            Self::Sqlite(db) => db.url(),
+            Self::Postgres(schema) => schema.url.clone(),
+        };
+        let s = SqlStore::open(&url).await.unwrap();
+        Stores {
+            work: Arc::new(s.clone()),
+            hosts: Arc::new(s.clone()),
+            sql: Some(s),
         }
     }
 
@@ -68,87 +64,16 @@ impl Backend {
             s.close().await;
         }
     }
-
-    async fn cleanup(self) {
-        match self {
-            Self::Memory(..) => {}
-            Self::Sqlite(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-            Self::Postgres { url, schema } => {
-                let pool = admin(&url).await.expect("the server answered before");
-                pool.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
-                    .await
-                    .unwrap();
-                pool.close().await;
-            }
-        }
-    }
 }
 
-fn schema_url(url: &str, schema: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options=-c%20search_path%3D{schema}")
-}
-
-fn postgres_url() -> String {
-    std::env::var("CLOUDHA_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-async fn admin(url: &str) -> Result<sqlx::AnyPool, sqlx::Error> {
-    sqlx::any::install_default_drivers();
-    sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-}
-
-/// The PostgreSQL backend for `test`, in a fresh schema; `None` (said loudly) when no server
-/// answers outside CI.
 async fn postgres(test: &str) -> Option<Backend> {
-    let url = postgres_url();
-    match admin(&url).await {
-        Ok(pool) => {
-            let schema = format!("cloudha_t_{test}_{}", std::process::id());
-            pool.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
-                .await
-                .unwrap();
-            pool.execute(format!("CREATE SCHEMA {schema}").as_str())
-                .await
-                .unwrap();
-            pool.close().await;
-            Some(Backend::Postgres { url, schema })
-        }
-        Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "PostgreSQL at {url} does not answer ({e}); under CI=true that is a failure (set CLOUDHA_TEST_POSTGRES)"
-            );
-            eprintln!(
-                "\n!!! SKIPPED the PostgreSQL half of `{test}`: nothing answers at {url} ({e}).\n!!! Start PostgreSQL (README: Tests) or set CLOUDHA_TEST_POSTGRES.\n"
-            );
-            None
-        }
-    }
+    support::schema("cloudha_t", test)
+        .await
+        .map(Backend::Postgres)
 }
 
 fn sqlite(test: &str) -> Backend {
-    let path = std::env::temp_dir().join(format!(
-        "cloudha-conformance-{test}-{}.db",
-        std::process::id()
-    ));
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.clone().into_os_string();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
-    Backend::Sqlite(path)
+    Backend::Sqlite(TempDb::new("cloudha-conformance", test))
 }
 
 fn memory() -> Backend {
@@ -167,7 +92,6 @@ macro_rules! conformance {
                 async fn $name() {
                     let b = super::memory();
                     super::$name(&b).await;
-                    b.cleanup().await;
                 }
             )*
         }
@@ -177,7 +101,6 @@ macro_rules! conformance {
                 async fn $name() {
                     let b = super::sqlite(stringify!($name));
                     super::$name(&b).await;
-                    b.cleanup().await;
                 }
             )*
         }
@@ -187,7 +110,6 @@ macro_rules! conformance {
                 async fn $name() {
                     let Some(b) = super::postgres(stringify!($name)).await else { return };
                     super::$name(&b).await;
-                    b.cleanup().await;
                 }
             )*
         }
