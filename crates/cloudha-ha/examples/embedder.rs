@@ -142,12 +142,25 @@ impl VmOrchestrator for MyVms {
             .candidates
             .first()
             .ok_or_else(|| StartError::InsufficientCapacity("no candidate".into()))?;
-        println!("start {vm} on {to}: {proof}");
-        self.change(vm, |v| {
-            v.state = VmState::Running;
-            v.host = Some(to);
-        })
-        .map_err(|e| StartError::Failed(e.reason))?;
+        // One lock for the check and the write: a key already committed with the record gets
+        // that start's answer, never a second start.
+        let mut vms = self.0.lock().unwrap();
+        let v = vms
+            .get_mut(&vm)
+            .ok_or_else(|| StartError::Failed(format!("no such VM {vm}")))?;
+        if v.start_key == Some(params.key) {
+            return v
+                .host
+                .filter(|_| v.state == VmState::Running)
+                .ok_or_else(|| {
+                    StartError::Failed(format!("start {} was made already", params.key))
+                });
+        }
+        println!("start {vm} on {to} (key {}): {proof}", params.key);
+        v.state = VmState::Running;
+        v.host = Some(to);
+        v.start_key = Some(params.key);
+        v.update_count += 1;
         Ok(to)
     }
     async fn migrate_away(

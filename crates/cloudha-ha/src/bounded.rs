@@ -1,11 +1,12 @@
 //! Bounds on the ports the HA manager calls that may hang: the work store (every call), the
-//! fencers and the orchestrator's stops, migrations and destroys. A call that does not answer in
-//! time fails like any other failure of that port (a store backend error, a failed fence, a
-//! failed stop), so a hung BMC, database or orchestrator never holds a worker forever.
+//! fencers and the orchestrator (actions). A call that does not answer in time fails like any
+//! other failure of that port (a store backend error, a failed fence, a failed stop), so a hung
+//! BMC, database or orchestrator never holds a worker forever.
 //!
-//! The orchestrator's `start` is the one call not cut here: a start that does not answer may
-//! still happen, and treating it as failed would let a retry start the VM a second time. The
-//! orchestrator bounds its own starts and answers only when the outcome is known.
+//! A start is the exception in what its timeout means: a start that does not answer may still
+//! happen, so it is not a failure but [`StartError::OutcomeUnknown`]. The HA manager keeps the
+//! start's key, reads the VM record in its next round, and asks again with the same key only if
+//! the start did not land (the orchestrator answers a key it has seen without starting again).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -119,8 +120,8 @@ impl Fencer for BoundedFencer {
     }
 }
 
-/// The orchestrator with its stops, migrations and destroys bounded by `bound` (`wait`); reads
-/// and starts pass through (see the module's docs).
+/// The orchestrator with its actions bounded by `bound` (`wait`): a start without an answer is
+/// [`StartError::OutcomeUnknown`] (see the module's docs); reads pass through.
 pub(crate) struct BoundedVms {
     pub(crate) inner: Arc<dyn VmOrchestrator>,
     pub(crate) bound: Duration,
@@ -162,7 +163,10 @@ impl VmOrchestrator for BoundedVms {
         params: StartParams,
         proof: &DeathProof,
     ) -> Result<HostId, StartError> {
-        self.inner.start(vm, params, proof).await
+        let key = params.key;
+        bounded(self.bound, self.inner.start(vm, params, proof))
+            .await
+            .unwrap_or_else(|e| Err(StartError::OutcomeUnknown(format!("start {key}: {e}"))))
     }
     async fn migrate_away(
         &self,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use cloudha_ports::VmRecord;
+use cloudha_ports::{StartKey, VmRecord};
 use cloudha_protocol::{HostId, VmId, VmState};
 
 use crate::proof::DeathProof;
@@ -31,6 +31,9 @@ pub struct StartParams {
     pub ha_tag: Option<String>,
     /// A start by HA.
     pub ha_operation: bool,
+    /// The start's idempotency key: commit it with the VM record, and never start the VM again
+    /// for a key already seen (see [`StartKey`]).
+    pub key: StartKey,
 }
 
 /// When a destroyed VM is expunged (its record removed).
@@ -49,9 +52,13 @@ pub enum StartError {
     /// No candidate had room.
     #[error("insufficient capacity: {0}")]
     InsufficientCapacity(String),
-    /// Any other failure (resource, concurrency, timeout).
+    /// Any other failure (resource, concurrency) after which the VM is known not started.
     #[error("start failed: {0}")]
     Failed(String),
+    /// It is not known whether the VM started (no answer in time, a lost connection): the HA
+    /// manager reads the VM record before it asks again, with the same key.
+    #[error("start outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// An orchestration call that failed, with the orchestrator's own error as its source when
@@ -118,6 +125,12 @@ pub trait VmOrchestrator: Send + Sync {
     /// Starts a stopped VM on one of `params.candidates`; returns the host. Only with `proof`
     /// that its old copy cannot run any more: only the HA manager makes one (see
     /// [`DeathProof`]), so no start is written without one.
+    ///
+    /// Idempotent by `params.key`: commit the key with the VM record (it reads back as
+    /// [`VmRecord::start_key`]), and answer a start whose key was already seen (made, or still
+    /// in flight) with that start's outcome instead of starting the VM again. The HA manager
+    /// bounds each start by `wait`; a start that does not answer in time is one whose outcome is
+    /// unknown, and the same key is sent again only after the VM record shows it did not land.
     ///
     /// # Errors
     /// [`StartError::InsufficientCapacity`] when no candidate has room.
@@ -250,8 +263,38 @@ impl InMemoryVms {
         self.vms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn place(&self, vm: VmId, candidates: &[HostId]) -> Result<HostId, StartError> {
+    /// Changes one record through `f` (what an outside actor does), keeping the indexes right;
+    /// `None` when the VM is unknown.
+    pub fn update<T>(&self, vm: VmId, f: impl FnOnce(&mut VmRecord) -> T) -> Option<T> {
+        self.lock().change(vm, f)
+    }
+
+    /// What a start with `key` already did, if the record carries that key: the host it started
+    /// on, or an error when the VM has stopped since (a key starts a VM at most once).
+    pub fn seen_start(&self, vm: VmId, key: StartKey) -> Option<Result<HostId, StartError>> {
+        Self::seen(&self.lock(), vm, key)
+    }
+
+    fn seen(vms: &Vms, vm: VmId, key: StartKey) -> Option<Result<HostId, StartError>> {
+        let r = vms.by_id.get(&vm)?;
+        (r.start_key == Some(key)).then(|| match (r.state, r.host) {
+            (VmState::Running | VmState::Starting, Some(h)) => Ok(h),
+            (state, _) => Err(StartError::Failed(format!(
+                "start {key} was made already; the VM is {state:?} since"
+            ))),
+        })
+    }
+
+    fn place(
+        &self,
+        vm: VmId,
+        candidates: &[HostId],
+        key: Option<StartKey>,
+    ) -> Result<HostId, StartError> {
         let mut vms = self.lock();
+        if let Some(seen) = key.and_then(|k| Self::seen(&vms, vm, k)) {
+            return seen;
+        }
         let caps = self.capacity.lock().unwrap_or_else(PoisonError::into_inner);
         let room = |h: &HostId| {
             vms.running.get(h).copied().unwrap_or(0) < caps.get(h).copied().unwrap_or(usize::MAX)
@@ -269,6 +312,9 @@ impl InMemoryVms {
             r.host = Some(host);
             r.state = VmState::Running;
             r.update_count += 1;
+            if key.is_some() {
+                r.start_key = key;
+            }
         })
         .ok_or_else(|| StartError::Failed(format!("vm {vm} unknown")))?;
         Ok(host)
@@ -330,7 +376,7 @@ impl VmOrchestrator for InMemoryVms {
         params: StartParams,
         _proof: &DeathProof,
     ) -> Result<HostId, StartError> {
-        self.place(vm, &params.candidates)
+        self.place(vm, &params.candidates, Some(params.key))
     }
 
     async fn migrate_away(
@@ -340,7 +386,7 @@ impl VmOrchestrator for InMemoryVms {
         candidates: Vec<HostId>,
     ) -> Result<HostId, StartError> {
         let c: Vec<HostId> = candidates.into_iter().filter(|h| *h != from).collect();
-        self.place(vm, &c)
+        self.place(vm, &c, None)
     }
 
     async fn destroy(&self, vm: VmId, expunge: Expunge) -> Result<(), OrchestratorError> {

@@ -25,7 +25,7 @@ pub use oobm::{OobError, OutOfBandManagement, PowerState};
 pub use proof::{ProofKind, ProofRecord, SelfFenceTimings};
 pub use time::{Clock, SystemClock, Timestamp, TokioClock};
 pub use verdict::{Finding, HostCommander, HostVerdict, Investigator, VmVerdict};
-pub use vm::{VmKind, VmRecord};
+pub use vm::{StartKey, VmKind, VmRecord};
 pub use work::{HaWorkStore, InMemoryHaWorkStore, OwnerId, WorkEvent, WorkItem};
 
 #[cfg(any(test, feature = "mock"))]

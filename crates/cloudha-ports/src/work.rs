@@ -72,6 +72,12 @@ pub struct WorkItem {
     /// the VM reported off by its Up host, the operator's word), once known: the record of the
     /// proof, which by itself starts nothing.
     pub fence_proof: Option<ProofRecord>,
+    /// Starts asked for so far: the attempt of the latest [`StartKey`].
+    pub start_attempts: u32,
+    /// The latest start's outcome is not known (recorded before the start is asked for, cleared
+    /// when its answer comes): the next round reads the VM record first and, if the start did not
+    /// happen, asks again with the same key.
+    pub start_unknown: bool,
     /// Everything that happened to it.
     pub history: Vec<WorkEvent>,
 }
@@ -102,11 +108,21 @@ impl WorkItem {
             version: 0,
             braked: false,
             fence_proof: None,
+            start_attempts: 0,
+            start_unknown: false,
             history: vec![WorkEvent {
                 at: now,
                 what: format!("scheduled {work_type:?} ({reason:?}), step {step:?}"),
             }],
         }
+    }
+
+    /// The key of the latest start asked for, if any.
+    pub fn start_key(&self) -> Option<crate::vm::StartKey> {
+        (self.start_attempts > 0).then_some(crate::vm::StartKey {
+            work: self.id,
+            attempt: self.start_attempts,
+        })
     }
 
     /// Appends to the history.

@@ -499,7 +499,14 @@ impl VmOrchestrator for SimVms {
         params: StartParams,
         proof: &DeathProof,
     ) -> Result<HostId, StartError> {
-        self.place(vm, &params.candidates, params.ha_operation, Some(proof))
+        // A key starts the VM at most once (the manager's clock is paused while the simulated
+        // start runs, so it always answers; the key is kept as a real orchestrator keeps it).
+        if let Some(seen) = self.records.seen_start(vm, params.key) {
+            return seen;
+        }
+        let on = self.place(vm, &params.candidates, params.ha_operation, Some(proof))?;
+        self.records.update(vm, |r| r.start_key = Some(params.key));
+        Ok(on)
     }
 
     async fn migrate_away(

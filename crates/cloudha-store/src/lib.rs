@@ -33,11 +33,14 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The migrations, in order: (version, text). One text for both backends: `{{ID}}` stands for
 /// an auto-assigned BIGINT primary key, the one thing their dialects write differently here.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_initial.sql")),
+    (2, include_str!("../migrations/0002_start_keys.sql")),
+];
 
 /// `text` in the dialect of `backend`.
 fn dialect(text: &str, backend: Backend) -> String {
@@ -261,7 +264,8 @@ impl SqlStore {
     }
 }
 
-/// The statements of a migration: split on `;` at line ends, comments dropped.
+/// The statements of a migration: split on `;` at line ends; pieces that are only comments
+/// dropped (a comment before a statement goes with it, which both databases accept).
 fn statements(text: &str) -> impl Iterator<Item = &str> {
     text.split(";\n").map(str::trim).filter(|s| {
         s.lines()
@@ -285,13 +289,25 @@ mod tests {
 
     #[test]
     fn migrations_split_into_statements() {
-        for (_, text) in MIGRATIONS {
-            for backend in [Backend::Sqlite, Backend::Postgres] {
-                let text = dialect(text, backend);
-                assert!(!text.contains("{{"), "every placeholder replaced");
-                assert!(statements(&text).count() > 5);
-                assert!(statements(&text).all(|s| !s.ends_with(';')));
-            }
-        }
+        let counts: Vec<usize> = MIGRATIONS
+            .iter()
+            .map(|(_, text)| {
+                let mut count = 0;
+                for backend in [Backend::Sqlite, Backend::Postgres] {
+                    let text = dialect(text, backend);
+                    assert!(!text.contains("{{"), "every placeholder replaced");
+                    assert!(statements(&text).all(|s| !s.ends_with(';')));
+                    count = statements(&text).count();
+                }
+                count
+            })
+            .collect();
+        assert!(counts[0] > 5, "{counts:?}");
+        assert_eq!(counts[1], 2, "two ALTER TABLE statements, the comment dropped");
+        assert_eq!(
+            MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            (1..=SCHEMA_VERSION).collect::<Vec<_>>(),
+            "one migration per version, in order"
+        );
     }
 }

@@ -15,7 +15,8 @@ use crate::codec::{
 use crate::{Backend, SqlStore};
 
 const WORK_COLUMNS: &str = "id, vm_id, work_type, step, host_id, previous_state, update_count, \
-     tries, time_to_try, reason, owner, taken, version, braked, fence_proof";
+     tries, time_to_try, reason, owner, taken, version, braked, fence_proof, start_attempts, \
+     start_unknown";
 
 /// VM ids per statement when lifting the brake (SQLite allows 32766 parameters, PostgreSQL
 /// 65535).
@@ -45,6 +46,9 @@ fn item_from_row(row: &AnyRow) -> Result<WorkItem, StoreError> {
     item.braked = get_bool(row, "braked")?;
     let proof: Option<String> = get(row, "fence_proof")?;
     item.fence_proof = proof.as_deref().map(proof_from_json).transpose()?;
+    item.start_attempts = u32::try_from(get_u64(row, "start_attempts")?)
+        .map_err(|_| crate::codec::bad("start_attempts", "does not fit a u32"))?;
+    item.start_unknown = get_bool(row, "start_unknown")?;
     item.history.clear();
     Ok(item)
 }
@@ -192,11 +196,11 @@ async fn write_row(
     let mut sql = String::from(
         "UPDATE ha_work SET step = $1, is_final = $2, host_id = $3, previous_state = $4, \
          update_count = $5, tries = $6, time_to_try = $7, reason = $8, owner = $9, taken = $10, \
-         version = version + 1, braked = $11, fence_proof = $12, work_type = $13, vm_id = $14 \
-         WHERE id = $15",
+         version = version + 1, braked = $11, fence_proof = $12, work_type = $13, vm_id = $14, \
+         start_attempts = $15, start_unknown = $16 WHERE id = $17",
     );
     if check.is_some() {
-        sql.push_str(" AND owner = $16 AND version = $17");
+        sql.push_str(" AND owner = $18 AND version = $19");
     }
     let mut q = sqlx::query(&sql)
         .bind(name_of(&item.step))
@@ -213,6 +217,8 @@ async fn write_row(
         .bind(item.fence_proof.as_ref().map(proof_to_json))
         .bind(name_of(&item.work_type))
         .bind(int(item.vm.0, "vm_id")?)
+        .bind(i64::from(item.start_attempts))
+        .bind(flag(item.start_unknown))
         .bind(int(item.id.0, "id")?);
     if let Some(owner) = check {
         q = q
@@ -233,8 +239,10 @@ impl HaWorkStore for SqlStore {
         let mut tx = self.pool.begin().await.map_err(db(what))?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO ha_work (vm_id, work_type, step, is_final, host_id, previous_state, \
-             update_count, tries, time_to_try, reason, owner, taken, version, braked, fence_proof) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14) RETURNING id",
+             update_count, tries, time_to_try, reason, owner, taken, version, braked, fence_proof, \
+             start_attempts, start_unknown) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16) \
+             RETURNING id",
         )
         .bind(int(item.vm.0, "vm_id")?)
         .bind(name_of(&item.work_type))
@@ -250,6 +258,8 @@ impl HaWorkStore for SqlStore {
         .bind(opt_time(item.taken)?)
         .bind(flag(item.braked))
         .bind(item.fence_proof.as_ref().map(proof_to_json))
+        .bind(i64::from(item.start_attempts))
+        .bind(flag(item.start_unknown))
         .fetch_one(&mut *tx)
         .await
         .map_err(db(what))?;

@@ -345,10 +345,17 @@ async fn times_and_fields_round_trip(b: &Backend) {
             Duration::from_secs(110),
         )),
     ));
+    w.start_attempts = 3;
+    w.start_unknown = true;
     let id = s.work.insert(w.clone()).await.unwrap();
     let got = s.work.get(id).await.unwrap().unwrap();
     w.id = id;
     assert_eq!(got, w, "an item reads back as written (version 0)");
+    assert_eq!(
+        got.start_key().map(|k| k.to_string()),
+        Some(format!("{id}/3")),
+        "the start key survives"
+    );
     assert_eq!(s.work.for_vm(VmId(7)).await.unwrap(), vec![w.clone()]);
     assert_eq!(s.work.list().await.unwrap(), vec![w]);
 

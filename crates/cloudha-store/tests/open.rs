@@ -124,3 +124,41 @@ async fn an_unreachable_server_is_named_without_its_password() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_older_schema_is_migrated_keeping_its_rows() {
+    let path = temp("older");
+    remove(&path);
+    let url = format!("sqlite:{}", path.display());
+    {
+        // A store as the first release left it: schema 1 and one work item.
+        use sqlx::Executor;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        let v1 = include_str!("../migrations/0001_initial.sql")
+            .replace("{{ID}}", "INTEGER PRIMARY KEY AUTOINCREMENT");
+        pool.execute(v1.as_str()).await.unwrap();
+        pool.execute(
+            "CREATE TABLE cloudha_schema (version BIGINT NOT NULL); \
+             INSERT INTO cloudha_schema (version) VALUES (1); \
+             INSERT INTO ha_work (vm_id, work_type, step, is_final, host_id, previous_state, \
+             update_count, tries, time_to_try, reason, owner, taken, version, braked) \
+             VALUES (7, 'HA', 'Scheduled', 0, 1, 'Stopped', 2, 1, 0, 'HostDown', NULL, NULL, 4, 0)",
+        )
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let store = SqlStore::open(&url).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let items = HaWorkStore::list(&store).await.unwrap();
+    assert_eq!(items.len(), 1, "the row is kept");
+    let item = &items[0];
+    assert_eq!((item.start_attempts, item.start_unknown), (0, false));
+    assert_eq!(item.start_key(), None);
+    assert_eq!(item.version, 4);
+    store.close().await;
+    remove(&path);
+}

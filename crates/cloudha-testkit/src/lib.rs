@@ -62,4 +62,4 @@ pub use hosts::{FakeHost, LateHosts};
 pub use investigator::ScriptedInvestigator;
 pub use stores::{FaultyHosts, FlakyWork};
 #[cfg(feature = "ha")]
-pub use vms::{RecordingVms, StartCall};
+pub use vms::{RecordingVms, StartCall, StartMode};

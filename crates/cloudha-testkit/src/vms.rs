@@ -1,13 +1,16 @@
 //! A recording VM orchestrator for HA tests (feature `ha`): the in-memory one, keeping every
-//! start with the proof it was handed, and every stop and destroy.
+//! start with the proof it was handed, and every stop and destroy. Its starts can also go
+//! unanswered (landing later on the orchestrator's own task, or never), as a real orchestrator's
+//! may.
 
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudha_ha::{
     DeathProof, Expunge, InMemoryVms, OrchestratorError, StartError, StartParams, VmOrchestrator,
 };
-use cloudha_ports::{ProofRecord, VmRecord};
+use cloudha_ports::{ProofRecord, StartKey, VmRecord};
 use cloudha_protocol::{HostId, VmId};
 use tokio::time::sleep;
 
@@ -20,8 +23,28 @@ pub struct StartCall {
     pub params: StartParams,
     /// The death proof it was handed, as its record.
     pub proof: ProofRecord,
-    /// The host it started on; `None`: the start failed.
+    /// The host it started on; `None`: the start failed, or has not landed (yet).
     pub placed: Option<HostId>,
+    /// Its key had been seen (made, or in flight): nothing was started by this call.
+    pub repeated: bool,
+}
+
+/// How the orchestrator answers starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMode {
+    /// It answers (after the start delay).
+    #[default]
+    Answer,
+    /// It never answers; the start lands on the orchestrator's own task after `lands_after`
+    /// (whatever became of the caller; a call with the same key meanwhile joins it), or never
+    /// when `None` (the request was lost on its way).
+    Hang {
+        /// When the start lands, from the call.
+        lands_after: Option<Duration>,
+    },
+    /// It makes the start, then answers [`StartError::OutcomeUnknown`] (its answer was lost on
+    /// the way back, and it says so).
+    LandsButSaysUnknown,
 }
 
 /// A [`VmOrchestrator`]: [`InMemoryVms`] underneath, recording every start (after an optional
@@ -29,12 +52,17 @@ pub struct StartCall {
 ///
 /// Each start also checks the proof it is handed: its record must say what its public accessors
 /// say (a panic otherwise, failing the test).
+///
+/// Like a real orchestrator it is idempotent by [`StartParams::key`]: a start whose key it has
+/// seen (made, or still in flight) starts nothing; it is recorded with `repeated` set.
 #[derive(Debug, Default)]
 pub struct RecordingVms {
     /// The orchestrator underneath, to seed and read (capacity, states).
-    pub inner: InMemoryVms,
-    starts: Mutex<Vec<StartCall>>,
+    pub inner: Arc<InMemoryVms>,
+    starts: Arc<Mutex<Vec<StartCall>>>,
     start_delay: Mutex<Duration>,
+    mode: Mutex<StartMode>,
+    in_flight: Arc<Mutex<HashSet<StartKey>>>,
     calls: Mutex<Vec<(VmId, &'static str)>>,
 }
 
@@ -49,6 +77,11 @@ impl RecordingVms {
         *self.start_delay.lock().unwrap() = delay;
     }
 
+    /// From now on, starts are answered as `mode` says.
+    pub fn set_start_mode(&self, mode: StartMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
     /// Every start asked for, in order, failed ones included.
     pub fn start_calls(&self) -> Vec<StartCall> {
         self.starts.lock().unwrap().clone()
@@ -60,12 +93,12 @@ impl RecordingVms {
             .lock()
             .unwrap()
             .iter()
-            .filter(|s| s.vm == vm && s.placed.is_some())
+            .filter(|s| s.vm == vm && s.placed.is_some() && !s.repeated)
             .map(|s| s.params.clone())
             .collect()
     }
 
-    /// How many starts of `vm` succeeded.
+    /// How many starts of `vm` succeeded (a repeated key starts nothing and is not counted).
     pub fn start_count(&self, vm: VmId) -> usize {
         self.starts(vm).len()
     }
@@ -123,15 +156,79 @@ impl VmOrchestrator for RecordingVms {
             (proof.kind(), proof.host(), proof.evidence(), proof.at()),
             "the record says what the proof says"
         );
+        let key = params.key;
+        let call = StartCall {
+            vm,
+            params: params.clone(),
+            proof: record,
+            placed: None,
+            repeated: false,
+        };
+        if self.in_flight.lock().unwrap().contains(&key) {
+            // The same start is under way: this call joins it, and gets no answer either.
+            self.starts.lock().unwrap().push(StartCall {
+                repeated: true,
+                ..call
+            });
+            return std::future::pending().await;
+        }
+        if let Some(seen) = self.inner.seen_start(vm, key) {
+            self.starts.lock().unwrap().push(StartCall {
+                repeated: true,
+                placed: seen.as_ref().ok().copied(),
+                ..call
+            });
+            return seen;
+        }
+        let mode = *self.mode.lock().unwrap();
+        if let StartMode::Hang { lands_after } = mode {
+            let index = {
+                let mut starts = self.starts.lock().unwrap();
+                starts.push(call);
+                starts.len() - 1
+            };
+            if let Some(after) = lands_after {
+                self.in_flight.lock().unwrap().insert(key);
+                // The orchestrator's own task: it lands whatever became of the caller (on the
+                // first candidate, capacity aside), committing the key with the record.
+                let (inner, starts, in_flight) = (
+                    self.inner.clone(),
+                    self.starts.clone(),
+                    self.in_flight.clone(),
+                );
+                tokio::spawn(async move {
+                    sleep(after).await;
+                    let on = params.candidates.first().copied();
+                    let placed = on.and_then(|on| {
+                        inner.update(vm, |r| {
+                            if r.host.is_some() {
+                                r.last_host = r.host;
+                            }
+                            r.host = Some(on);
+                            r.state = cloudha_protocol::VmState::Running;
+                            r.start_key = Some(key);
+                            r.update_count += 1;
+                            on
+                        })
+                    });
+                    starts.lock().unwrap()[index].placed = placed;
+                    in_flight.lock().unwrap().remove(&key);
+                });
+            }
+            return std::future::pending().await;
+        }
         let delay = *self.start_delay.lock().unwrap();
         sleep(delay).await;
-        let r = self.inner.start(vm, params.clone(), proof).await;
+        let r = self.inner.start(vm, params, proof).await;
         self.starts.lock().unwrap().push(StartCall {
-            vm,
-            params,
-            proof: record,
             placed: r.as_ref().ok().copied(),
+            ..call
         });
+        if mode == StartMode::LandsButSaysUnknown {
+            return Err(StartError::OutcomeUnknown(format!(
+                "start {key}: connection reset before the answer"
+            )));
+        }
         r
     }
     async fn migrate_away(

@@ -11,7 +11,7 @@ mod schedule;
 mod work;
 
 use cloudha_attache::Tasks;
-use cloudha_ports::{Clock, StoreError, Timestamp};
+use cloudha_ports::{Clock, StartKey, StoreError, Timestamp};
 use cloudha_protocol::{
     ClusterId, HostId, HostType, ListenerId, ResourceState, Status, VmId, VmPowerState, VmState,
     VmStateReport, WorkId, WorkReason, WorkStep, WorkType,

@@ -36,6 +36,11 @@ impl HaInner {
             Ok(vm) => vm,
             Err(outcome) => return outcome,
         };
+        if item.start_unknown
+            && let Some(outcome) = self.unknown_start(item, &vm)
+        {
+            return outcome;
+        }
         if vm.state != item.previous_state || vm.update_count != item.update_count {
             return Outcome::Done(format!(
                 "VM changed since scheduling ({:?} now, {:?} then)",
@@ -50,46 +55,59 @@ impl HaInner {
             return Outcome::Braked(cluster.unwrap_or(ClusterId(0)), why);
         }
         let proof = if item.step == WorkStep::Investigating {
-            // A VM HA stopped on a recorded proof (a resumed item) is not investigated again.
-            let proof = match (DeathProof::standing(item, &vm), &host) {
-                (Some(proof), _) => proof,
-                (None, Some(host)) if vm.host != Some(host.id) => {
-                    return Outcome::Done("VM no longer on the host".into());
+            // A VM HA stopped on a recorded proof (a resumed item) is not investigated again,
+            // nor stopped again: its record is as HA left it, and a start of it whose answer
+            // was lost may still land, so the record is not written over.
+            if let Some(proof) = DeathProof::standing(item, &vm) {
+                item.step = WorkStep::Scheduled;
+                item.note(
+                    self.now(),
+                    "stopped by HA on a standing proof; step Scheduled",
+                );
+                if let Err(outcome) = self.save(item).await {
+                    return outcome;
                 }
-                (None, Some(host)) => match self.prove_dead(item, &vm, host).await {
-                    Ok(proof) => proof,
-                    Err(outcome) => return outcome,
-                },
-                (None, None) => {
-                    return self.retry(
-                        self.config.restart_retry_interval,
-                        "no record of the VM's host: it cannot be proven dead",
-                    );
+                proof
+            } else {
+                let proof = match &host {
+                    Some(host) if vm.host != Some(host.id) => {
+                        return Outcome::Done("VM no longer on the host".into());
+                    }
+                    Some(host) => match self.prove_dead(item, &vm, host).await {
+                        Ok(proof) => proof,
+                        Err(outcome) => return outcome,
+                    },
+                    None => {
+                        return self.retry(
+                            self.config.restart_retry_interval,
+                            "no record of the VM's host: it cannot be proven dead",
+                        );
+                    }
+                };
+                // The proof is recorded, and the claim checked, before acting: a worker whose
+                // claim moved while it fenced must not touch the VM.
+                if let Err(outcome) = self.save(item).await {
+                    return outcome;
                 }
-            };
-            // The proof is recorded, and the claim checked, before acting: a worker whose claim
-            // moved while it fenced must not touch the VM.
-            if let Err(outcome) = self.save(item).await {
-                return outcome;
+                match self.ports.vms.force_stop(vm.id).await {
+                    Ok(r) => {
+                        item.previous_state = r.state;
+                        item.update_count = r.update_count;
+                    }
+                    Err(e) => {
+                        return self.retry(
+                            self.config.restart_retry_interval,
+                            format!("force stop failed: {e}"),
+                        );
+                    }
+                }
+                item.step = WorkStep::Scheduled;
+                item.note(self.now(), "force-stopped; step Scheduled");
+                if let Err(outcome) = self.save(item).await {
+                    return outcome;
+                }
+                proof
             }
-            match self.ports.vms.force_stop(vm.id).await {
-                Ok(r) => {
-                    item.previous_state = r.state;
-                    item.update_count = r.update_count;
-                }
-                Err(e) => {
-                    return self.retry(
-                        self.config.restart_retry_interval,
-                        format!("force stop failed: {e}"),
-                    );
-                }
-            }
-            item.step = WorkStep::Scheduled;
-            item.note(self.now(), "force-stopped; step Scheduled");
-            if let Err(outcome) = self.save(item).await {
-                return outcome;
-            }
-            proof
         } else {
             // Scheduled: HA stopped the VM on a proof, in an earlier try or when scheduling.
             let Some(proof) = DeathProof::standing(item, &vm) else {
@@ -117,37 +135,54 @@ impl HaInner {
             planner: Planner::Default,
             ha_tag: self.config.ha_tag.clone(),
             ha_operation: true,
+            key: Self::start_key(item),
         };
-        // The claim is checked right before the start (a fencing token): never two starts.
+        // The key is recorded and the claim checked right before the start (a fencing token):
+        // never two starts.
         if let Err(outcome) = self.save(item).await {
             return outcome;
         }
         let mut result = self.ports.vms.start(vm.id, params.clone(), &proof).await;
         if matches!(result, Err(StartError::InsufficientCapacity(_))) {
+            item.start_unknown = false;
             item.note(
                 self.now(),
                 "insufficient capacity with the VM's planner; trying the HA planner",
             );
             params.candidates = self.candidates(&vm, failed, Planner::Ha);
             params.planner = Planner::Ha;
+            params.key = Self::start_key(item);
+            if let Err(outcome) = self.save(item).await {
+                return outcome;
+            }
             result = self.ports.vms.start(vm.id, params, &proof).await;
         }
         match result {
             Ok(on) => {
-                let from = item.host.map_or("?".into(), |h| h.to_string());
+                item.start_unknown = false;
+                self.started(item, &vm, on);
+                Outcome::Done(format!("started on host {on}"))
+            }
+            Err(StartError::OutcomeUnknown(why)) => {
+                let key = item.start_key().map_or_else(String::new, |k| k.to_string());
                 self.alert(
-                    AlertKind::HaRestart,
-                    Some(on),
+                    AlertKind::HaRestartFailed,
+                    item.host,
                     Some(vm.id),
                     vm.cluster,
                     format!(
-                        "HA starting VM {} on host {on} (was on host {from})",
+                        "Start of VM {} (key {key}) did not answer: {why}; \
+                         its record is read before the start is asked again",
                         vm.name
                     ),
                 );
-                Outcome::Done(format!("started on host {on}"))
+                self.retry(
+                    self.config.restart_retry_interval,
+                    format!("start {key}: outcome unknown ({why})"),
+                )
             }
             Err(e) => {
+                item.start_unknown = false;
                 self.alert(
                     AlertKind::HaRestartFailed,
                     item.host,
@@ -162,6 +197,72 @@ impl HaInner {
                 self.retry(self.config.restart_retry_interval, e.to_string())
             }
         }
+    }
+
+    /// The key of the start about to be asked for: the same as the last one while its outcome is
+    /// unknown, else a new attempt. Marks the outcome unknown until an answer comes.
+    fn start_key(item: &mut WorkItem) -> StartKey {
+        if !item.start_unknown || item.start_attempts == 0 {
+            item.start_attempts += 1;
+        }
+        item.start_unknown = true;
+        StartKey {
+            work: item.id,
+            attempt: item.start_attempts,
+        }
+    }
+
+    fn started(&self, item: &WorkItem, vm: &VmRecord, on: HostId) {
+        let from = item.host.map_or("?".into(), |h| h.to_string());
+        self.alert(
+            AlertKind::HaRestart,
+            Some(on),
+            Some(vm.id),
+            vm.cluster,
+            format!(
+                "HA starting VM {} on host {on} (was on host {from})",
+                vm.name
+            ),
+        );
+    }
+
+    /// The latest start of the item went unanswered (no answer in time, or the manager stopped
+    /// while asking): the VM record says whether it happened. `None`: it did not, and the VM is
+    /// as HA left it, so the restart goes on and asks again with the same key.
+    fn unknown_start(&self, item: &mut WorkItem, vm: &VmRecord) -> Option<Outcome> {
+        let key = item.start_key()?;
+        if vm.start_key == Some(key) {
+            item.start_unknown = false;
+            return Some(match (vm.state, vm.host) {
+                (VmState::Running, Some(on)) => {
+                    self.started(item, vm, on);
+                    Outcome::Done(format!("start {key} happened: running on host {on}"))
+                }
+                (VmState::Starting, _) => {
+                    item.start_unknown = true;
+                    Outcome::Retry {
+                        at: self.now() + self.config.restart_retry_interval,
+                        count: false,
+                        why: format!("start {key} is under way"),
+                    }
+                }
+                (state, _) => Outcome::Done(format!(
+                    "start {key} happened; the VM is {state:?} since: not started again"
+                )),
+            });
+        }
+        if vm.state != item.previous_state || vm.update_count != item.update_count {
+            return Some(Outcome::Done(format!(
+                "the VM changed while the outcome of start {key} was unknown ({:?} now): \
+                 not started again",
+                vm.state
+            )));
+        }
+        item.note(
+            self.now(),
+            format!("start {key} did not land (the VM is as HA left it): asking again, same key"),
+        );
+        None
     }
 
     /// Proves the VM's old copy cannot run: investigators, then the host's fence (one per host,
