@@ -303,7 +303,10 @@ mod tests {
             })
             .collect();
         assert!(counts[0] > 5, "{counts:?}");
-        assert_eq!(counts[1], 2, "two ALTER TABLE statements, the comment dropped");
+        assert_eq!(
+            counts[1], 2,
+            "two ALTER TABLE statements, the comment dropped"
+        );
         assert_eq!(
             MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
             (1..=SCHEMA_VERSION).collect::<Vec<_>>(),

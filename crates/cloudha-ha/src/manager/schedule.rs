@@ -222,9 +222,22 @@ impl HaInner {
         Some(id)
     }
 
-    /// At start: every VM the records place on a Down host and that no HA work item ever took
-    /// (the Down reached no HA manager: none was running, or it stopped before scheduling) is
-    /// scheduled, proven dead first. VMs with work, even finished, were handled already.
+    /// Whether HA work already answers for `vm` as it is now on the Down `host`: an item not
+    /// final, or a final one for this host that left the VM as it is (it gave up, or found
+    /// nothing to do). An item of an earlier failure that the VM has moved on from since (it
+    /// was started, and is on this host again) answers for nothing now.
+    fn covered(items: &[WorkItem], vm: &VmRecord, host: HostId) -> bool {
+        items.iter().any(|i| {
+            !i.step.is_final()
+                || (i.host == Some(host)
+                    && i.previous_state == vm.state
+                    && i.update_count == vm.update_count)
+        })
+    }
+
+    /// At start: every VM the records place on a Down host and that no HA work answers for (the
+    /// Down reached no HA manager: none was running, or it stopped before scheduling; see
+    /// [`Self::covered`]) is scheduled, proven dead first.
     pub(super) async fn reconcile_down_hosts(self: &Arc<Self>) {
         if !self.liveness.vm_ha_enabled {
             return;
@@ -241,7 +254,7 @@ impl HaInner {
                     continue;
                 }
                 match self.ports.work.for_vm(vm.id).await {
-                    Ok(items) if items.is_empty() => found.push(vm),
+                    Ok(items) if !Self::covered(&items, &vm, host.id) => found.push(vm),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(vm = %vm.id, error = %ErrorChain(&e), "start: cannot read the VM's work; it is looked at again at the next start");

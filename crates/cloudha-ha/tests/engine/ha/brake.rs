@@ -114,6 +114,42 @@ async fn a_down_no_ha_manager_followed_is_scheduled_at_start() {
     h.shutdown().await;
 }
 
+/// A VM HA restarted once (its item is final) fails again with its new host while no HA manager
+/// runs (the manager died between the status change and the scheduling): the old item answers
+/// for the first failure only, and the VM is scheduled at start. A final item for this host that
+/// left the VM as it is (HA gave up) still answers for it: no retry loop at every start.
+#[tokio::test(start_paused = true)]
+async fn a_vm_failing_again_is_scheduled_at_start_despite_its_old_item() {
+    let mut h = build(config(), 2).await;
+    h.ha.start().await.unwrap();
+    h.fail_host().await;
+    sleep(Duration::from_secs(2)).await;
+    let second = h.vm(100).host.expect("restarted once");
+    assert_eq!(h.vm(101).host, Some(second), "both on the first candidate");
+    h.ha.stop().await;
+    // VM 101: an earlier HA item for `second` gave up on it as it is now.
+    let rec = h.vm(101);
+    let mut gave_up = stored_item(
+        WorkType::Ha,
+        WorkStep::Error,
+        &rec,
+        5,
+        Timestamp::UNIX_EPOCH,
+    );
+    gave_up.host = Some(second);
+    h.work.insert(gave_up).await.unwrap();
+    // `second` goes Down with no HA manager running.
+    h.mark_down(second).await;
+    h.ha.start().await.unwrap();
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.starts(100), 2, "failed again, restarted again");
+    assert_ne!(h.vm(100).host, Some(second));
+    assert_eq!(h.work.items_of(VmId(100)).len(), 2);
+    assert_eq!(h.starts(101), 1, "HA gave up on it as it is: left alone");
+    assert_eq!(h.work.items_of(VmId(101)).len(), 2);
+    h.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn startup_grace_holds_the_brake_everywhere() {
     let h = build(
