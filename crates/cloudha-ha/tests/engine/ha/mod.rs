@@ -10,6 +10,7 @@ mod cleanup;
 mod manager;
 mod restart;
 mod second_trigger;
+mod start_adversary;
 mod start_unknown;
 mod stop_migrate_destroy;
 
