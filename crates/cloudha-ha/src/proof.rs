@@ -200,18 +200,26 @@ impl DeathProof {
     }
 
     /// The proof recorded on `item`, standing again for a restart resumed from the store: only
-    /// if HA itself stopped the VM on it (the item recorded the proof, then force-stopped the
-    /// VM: Stopped, on no host) and the VM has not changed since (the state and update counter
-    /// the item last wrote). Anything that touched the VM since (a host reporting it, a start)
-    /// moved its update counter, and the record proves nothing any more.
+    /// if HA itself stopped the VM on it and the VM has not changed since. Either the item wrote
+    /// the VM as HA stopped it (Stopped, on no host: the state and update counter the item last
+    /// wrote), or the item recorded the proof and was about to force-stop the VM, which is now
+    /// Stopped on no host, last on the host the proof is about, and not started since (no start
+    /// key newer than the item's): the force-stop landed and the item's save after it did not
+    /// (a crash in between). Anything else that touched the VM since (a host reporting it, a
+    /// start) moved it on, and the record proves nothing any more.
     pub(crate) fn standing(item: &WorkItem, vm: &VmRecord) -> Option<Self> {
         let record = item.fence_proof.as_ref()?;
-        let stopped_by_ha = vm.id == item.vm
-            && vm.state == VmState::Stopped
-            && vm.host.is_none()
-            && vm.state == item.previous_state
-            && vm.update_count == item.update_count;
-        stopped_by_ha.then(|| Self {
+        let stopped = vm.id == item.vm && vm.state == VmState::Stopped && vm.host.is_none();
+        let as_written = vm.state == item.previous_state && vm.update_count == item.update_count;
+        let stop_unsaved = item.step == cloudha_protocol::WorkStep::Investigating
+            && item.previous_state != VmState::Stopped
+            && vm.update_count > item.update_count
+            && item.host.is_some()
+            && vm.last_host == item.host
+            && record.host == item.host
+            && item.start_attempts == 0
+            && vm.start_key.is_none_or(|k| k.work < item.id);
+        (stopped && (as_written || stop_unsaved)).then(|| Self {
             record: record.clone(),
         })
     }

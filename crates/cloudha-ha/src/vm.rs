@@ -128,7 +128,9 @@ pub trait VmOrchestrator: Send + Sync {
     ///
     /// Idempotent by `params.key`: commit the key with the VM record (it reads back as
     /// [`VmRecord::start_key`]), and answer a start whose key was already seen (made, or still
-    /// in flight) with that start's outcome instead of starting the VM again. The HA manager
+    /// in flight) with that start's outcome instead of starting the VM again. Start only a VM
+    /// whose record is stopped (CloudStack's Stopped → Starting state transition), so a start
+    /// that lands late finds the VM started by another and fails. The HA manager
     /// bounds each start by `wait`; a start that does not answer in time is one whose outcome is
     /// unknown, and the same key is sent again only after the VM record shows it did not land.
     ///
@@ -294,6 +296,15 @@ impl InMemoryVms {
         let mut vms = self.lock();
         if let Some(seen) = key.and_then(|k| Self::seen(&vms, vm, k)) {
             return seen;
+        }
+        if key.is_some()
+            && let Some(r) = vms.by_id.get(&vm)
+            && (r.state != VmState::Stopped || r.host.is_some())
+        {
+            return Err(StartError::Failed(format!(
+                "vm {vm} is {:?}, not stopped: not started",
+                r.state
+            )));
         }
         let caps = self.capacity.lock().unwrap_or_else(PoisonError::into_inner);
         let room = |h: &HostId| {

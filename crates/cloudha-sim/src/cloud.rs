@@ -504,6 +504,14 @@ impl VmOrchestrator for SimVms {
         if let Some(seen) = self.records.seen_start(vm, params.key) {
             return seen;
         }
+        if let Some(r) = self.records.get(vm)
+            && (r.state != VmState::Stopped || r.host.is_some())
+        {
+            return Err(StartError::Failed(format!(
+                "vm {vm} is {:?}, not stopped: not started",
+                r.state
+            )));
+        }
         let on = self.place(vm, &params.candidates, params.ha_operation, Some(proof))?;
         self.records.update(vm, |r| r.start_key = Some(params.key));
         Ok(on)

@@ -200,16 +200,23 @@ impl VmOrchestrator for RecordingVms {
                     sleep(after).await;
                     let on = params.candidates.first().copied();
                     let placed = on.and_then(|on| {
-                        inner.update(vm, |r| {
-                            if r.host.is_some() {
-                                r.last_host = r.host;
-                            }
-                            r.host = Some(on);
-                            r.state = cloudha_protocol::VmState::Running;
-                            r.start_key = Some(key);
-                            r.update_count += 1;
-                            on
-                        })
+                        inner
+                            .update(vm, |r| {
+                                // Only a stopped VM is started (a late start finds it started).
+                                if r.state != cloudha_protocol::VmState::Stopped || r.host.is_some()
+                                {
+                                    return None;
+                                }
+                                if r.host.is_some() {
+                                    r.last_host = r.host;
+                                }
+                                r.host = Some(on);
+                                r.state = cloudha_protocol::VmState::Running;
+                                r.start_key = Some(key);
+                                r.update_count += 1;
+                                Some(on)
+                            })
+                            .flatten()
                     });
                     starts.lock().unwrap()[index].placed = placed;
                     in_flight.lock().unwrap().remove(&key);

@@ -234,9 +234,19 @@ impl HaInner {
     /// refused write (the claim moved to another owner) is dropped: the new owner decides.
     pub(super) async fn write_back(&self, item: &WorkItem) {
         let mut pause = STORE_RETRY;
+        let mut item = item.clone();
         loop {
-            match self.ports.work.update(self.owner, item).await {
+            match self.ports.work.update(self.owner, &item).await {
                 Ok(_) => return,
+                Err(StoreError::Stale {
+                    holder: Some(holder),
+                    current,
+                    ..
+                }) if holder == self.owner && current != item.version => {
+                    // Still our claim: a write of ours landed without its answer.
+                    tracing::warn!(work = %item.id, "a save landed without its answer; writing back at version {current}");
+                    item.version = current;
+                }
                 Err(e @ (StoreError::Stale { .. } | StoreError::UnknownWork(_))) => {
                     tracing::warn!(work = %item.id, error = %ErrorChain(&e), "write-back refused: the claim moved");
                     return;
@@ -255,7 +265,21 @@ impl HaInner {
     /// backend failure means the claim cannot be checked: no action now, the item is tried
     /// again later without spending a try (the write-back retries until the store is back).
     pub(super) async fn save(&self, item: &mut WorkItem) -> Result<(), Outcome> {
-        match self.ports.work.update(self.owner, item).await {
+        let mut result = self.ports.work.update(self.owner, item).await;
+        if let Err(StoreError::Stale {
+            holder: Some(holder),
+            current,
+            ..
+        }) = result
+            && holder == self.owner
+        {
+            // Still our claim: a write of ours landed without its answer (every write since our
+            // take is ours). Written again over it.
+            tracing::warn!(work = %item.id, "a save landed without its answer; writing again at version {current}");
+            item.version = current;
+            result = self.ports.work.update(self.owner, item).await;
+        }
+        match result {
             Ok(version) => {
                 item.version = version;
                 Ok(())
@@ -312,16 +336,20 @@ impl HaInner {
         let Some(vm) = self.ports.vms.get(item.vm) else {
             return Err(Outcome::Done("VM gone".into()));
         };
-        if self.cancelled(item) {
+        if self.cancelled(item, &vm) {
             return Err(Outcome::Cancelled("its host is Up again".into()));
         }
         Ok(vm)
     }
 
     /// `checkAndCancelWorkIfNeeded`: an item still investigating a host that is Up again is
-    /// not needed.
-    pub(super) fn cancelled(&self, item: &WorkItem) -> bool {
+    /// not needed. Not one HA has acted on already (a resumed item goes back to Investigating):
+    /// it stopped the VM on a proof, or asked for a start whose outcome is unknown; that VM is
+    /// HA's to start, whatever its old host does now.
+    pub(super) fn cancelled(&self, item: &WorkItem, vm: &VmRecord) -> bool {
         item.step == WorkStep::Investigating
+            && !item.start_unknown
+            && DeathProof::standing(item, vm).is_none()
             && item.reason.is_cancellable()
             && item.reason != WorkReason::HostDegraded
             && item

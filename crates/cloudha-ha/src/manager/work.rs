@@ -15,11 +15,39 @@ impl HaInner {
                 };
             }
         };
-        if others
-            .iter()
-            .any(|o| o.work_type == WorkType::Ha && o.id > item.id && !o.step.is_final())
-        {
-            return Outcome::Done("a newer HA item exists for the VM".into());
+        let vm = match self.current_vm(item) {
+            Ok(vm) => vm,
+            Err(outcome) => return outcome,
+        };
+        // A start whose outcome is unknown is settled before anything else: until then the
+        // VM may be starting, whatever newer work says.
+        if item.start_unknown {
+            if let Some(outcome) = self.unknown_start(item, &vm, &others) {
+                return outcome;
+            }
+        } else {
+            if others
+                .iter()
+                .any(|o| o.work_type == WorkType::Ha && o.id > item.id && !o.step.is_final())
+            {
+                return Outcome::Done("a newer HA item exists for the VM".into());
+            }
+            if let Some(o) = others.iter().find(|o| {
+                o.work_type == WorkType::Ha
+                    && o.id != item.id
+                    && o.start_unknown
+                    && !o.step.is_final()
+            }) {
+                return Outcome::Retry {
+                    at: self.now() + self.config.restart_retry_interval,
+                    count: false,
+                    why: format!(
+                        "the outcome of start {} of item {} is unknown: no other start until it is settled",
+                        o.start_key().map_or_else(String::new, |k| k.to_string()),
+                        o.id
+                    ),
+                };
+            }
         }
         if others.iter().any(|o| {
             o.work_type == WorkType::Ha
@@ -32,16 +60,10 @@ impl HaInner {
                 "another HA item for the VM is running",
             );
         }
-        let vm = match self.current_vm(item) {
-            Ok(vm) => vm,
-            Err(outcome) => return outcome,
-        };
-        if item.start_unknown
-            && let Some(outcome) = self.unknown_start(item, &vm)
+        let standing = DeathProof::standing(item, &vm);
+        if standing.is_none()
+            && (vm.state != item.previous_state || vm.update_count != item.update_count)
         {
-            return outcome;
-        }
-        if vm.state != item.previous_state || vm.update_count != item.update_count {
             return Outcome::Done(format!(
                 "VM changed since scheduling ({:?} now, {:?} then)",
                 vm.state, item.previous_state
@@ -58,7 +80,9 @@ impl HaInner {
             // A VM HA stopped on a recorded proof (a resumed item) is not investigated again,
             // nor stopped again: its record is as HA left it, and a start of it whose answer
             // was lost may still land, so the record is not written over.
-            if let Some(proof) = DeathProof::standing(item, &vm) {
+            if let Some(proof) = standing {
+                item.previous_state = vm.state;
+                item.update_count = vm.update_count;
                 item.step = WorkStep::Scheduled;
                 item.note(
                     self.now(),
@@ -229,7 +253,12 @@ impl HaInner {
     /// The latest start of the item went unanswered (no answer in time, or the manager stopped
     /// while asking): the VM record says whether it happened. `None`: it did not, and the VM is
     /// as HA left it, so the restart goes on and asks again with the same key.
-    fn unknown_start(&self, item: &mut WorkItem, vm: &VmRecord) -> Option<Outcome> {
+    fn unknown_start(
+        &self,
+        item: &mut WorkItem,
+        vm: &VmRecord,
+        others: &[WorkItem],
+    ) -> Option<Outcome> {
         let key = item.start_key()?;
         if vm.start_key == Some(key) {
             item.start_unknown = false;
@@ -252,11 +281,32 @@ impl HaInner {
             });
         }
         if vm.state != item.previous_state || vm.update_count != item.update_count {
-            return Some(Outcome::Done(format!(
-                "the VM changed while the outcome of start {key} was unknown ({:?} now): \
-                 not started again",
-                vm.state
-            )));
+            // Stopped again on no host, last on the failed host, by a newer restart of it (an
+            // operator's, which force-stops the records when scheduled): the start may still
+            // land, so it is asked again with its key (the orchestrator starts only a stopped
+            // VM, once per key) and the newer item waits for it. A stop alone is the operator's
+            // word: nothing more is asked.
+            let restart_wanted = others
+                .iter()
+                .any(|o| o.work_type == WorkType::Ha && o.id > item.id && !o.step.is_final());
+            let stopped_again = restart_wanted
+                && vm.state == VmState::Stopped
+                && vm.host.is_none()
+                && item.host.is_some()
+                && vm.last_host == item.host;
+            if !stopped_again {
+                return Some(Outcome::Done(format!(
+                    "the VM changed while the outcome of start {key} was unknown ({:?} now): \
+                     not started again",
+                    vm.state
+                )));
+            }
+            item.previous_state = vm.state;
+            item.update_count = vm.update_count;
+            item.note(
+                self.now(),
+                format!("the VM was stopped again while start {key} was unknown"),
+            );
         }
         item.note(
             self.now(),

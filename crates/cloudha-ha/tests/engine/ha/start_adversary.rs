@@ -8,7 +8,6 @@
 //! one VM for one failure; never a start while its old copy may run), and no work item is lost
 //! (every item ends final or keeps being retried), nor a VM HA stopped left stopped silently.
 //!
-//! Tests marked `#[ignore = "BUG: ..."]` fail today and describe the bug.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -401,9 +400,6 @@ async fn a_restart_at_any_point_of_an_unknown_start_starts_once() {
 /// The manager dies right after HA force-stopped the VM, before it recorded step Scheduled (the
 /// save hangs; the manager is stopped meanwhile). The VM is Stopped by HA, on a recorded proof.
 #[tokio::test(start_paused = true)]
-#[ignore = "BUG: a manager that dies between HA's force-stop and the save of step Scheduled \
-            leaves the VM stopped for good: the resumed item sees the VM 'changed since \
-            scheduling' (HA's own force-stop moved it) and ends Done without a start"]
 async fn a_restart_between_force_stop_and_its_save_leaves_the_vm_stopped() {
     let mut h = build(bounded_config(), 1).await;
     h.mark_down(FAILED).await;
@@ -435,11 +431,6 @@ async fn a_restart_between_force_stop_and_its_save_leaves_the_vm_stopped() {
 /// The manager dies while a start is in flight (its outcome unknown, the key recorded) and the
 /// failed host comes back Up before a new manager resumes the item.
 #[tokio::test(start_paused = true)]
-#[ignore = "BUG: a resumed item whose start is unknown (and whose proof stands: HA \
-            force-stopped the VM) is put back to Investigating by the manager start and then \
-            cancelled ('its host is Up again') before its start is settled: a lost start leaves \
-            the HA VM stopped for good; a start that lands later runs the VM under a \
-            'cancelled' item"]
 async fn a_restart_then_host_up_cancels_an_unknown_start() {
     let mut h = build(bounded_config(), 1).await;
     h.vms.set_start_mode(StartMode::Hang { lands_after: None });
@@ -563,10 +554,6 @@ async fn two_managers_following_one_failure_start_the_vm_once() {
 /// Item 1's start is in flight (it lands at 200 s; no answer). An operator restarts the VM on
 /// their word (`schedule_restart(.., AlreadyKnown, ..)`): a newer item for a VM HA stopped.
 #[tokio::test(start_paused = true)]
-#[ignore = "BUG: a newer HA item for a VM whose older item's start is unknown starts the VM \
-            with a new key (its own work id) without looking at the older item's unknown start; \
-            the older start lands as well: two successful, non-repeated starts of one VM for one \
-            failure"]
 async fn an_operator_restart_while_a_start_is_unknown_does_not_start_twice() {
     let h = build(bounded_config(), 1).await;
     h.vms.set_start_mode(StartMode::Hang {
@@ -598,10 +585,6 @@ async fn an_operator_restart_while_a_start_is_unknown_does_not_start_twice() {
 /// schedules a restart proven first (`ProveDead::First`); that item waits (another item of the VM
 /// is running) and is still pending at item 1's next round.
 #[tokio::test(start_paused = true)]
-#[ignore = "BUG: an older item whose start is unknown ends Done ('a newer HA item exists') \
-            without settling its start, and the newer item, proven first, finds the VM no longer \
-            on its host and ends Done too: the VM HA force-stopped is never started, both items \
-            final, no give-up alert"]
 async fn a_newer_item_does_not_strand_an_unknown_start() {
     let mut c = bounded_config();
     // Legit settings: an investigation retried less often than a restart.
@@ -852,11 +835,6 @@ async fn a_failed_key_save_starts_nothing_and_the_next_round_starts_once() {
 /// The save recording the key lands, but its answer is lost: no start this round (correct), but
 /// the item must not be lost.
 #[tokio::test(start_paused = true)]
-#[ignore = "BUG: a mid-processing save that lands but whose answer is lost (a commit whose ack \
-            is lost, a bounded call cut after the write) makes the worker retry later without a \
-            try, but its write-back carries the old version and is refused as 'the claim moved': \
-            the item stays claimed by this very manager, never taken again while it runs (the VM \
-            HA stopped stays stopped until a manager restart)"]
 async fn a_key_save_that_lands_without_an_answer_does_not_strand_the_item() {
     let h = build(bounded_config(), 1).await;
     let work = ScriptedWork::new(h.work.clone(), Fault::LandThenFail, key_save);
@@ -881,9 +859,6 @@ async fn a_key_save_that_lands_without_an_answer_does_not_strand_the_item() {
 
 /// The same loss of an answer, at the save of step Scheduled right after the force-stop.
 #[tokio::test(start_paused = true)]
-#[ignore = "BUG: same as a_key_save_that_lands_without_an_answer_does_not_strand_the_item, at \
-            the save of step Scheduled: the item stays claimed by its own manager, the VM HA \
-            force-stopped is not started while that manager runs"]
 async fn a_scheduled_save_that_lands_without_an_answer_does_not_strand_the_item() {
     let h = build(bounded_config(), 1).await;
     let work = ScriptedWork::new(
