@@ -21,9 +21,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use cloudha_ha::{
-    DeathProof, Expunge, OrchestratorError, StartError, StartParams, VmOrchestrator,
-};
+use cloudha_ha::{DeathProof, Expunge, OrchestratorError, StartError, StartParams, VmOrchestrator};
 use cloudha_ports::{StartKey, VmRecord};
 use cloudha_protocol::{ClusterId, HostId, HypervisorType, VmId, VmState, ZoneId};
 
@@ -132,7 +130,9 @@ impl RemoteVms {
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line)?;
         if line.is_empty() {
-            return Err(std::io::Error::other("the orchestrator closed without an answer"));
+            return Err(std::io::Error::other(
+                "the orchestrator closed without an answer",
+            ));
         }
         Ok(line.trim_end().to_string())
     }
@@ -176,7 +176,10 @@ impl RemoteVms {
     fn records(&self, request: &str) -> Vec<VmRecord> {
         match self.ask(request) {
             Ok(line) if line.is_empty() => Vec::new(),
-            Ok(line) => line.split(';').filter_map(|r| parse_record(r).ok()).collect(),
+            Ok(line) => line
+                .split(';')
+                .filter_map(|r| parse_record(r).ok())
+                .collect(),
             Err(e) => {
                 tracing::warn!(request, error = %e, "orchestrator unreachable");
                 Vec::new()
@@ -273,7 +276,13 @@ mod tests {
         r.host = None;
         r.start_key = None;
         assert_eq!(parse_record(&record_line(&r)).unwrap(), r);
-        for bad in ["", "5 Running 2 1 7", "5 Flying 2 1 7 -", "x Running - - 1 -", "5 Running - - 1 9"] {
+        for bad in [
+            "",
+            "5 Running 2 1 7",
+            "5 Flying 2 1 7 -",
+            "x Running - - 1 -",
+            "5 Running - - 1 9",
+        ] {
             assert!(parse_record(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,1 +1,4 @@
-//! Cross-crate tests live in `it/`; this library is empty.
+//! Cross-crate tests live in `it/` and `crash/`; this library holds the crash test's parts
+//! shared by its processes (`src/bin`) and the test itself.
+
+pub mod crash;

@@ -4,7 +4,8 @@
 //! `crash-manager --store sqlite:PATH --orchestrator ADDR --hosts N [--fail HOST]` adds hosts
 //! `1..=N` (Up, cluster 1) to an empty store, starts both managers (a restart of the same
 //! server: owner 1), brings the other hosts' agents back (the start left them Disconnected),
-//! moves `--fail HOST` to Down when it is not already, prints `ready`, and
+//! then starts HA (so its first starts find the hosts Up), moves `--fail HOST` to Down when it
+//! is not already, prints `ready`, and
 //! runs until killed. Fences always succeed (after a few milliseconds); starts are bounded by
 //! `wait` (200 ms), shorter than the orchestrator's slow starts.
 
@@ -73,6 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.ha.ha_workers = 4;
     config.ha.ha_startup_grace = Duration::ZERO;
     config.ha.ha_brake_fraction = 1.0;
+    config.ha.max_retries = 20;
     config.ha.restart_retry_interval = Duration::from_millis(300);
     config.ha.investigate_retry_interval = Duration::from_millis(300);
     config.validate()?;
@@ -88,6 +90,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_host_down_alert(HostDownAlert::LeftToHa),
     )?;
     agent.start().await?;
+    // The agents of the hosts that have not failed reconnect (a manager start leaves every host
+    // Disconnected until its agent comes back).
+    for h in 1..=hosts {
+        if Some(h) != fail && agent.hosts().status(HostId(h)) == Some(Status::Disconnected) {
+            agent
+                .apply(HostId(h), Event::AgentConnected, "crash test: agent back")
+                .await?;
+            agent
+                .apply(HostId(h), Event::Ready, "crash test: agent back")
+                .await?;
+        }
+    }
     let ha = HaManager::new(
         config.ha.clone(),
         OwnerId(1),
@@ -101,22 +115,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_investigators(Vec::new()),
     );
     ha.start().await?;
-    // The agents of the hosts that have not failed reconnect (a manager start leaves every host
-    // Disconnected until its agent comes back).
-    for h in 1..=hosts {
-        if Some(h) != fail && agent.hosts().status(HostId(h)) == Some(Status::Disconnected) {
-            agent
-                .apply(HostId(h), Event::AgentConnected, "crash test: agent back")
-                .await?;
-            agent
-                .apply(HostId(h), Event::Ready, "crash test: agent back")
-                .await?;
-        }
-    }
     if let Some(h) = fail
         && agent.hosts().status(HostId(h)) != Some(Status::Down)
     {
-        agent.apply(HostId(h), Event::HostDown, "crash test").await?;
+        agent
+            .apply(HostId(h), Event::HostDown, "crash test")
+            .await?;
     }
     println!("ready");
     std::future::pending::<()>().await;

@@ -9,6 +9,9 @@
 //! whose key is under way waits for it. A start of a VM whose record is not stopped is refused
 //! and kept as a violation.
 
+// A program of plain threads, no async runtime to block: its starts take real time.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -148,7 +151,7 @@ impl Orchestrator {
         s.rng ^= s.rng << 13;
         s.rng ^= s.rng >> 7;
         s.rng ^= s.rng << 17;
-        let pause = if s.rng % 5 == 0 {
+        let pause = if s.rng.is_multiple_of(5) {
             self.slow
         } else {
             Duration::from_millis(s.rng % 8)
