@@ -4,7 +4,8 @@
 //!   denied), the tidy check, and `cloudha explore` with a few hundred schedules on each explore
 //!   base. This is what `.ci/run` runs.
 //! - `bench`: every benchmark at full size, then a summary table.
-//! - `soak`: `cloudha explore` (release build) with 10,000 schedules on each explore base.
+//! - `soak`: `cloudha explore` (release build) with 10,000 schedules on each explore base, and
+//!   the crash test (`tests/crash`) with 1,000 SIGKILLs instead of `ci`'s 100.
 //! - `mutants [FILE...]`: cargo-mutants over the liveness and HA code (verdicts, the fence
 //!   chain, the proof, the brake, work processing), tested by the whole workspace's tests; one
 //!   to two hours here, so never part of `ci`. Installs cargo-mutants when it is missing.
@@ -160,9 +161,28 @@ fn mutants(files: &[String]) -> Result<(), String> {
     }
 }
 
+/// SIGKILLs of the crash test in `soak` (`ci` runs its default, 100).
+const SOAK_CRASH_KILLS: &str = "1000";
+
 fn soak() -> Result<(), String> {
-    explore_all(SOAK_SCHEDULES, "soak", true)?;
-    eprintln!("xtask soak: no schedule violated an invariant");
+    let explored = explore_all(SOAK_SCHEDULES, "soak", true);
+    eprintln!("xtask soak: the crash test with {SOAK_CRASH_KILLS} kills");
+    let crashed = cargo(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "cloudha-tests",
+            "--test",
+            "crash",
+            "--",
+            "--nocapture",
+        ],
+        &[("CLOUDHA_CRASH_KILLS", SOAK_CRASH_KILLS)],
+    );
+    explored?;
+    crashed?;
+    eprintln!("xtask soak: no schedule violated an invariant; nothing lost or doubled under kill -9");
     Ok(())
 }
 
