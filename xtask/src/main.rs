@@ -182,7 +182,9 @@ fn soak() -> Result<(), String> {
     );
     explored?;
     crashed?;
-    eprintln!("xtask soak: no schedule violated an invariant; nothing lost or doubled under kill -9");
+    eprintln!(
+        "xtask soak: no schedule violated an invariant; nothing lost or doubled under kill -9"
+    );
     Ok(())
 }
 
