@@ -72,7 +72,7 @@ pub struct WorkItem {
     /// the VM reported off by its Up host, the operator's word), once known: the record of the
     /// proof, which by itself starts nothing.
     pub fence_proof: Option<ProofRecord>,
-    /// Starts asked for so far: the attempt of the latest [`StartKey`].
+    /// Starts asked for so far: the attempt of the latest [`StartKey`](crate::vm::StartKey).
     pub start_attempts: u32,
     /// The latest start's outcome is not known (recorded before the start is asked for, cleared
     /// when its answer comes): the next round reads the VM record first and, if the start did not

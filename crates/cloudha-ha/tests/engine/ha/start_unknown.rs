@@ -6,17 +6,19 @@ use cloudha_testkit::StartMode;
 
 use super::*;
 
-const WAIT: Duration = Duration::from_secs(60);
-const RETRY: Duration = Duration::from_secs(100);
+pub(super) const WAIT: Duration = Duration::from_secs(60);
+pub(super) const RETRY: Duration = Duration::from_secs(100);
 
-fn bounded_config() -> Config {
+/// The rig with starts bounded by [`WAIT`] and retried after [`RETRY`].
+pub(super) fn bounded_config() -> Config {
     let mut c = config();
     c.liveness.wait = WAIT;
     c.ha.restart_retry_interval = RETRY;
     c
 }
 
-fn keys(h: &H, vm: u64) -> Vec<(String, bool, Option<HostId>)> {
+/// Every start call of `vm`: (key, repeated, placed).
+pub(super) fn keys(h: &H, vm: u64) -> Vec<(String, bool, Option<HostId>)> {
     h.vms
         .start_calls()
         .into_iter()
@@ -25,7 +27,8 @@ fn keys(h: &H, vm: u64) -> Vec<(String, bool, Option<HostId>)> {
         .collect()
 }
 
-fn notes(item: &WorkItem) -> Vec<String> {
+/// An item's history, as text.
+pub(super) fn notes(item: &WorkItem) -> Vec<String> {
     item.history.iter().map(|e| e.what.clone()).collect()
 }
 

@@ -20,29 +20,8 @@ mod operators;
 mod restarts;
 mod store;
 
-const WAIT: Duration = Duration::from_secs(60);
-const RETRY: Duration = Duration::from_secs(100);
-
-fn bounded_config() -> Config {
-    let mut c = config();
-    c.liveness.wait = WAIT;
-    c.ha.restart_retry_interval = RETRY;
-    c
-}
-
-fn notes(item: &WorkItem) -> Vec<String> {
-    item.history.iter().map(|e| e.what.clone()).collect()
-}
-
-/// Every start call of `vm`: (key, repeated, placed).
-fn keys(h: &H, vm: u64) -> Vec<(String, bool, Option<HostId>)> {
-    h.vms
-        .start_calls()
-        .into_iter()
-        .filter(|c| c.vm == VmId(vm))
-        .map(|c| (c.params.key.to_string(), c.repeated, c.placed))
-        .collect()
-}
+// The bounded rig and its readers are `start_unknown`'s.
+use super::start_unknown::{RETRY, WAIT, bounded_config, keys, notes};
 
 /// A manager over the rig's agent, alerts, investigator and fencer, with its own owner, work
 /// store and orchestrator.
