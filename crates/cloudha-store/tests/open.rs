@@ -18,6 +18,15 @@ fn remove(path: &std::path::Path) {
     }
 }
 
+/// Removes a SQLite file and its companions when dropped, pass or fail.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove(&self.0);
+    }
+}
+
 #[tokio::test]
 async fn urls_that_are_not_stores_are_named() {
     for url in ["mysql://x@h/db", "cloudha.db", "sqlite:", ""] {
@@ -129,6 +138,7 @@ async fn an_unreachable_server_is_named_without_its_password() {
 async fn an_older_schema_is_migrated_keeping_its_rows() {
     let path = temp("older");
     remove(&path);
+    let _cleanup = Cleanup(path.clone());
     let url = format!("sqlite:{}", path.display());
     {
         // A store as the first release left it: schema 1 and one work item.
@@ -160,5 +170,4 @@ async fn an_older_schema_is_migrated_keeping_its_rows() {
     assert_eq!(item.start_key(), None);
     assert_eq!(item.version, 4);
     store.close().await;
-    remove(&path);
 }
