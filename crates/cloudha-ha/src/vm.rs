@@ -277,6 +277,24 @@ impl InMemoryVms {
         Self::seen(&self.lock(), vm, key)
     }
 
+    /// Why a start of `vm` with `key` must not be made, as its answer: the key was seen (that
+    /// start's answer), or the VM's record is not stopped. `None`: the start may be made.
+    pub fn start_refusal(&self, vm: VmId, key: StartKey) -> Option<Result<HostId, StartError>> {
+        Self::refusal(&self.lock(), vm, key)
+    }
+
+    fn refusal(vms: &Vms, vm: VmId, key: StartKey) -> Option<Result<HostId, StartError>> {
+        Self::seen(vms, vm, key).or_else(|| {
+            let r = vms.by_id.get(&vm)?;
+            (r.state != VmState::Stopped || r.host.is_some()).then(|| {
+                Err(StartError::Failed(format!(
+                    "vm {vm} is {:?}, not stopped: not started",
+                    r.state
+                )))
+            })
+        })
+    }
+
     fn seen(vms: &Vms, vm: VmId, key: StartKey) -> Option<Result<HostId, StartError>> {
         let r = vms.by_id.get(&vm)?;
         (r.start_key == Some(key)).then(|| match (r.state, r.host) {
@@ -294,17 +312,8 @@ impl InMemoryVms {
         key: Option<StartKey>,
     ) -> Result<HostId, StartError> {
         let mut vms = self.lock();
-        if let Some(seen) = key.and_then(|k| Self::seen(&vms, vm, k)) {
-            return seen;
-        }
-        if key.is_some()
-            && let Some(r) = vms.by_id.get(&vm)
-            && (r.state != VmState::Stopped || r.host.is_some())
-        {
-            return Err(StartError::Failed(format!(
-                "vm {vm} is {:?}, not stopped: not started",
-                r.state
-            )));
+        if let Some(refused) = key.and_then(|k| Self::refusal(&vms, vm, k)) {
+            return refused;
         }
         let caps = self.capacity.lock().unwrap_or_else(PoisonError::into_inner);
         let room = |h: &HostId| {

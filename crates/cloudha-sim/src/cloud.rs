@@ -499,18 +499,11 @@ impl VmOrchestrator for SimVms {
         params: StartParams,
         proof: &DeathProof,
     ) -> Result<HostId, StartError> {
-        // A key starts the VM at most once (the manager's clock is paused while the simulated
-        // start runs, so it always answers; the key is kept as a real orchestrator keeps it).
-        if let Some(seen) = self.records.seen_start(vm, params.key) {
-            return seen;
-        }
-        if let Some(r) = self.records.get(vm)
-            && (r.state != VmState::Stopped || r.host.is_some())
-        {
-            return Err(StartError::Failed(format!(
-                "vm {vm} is {:?}, not stopped: not started",
-                r.state
-            )));
+        // A key starts the VM at most once, and only a stopped VM starts (the manager's clock is
+        // paused while the simulated start runs, so it always answers; the key is kept as a real
+        // orchestrator keeps it).
+        if let Some(refused) = self.records.start_refusal(vm, params.key) {
+            return refused;
         }
         let on = self.place(vm, &params.candidates, params.ha_operation, Some(proof))?;
         self.records.update(vm, |r| r.start_key = Some(params.key));

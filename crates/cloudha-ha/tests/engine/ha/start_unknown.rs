@@ -300,6 +300,13 @@ fn the_in_memory_orchestrator_answers_a_seen_key_from_its_record() {
         attempt: 3,
     };
     assert_eq!(vms.seen_start(VmId(5), other), None, "a new key is new");
+    assert!(
+        matches!(
+            vms.start_refusal(VmId(5), other),
+            Some(Err(StartError::Failed(_)))
+        ),
+        "but a running VM is not started by any key"
+    );
     vms.set_state(VmId(5), VmState::Stopped, None);
     assert!(
         matches!(
