@@ -1,8 +1,9 @@
 //! The `cloudha` binary.
 //!
-//! - `cloudha simulate SCENARIO.toml [--json OUT] [--seed N | --seeds A..B] [--quiet]`: runs a
-//!   scenario on the simulated cloud; exit 0 when every expectation and invariant holds, 1 when
-//!   one failed, 2 on bad input.
+//! - `cloudha simulate SCENARIO.toml [--json OUT] [--seed N | --seeds A..B] [--quiet]
+//!   [--store sqlite:PATH|postgres://… [--fresh]]`: runs a scenario on the simulated cloud (the
+//!   managers' records in memory, or in a durable store); exit 0 when every expectation and
+//!   invariant holds, 1 when one failed, 2 on bad input or a store that failed.
 //! - `cloudha explore BASE.toml --schedules N [--seed S] [--out DIR] [--allow-lies]`: random
 //!   fault schedules on the base scenario's cloud, judged on the invariants; every violation is
 //!   shrunk to a minimal scenario file in DIR. Exit 0 when none, 1 when one, 2 on bad input.
@@ -11,10 +12,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod explore;
+mod store;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +48,15 @@ enum Cmd {
         /// Print only the summary.
         #[arg(long)]
         quiet: bool,
+        /// Keep the managers' records in a durable store, `sqlite:PATH` or `postgres://…`
+        /// (default: in memory). The report is the same; a `manager_restart` reloads
+        /// everything from the database. With --seeds, one database per seed (`PATH-seedN`,
+        /// or the schema `cloudha_seed_N`).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// Replace what the store holds (refused otherwise when it holds records).
+        #[arg(long, requires = "store")]
+        fresh: bool,
     },
     /// Draw random fault schedules on a base scenario's cloud, judge the invariants, and shrink
     /// every violation to a minimal scenario file.
@@ -112,7 +124,16 @@ fn main() -> ExitCode {
             seed,
             seeds,
             quiet,
-        } => simulate(&scenario, json.as_deref(), seed, seeds.as_deref(), quiet),
+            store,
+            fresh,
+        } => simulate(
+            &scenario,
+            json.as_deref(),
+            seed,
+            seeds.as_deref(),
+            quiet,
+            store.as_deref().map(|url| (url, fresh)),
+        ),
         Cmd::Explore {
             base,
             schedules,
@@ -140,13 +161,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// The durable store of a `simulate` run: its URL, and the runtime its connections live on.
+struct DurableStore {
+    url: String,
+    per_seed: bool,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl DurableStore {
+    fn target(&self, seed: u64) -> Result<store::Target, String> {
+        store::Target::parse(&self.url, self.per_seed.then_some(seed))
+    }
+}
+
 /// Runs one seed, timing it on the wall clock (the binary's business, not the library's).
-fn timed(scenario: &cloudha_sim::Scenario, seed: u64) -> cloudha_sim::Report {
+fn timed(
+    scenario: &cloudha_sim::Scenario,
+    seed: u64,
+    durable: Option<&DurableStore>,
+) -> Result<cloudha_sim::Report, String> {
     #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
     let wall = std::time::Instant::now();
-    let mut report = cloudha_sim::simulate(scenario, seed);
+    let mut report = match durable {
+        None => cloudha_sim::simulate(scenario, seed),
+        Some(d) => {
+            let target = d.target(seed)?;
+            let name = target.name();
+            let provider = Arc::new(store::SqlProvider::new(target, d.runtime.handle().clone()));
+            let report = cloudha_sim::simulate_on(scenario, seed, provider);
+            report.map_err(|e| format!("seed {seed}: the run over {name} is void: {e}"))?
+        }
+    };
     report.wall_ms = u64::try_from(wall.elapsed().as_millis()).unwrap_or(u64::MAX);
-    report
+    Ok(report)
 }
 
 fn bad_input(message: impl std::fmt::Display) -> ExitCode {
@@ -160,6 +207,7 @@ fn simulate(
     seed: Option<u64>,
     seeds: Option<&str>,
     quiet: bool,
+    store: Option<(&str, bool)>,
 ) -> ExitCode {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -169,16 +217,54 @@ fn simulate(
         Ok(s) => s,
         Err(e) => return bad_input(e),
     };
-    if let Some(range) = seeds {
-        let Some((a, b)) = range
+    let range = match seeds {
+        None => None,
+        Some(range) => match range
             .split_once("..")
             .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-        else {
-            return bad_input(format!("--seeds: expected A..B, got `{range}`"));
-        };
+        {
+            Some((a, b)) => Some(a..b),
+            None => return bad_input(format!("--seeds: expected A..B, got `{range}`")),
+        },
+    };
+    let single = seed.or(scenario.seed).unwrap_or(1);
+    let durable = match store {
+        None => None,
+        Some((url, fresh)) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("cloudha-store")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return bad_input(format!("--store: cannot start its runtime: {e}")),
+            };
+            let durable = DurableStore {
+                url: url.to_owned(),
+                per_seed: range.is_some(),
+                runtime,
+            };
+            // Every seed's database is checked before any seed runs.
+            let seeds: Vec<u64> = range.clone().map_or(vec![single], Iterator::collect);
+            for s in seeds {
+                if let Err(e) = durable
+                    .target(s)
+                    .and_then(|t| t.prepare(durable.runtime.handle(), fresh))
+                {
+                    return bad_input(e);
+                }
+            }
+            Some(durable)
+        }
+    };
+    if let Some(range) = range {
         let mut failed = 0;
-        for s in a..b {
-            let report = timed(&scenario, s);
+        for s in range {
+            let report = match timed(&scenario, s, durable.as_ref()) {
+                Ok(report) => report,
+                Err(e) => return bad_input(e),
+            };
             let broken: Vec<String> = report
                 .invariants
                 .all()
@@ -206,8 +292,10 @@ fn simulate(
             ExitCode::from(1)
         };
     }
-    let seed = seed.or(scenario.seed).unwrap_or(1);
-    let report = timed(&scenario, seed);
+    let report = match timed(&scenario, single, durable.as_ref()) {
+        Ok(report) => report,
+        Err(e) => return bad_input(e),
+    };
     if !quiet {
         print!("{}", report.timeline());
     }

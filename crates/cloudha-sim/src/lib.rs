@@ -37,6 +37,7 @@ mod rng;
 mod run;
 mod scenario;
 mod scenario_toml;
+mod store;
 mod world;
 
 pub use explore::{
@@ -46,8 +47,9 @@ pub use explore::{
 pub use report::{Failover, Report, clock};
 #[cfg(feature = "fault-injection")]
 pub use run::simulate_with;
-pub use run::{Injected, simulate};
+pub use run::{Injected, simulate, simulate_on};
 pub use scenario::{
     ALERT_KINDS, ClusterSpec, Expect, Fault, FaultKind, Hypervisor, INVARIANTS, PROOF_KINDS,
     SIM_KEYS, Scenario, ScenarioError, SelfFence, SimTimings, Storage,
 };
+pub use store::{Failure, InMemoryStores, Outside, StoreProvider, Stores, wait_outside};

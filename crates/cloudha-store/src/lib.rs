@@ -42,6 +42,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_start_keys.sql")),
 ];
 
+/// The tables that hold records (every table but `cloudha_schema`), children first.
+const DATA_TABLES: &[&str] = &[
+    "ha_work_history",
+    "ha_work",
+    "host_status_history",
+    "vms",
+    "hosts",
+    "managers",
+];
+
 /// `text` in the dialect of `backend`.
 fn dialect(text: &str, backend: Backend) -> String {
     let id = match backend {
@@ -194,6 +204,79 @@ impl SqlStore {
         Ok(store)
     }
 
+    /// Opens the store at the PostgreSQL `url` inside the schema `schema` (created when
+    /// missing): several stores on one database, one per schema (for example, one per seed of
+    /// `cloudha simulate --seeds`).
+    ///
+    /// # Errors
+    /// [`OpenError::BadUrl`] when `url` is not PostgreSQL's, already names a `search_path`, or
+    /// `schema` is not a plain name (letters, digits, `_`, not starting with a digit); the
+    /// others of [`Self::open`].
+    pub async fn open_in_schema(url: &str, schema: &str) -> Result<Self, OpenError> {
+        sqlx::any::install_default_drivers();
+        let shown = redact(url);
+        let plain = !schema.is_empty()
+            && schema.len() <= 63
+            && !schema.starts_with(|c: char| c.is_ascii_digit())
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            || url.contains("search_path")
+            || !plain
+        {
+            return Err(OpenError::BadUrl { url: shown });
+        }
+        let db = |what: &'static str| {
+            let url = shown.clone();
+            move |source| OpenError::Database { url, what, source }
+        };
+        let mut probe = AnyConnectOptions::from_str(url)
+            .map_err(db("reading the URL"))?
+            .connect()
+            .await
+            .map_err(db("connecting"))?;
+        probe
+            .execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
+            .await
+            .map_err(db("creating the schema"))?;
+        sqlx::Connection::close(probe)
+            .await
+            .map_err(db("connecting"))?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Self::open(&format!("{url}{sep}options=-c%20search_path%3D{schema}")).await
+    }
+
+    /// Whether the store holds no record: no host, VM, work item, history or manager (a store
+    /// just created, or [`Self::clear`]ed).
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn is_empty(&self) -> Result<bool, sqlx::Error> {
+        let mut rows = 0i64;
+        for table in DATA_TABLES {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&self.pool)
+                .await?;
+            rows += n;
+        }
+        Ok(rows == 0)
+    }
+
+    /// Deletes every record (the schema stays), in one transaction.
+    ///
+    /// # Errors
+    /// The backend's; then nothing was deleted.
+    pub async fn clear(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for table in DATA_TABLES {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -285,6 +368,19 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h:5432/db"), "postgres://u@h:5432/db");
         assert_eq!(redact("sqlite:x.db"), "sqlite:x.db");
+    }
+
+    #[test]
+    fn every_table_of_the_schema_is_a_data_table_but_the_version() {
+        let mut created: Vec<&str> = MIGRATIONS
+            .iter()
+            .flat_map(|(_, text)| text.split("CREATE TABLE ").skip(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        created.sort_unstable();
+        let mut data = DATA_TABLES.to_vec();
+        data.sort_unstable();
+        assert_eq!(created, data, "is_empty and clear must see every table");
     }
 
     #[test]

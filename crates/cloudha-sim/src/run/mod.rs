@@ -22,7 +22,7 @@ use cloudha_ha::{
     Fencer, HaManager, HaPorts, InMemoryVms, NeighbourFencer, PowerFencer, XenPoolFencer,
 };
 use cloudha_liveness::{AgentManager, HostDownAlert, Oobm, Ports, StatusChange};
-use cloudha_ports::{Clock, HostRecord, InMemoryHaWorkStore, InMemoryHostStore, OwnerId, VmRecord};
+use cloudha_ports::{Clock, HostRecord, OwnerId, VmRecord};
 use cloudha_protocol::*;
 use cloudha_registry::Registry;
 use cloudha_registry::{Interest, ListenerRegistry};
@@ -35,6 +35,7 @@ use crate::cloud::{
 use crate::report::*;
 use crate::rng::Rng;
 use crate::scenario::{FaultKind, Hypervisor, Scenario, SelfFence, Storage};
+use crate::store::{InMemoryStores, StoreProvider, Stores};
 use crate::world::{Death, HostTruth, Placement, VmTruth, World};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -64,8 +65,12 @@ type FaultSeen = (HostId, FaultKind, Instant, Option<Instant>);
 struct Cloud {
     scenario: Scenario,
     world: Arc<World>,
-    hosts: Arc<InMemoryHostStore>,
-    work: Arc<InMemoryHaWorkStore>,
+    /// Gives each manager instance its stores.
+    provider: Arc<dyn StoreProvider>,
+    /// The stores of the manager instance running (or last run).
+    stores: Mutex<Stores>,
+    /// A manager that could not start again (its store failed): the run is void.
+    failure: Mutex<Option<String>>,
     records: Arc<InMemoryVms>,
     vms: Arc<SimVms>,
     alerts: Arc<RecordingAlerts>,
@@ -117,7 +122,43 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Report {
         .start_paused(true)
         .build()
         .expect("a runtime");
-    rt.block_on(run(scenario.clone(), seed, Injected::default()))
+    rt.block_on(run(
+        scenario.clone(),
+        seed,
+        Injected::default(),
+        Arc::new(InMemoryStores::default()),
+    ))
+    .expect("the in-memory stores do not fail")
+}
+
+/// [`simulate`] with the managers' records in the stores `provider` gives (a durable store, for
+/// example, wrapped in [`Outside`](crate::Outside)): the report is that of the in-memory run for
+/// the same seed, and a `manager_restart` reopens the stores, so the new manager reads again
+/// what the crashed one wrote.
+///
+/// # Errors
+/// The store could not be opened or failed during the run (naming the store and what failed):
+/// the run is void.
+///
+/// # Panics
+/// If the runtime cannot be built.
+pub fn simulate_on(
+    scenario: &Scenario,
+    seed: u64,
+    provider: Arc<dyn StoreProvider>,
+) -> Result<Report, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    // The provider outlives the runtime: its last reference goes here, outside any async
+    // context (a provider may own a runtime of its own, which cannot be dropped inside one).
+    let keep = provider.clone();
+    let report = rt.block_on(run(scenario.clone(), seed, Injected::default(), provider));
+    drop(rt);
+    drop(keep);
+    report
 }
 
 /// Faulty ports a test harness may inject, to see an invariant fail that no lying part of a
@@ -147,13 +188,25 @@ pub fn simulate_with(scenario: &Scenario, seed: u64, injected: Injected) -> Repo
         .start_paused(true)
         .build()
         .expect("a runtime");
-    rt.block_on(run(scenario.clone(), seed, injected))
+    rt.block_on(run(
+        scenario.clone(),
+        seed,
+        injected,
+        Arc::new(InMemoryStores::default()),
+    ))
+    .expect("the in-memory stores do not fail")
 }
 
-async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
+async fn run(
+    scenario: Scenario,
+    seed: u64,
+    injected: Injected,
+    provider: Arc<dyn StoreProvider>,
+) -> Result<Report, String> {
     let t0 = Instant::now();
     let world = Arc::new(World::new(t0, scenario.config.ha.force_ha, scenario.sim));
-    let hosts = Arc::new(InMemoryHostStore::new());
+    let stores = provider.open()?;
+    let mut host_records = Vec::new();
     let records = Arc::new(InMemoryVms::new());
     let sim_tasks = Tasks::new();
     let mut names = BTreeMap::new();
@@ -211,7 +264,7 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
             record.pod = Some(pod);
             record.zone = Some(zone);
             record.self_fence_independent = c.self_fence == SelfFence::Independent;
-            hosts.insert(record);
+            host_records.push(record);
             records.set_capacity(id, c.capacity_per_host as usize);
             for j in 1..=c.vms_per_host {
                 let vid = VmId(next_vm);
@@ -267,7 +320,13 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
             );
         }
     }
-    let work = Arc::new(InMemoryHaWorkStore::new());
+    for record in &host_records {
+        stores.hosts.upsert(record).await.map_err(|e| {
+            provider
+                .failure()
+                .unwrap_or_else(|| format!("setting up host {}: {e}", record.name))
+        })?;
+    }
     let pings = Arc::new(PingLog::default());
     let vms = Arc::new(SimVms {
         pings: pings.clone(),
@@ -288,8 +347,9 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
         Cloud {
             scenario: scenario.clone(),
             world: world.clone(),
-            hosts,
-            work,
+            provider,
+            stores: Mutex::new(stores),
+            failure: Mutex::new(None),
             records,
             vms,
             alerts: Arc::new(RecordingAlerts::default()),
@@ -314,7 +374,7 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
     });
     cloud.world.update_reach(None);
 
-    cloud.start_manager(true).await;
+    cloud.start_manager(true).await?;
     let kvm: Vec<HostId> = cloud
         .world
         .lock()
@@ -379,17 +439,44 @@ async fn run(scenario: Scenario, seed: u64, injected: Injected) -> Report {
         }
     }
     tokio::time::sleep_until(t0 + cloud.scenario.duration).await;
-    let report = cloud.report(seed);
+    let work = lock(&cloud.stores).work.clone();
+    let items = work.list().await;
+    let report = items.map(|items| cloud.report(seed, &items));
     let instance = lock(&cloud.instance).take();
     if let Some(i) = instance {
         i.crash().await;
     }
     cloud.sim_tasks.shutdown().await;
-    report
+    // A failure of the store voids the run, whatever else went wrong first.
+    if let Some(failure) = cloud
+        .provider
+        .failure()
+        .or_else(|| lock(&cloud.failure).take())
+    {
+        return Err(failure);
+    }
+    report.map_err(|e| format!("reading the work items for the report: {e}"))
 }
 
 impl Cloud {
-    async fn start_manager(self: &Arc<Self>, first: bool) {
+    /// Starts a manager instance over the stores it was given (`first`: the run's first, which
+    /// adds the direct hosts' records).
+    ///
+    /// # Errors
+    /// A store that failed, naming it.
+    async fn start_manager(self: &Arc<Self>, first: bool) -> Result<(), String> {
+        let stores = if first {
+            lock(&self.stores).clone()
+        } else {
+            let stores = self.provider.open()?;
+            *lock(&self.stores) = stores.clone();
+            stores
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            self.provider
+                .failure()
+                .unwrap_or_else(|| format!("starting the manager: {e}"))
+        };
         let config = self.scenario.config.clone();
         let registry = Arc::new(Registry::default());
         registry.register(self.pings.clone(), Interest::COMMANDS, false);
@@ -402,7 +489,7 @@ impl Cloud {
         let agent = AgentManager::new(
             config.liveness.clone(),
             Ports::new(
-                self.hosts.clone(),
+                stores.hosts.clone(),
                 registry.clone(),
                 self.alerts.clone(),
                 clock.clone(),
@@ -437,7 +524,7 @@ impl Cloud {
             OwnerId(1),
             &agent,
             HaPorts::new(
-                self.work.clone(),
+                stores.work.clone(),
                 self.vms.clone(),
                 fencers,
                 self.alerts.clone(),
@@ -447,28 +534,33 @@ impl Cloud {
             if r.direct {
                 let resource: Arc<dyn ServerResource> = r.clone();
                 if first {
-                    let record = self.hosts.get(*id).expect("added");
+                    let record = stores
+                        .hosts
+                        .get(*id)
+                        .await
+                        .map_err(|e| failed(&e))?
+                        .ok_or_else(|| {
+                            format!("host {id}: not found in the store it was added to")
+                        })?;
                     agent
                         .add_direct_host(record, resource)
                         .await
-                        .expect("the in-memory store does not fail");
+                        .map_err(|e| failed(&e))?;
                 } else {
                     agent.register_direct(*id, resource);
                 }
             }
         }
         lock(&self.starts).push(Instant::now());
-        agent
-            .start()
-            .await
-            .expect("the in-memory store does not fail");
-        ha.start().await.expect("a new HA manager starts");
+        agent.start().await.map_err(|e| failed(&e))?;
+        ha.start().await.map_err(|e| failed(&e))?;
         self.slot.set(Some((agent.sink(), agent.tasks().clone())));
         *lock(&self.instance) = Some(Instance {
             agent,
             ha,
             registry,
         });
+        Ok(())
     }
 
     async fn restart_manager(self: &Arc<Self>, downtime: Option<Duration>) {
@@ -481,7 +573,9 @@ impl Cloud {
         if let Some(d) = downtime {
             tokio::time::sleep(d).await;
         }
-        self.start_manager(false).await;
+        if let Err(e) = self.start_manager(false).await {
+            lock(&self.failure).get_or_insert(e);
+        }
     }
 
     fn save_history(&self, agent: &AgentManager) {

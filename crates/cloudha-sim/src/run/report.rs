@@ -12,7 +12,7 @@ use crate::scenario::FaultKind;
 use crate::world::SIM_EPOCH;
 
 impl Cloud {
-    pub(super) fn report(&self, seed: u64) -> Report {
+    pub(super) fn report(&self, seed: u64, items: &[cloudha_ports::WorkItem]) -> Report {
         if let Some(i) = lock(&self.instance).as_ref() {
             self.save_history(&i.agent);
         }
@@ -42,7 +42,7 @@ impl Cloud {
             })
             .collect();
         let mut proofs: BTreeMap<VmId, Vec<ProofReport>> = BTreeMap::new();
-        for item in self.work.items() {
+        for item in items {
             if let Some(p) = &item.fence_proof {
                 proofs.entry(item.vm).or_default().push(ProofReport {
                     at_s: p.at.saturating_duration_since(SIM_EPOCH).as_millis() as f64 / 1000.0,

@@ -4,6 +4,7 @@
 mod faults;
 mod must_fail;
 mod safety;
+mod stores;
 
 use std::path::PathBuf;
 
