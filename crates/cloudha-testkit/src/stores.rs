@@ -169,8 +169,9 @@ impl HostStore for FaultyHosts {
 }
 
 /// An [`HaWorkStore`]: the in-memory one failing the next `fail_takes` takes and `fail_updates`
-/// updates with a backend error whose source is an I/O error, and never answering the next
-/// `hang_takes` takes; every error it returned is kept. Fresh, it fails nothing.
+/// updates with a backend error whose source is an I/O error, never answering the next
+/// `hang_takes` takes, and failing every call while `away` is set (a database gone); it counts
+/// its calls and keeps every error it returned. Fresh, it fails nothing.
 #[derive(Debug, Default)]
 pub struct FlakyWork {
     /// The store underneath, to seed and read.
@@ -181,6 +182,12 @@ pub struct FlakyWork {
     pub fail_updates: AtomicUsize,
     /// The next takes never answer.
     pub hang_takes: AtomicUsize,
+    /// The store is away: every call fails while this is set (nothing written).
+    pub away: AtomicBool,
+    /// The calls made so far (answered or failed), every kind.
+    pub calls: AtomicUsize,
+    /// The takes made so far (answered or failed).
+    pub takes: AtomicUsize,
     /// Every error returned, with its source: `what: source`.
     pub errors: Mutex<Vec<String>>,
 }
@@ -189,6 +196,15 @@ impl FlakyWork {
     /// A store over an empty in-memory store, failing nothing yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Counts the call; fails it while the store is away.
+    fn call(&self, what: &str) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.away.load(Ordering::SeqCst) {
+            return Err(backend_error(&self.errors, what, "connection refused"));
+        }
+        Ok(())
     }
 
     fn fail(&self, counter: &AtomicUsize, what: &str) -> Result<(), StoreError> {
@@ -206,9 +222,12 @@ impl FlakyWork {
 #[async_trait::async_trait]
 impl HaWorkStore for FlakyWork {
     async fn insert(&self, item: WorkItem) -> Result<WorkId, StoreError> {
+        self.call("insert")?;
         self.inner.insert(item).await
     }
     async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
+        self.takes.fetch_add(1, Ordering::SeqCst);
+        self.call("take")?;
         self.fail(&self.fail_takes, "take")?;
         if take(&self.hang_takes) {
             std::future::pending::<()>().await;
@@ -216,34 +235,44 @@ impl HaWorkStore for FlakyWork {
         self.inner.take(owner, now).await
     }
     async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
+        self.call("update")?;
         self.fail(&self.fail_updates, "update")?;
         self.inner.update(writer, item).await
     }
     async fn get(&self, id: WorkId) -> Result<Option<WorkItem>, StoreError> {
+        self.call("get")?;
         self.inner.get(id).await
     }
     async fn for_vm(&self, vm: VmId) -> Result<Vec<WorkItem>, StoreError> {
+        self.call("for vm")?;
         self.inner.for_vm(vm).await
     }
     async fn list(&self) -> Result<Vec<WorkItem>, StoreError> {
+        self.call("list")?;
         self.inner.list().await
     }
     async fn pending(&self) -> Result<usize, StoreError> {
+        self.call("pending")?;
         self.inner.pending().await
     }
     async fn release_owner(&self, owner: OwnerId) -> Result<usize, StoreError> {
+        self.call("release owner")?;
         self.inner.release_owner(owner).await
     }
     async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.call("mark pending investigating")?;
         self.inner.mark_pending_investigating(now).await
     }
     async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError> {
+        self.call("unbrake")?;
         self.inner.unbrake(now, vms).await
     }
     async fn cleanup(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
+        self.call("cleanup")?;
         self.inner.cleanup(cutoff).await
     }
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.call("next due")?;
         self.inner.next_due().await
     }
 }

@@ -146,6 +146,11 @@ struct HaInner {
     /// One fence per failed host: the outcome of the last fence of each host, shared by all its
     /// VMs (the async lock makes the VMs of one host wait for a fence under way, not repeat it).
     fences: Mutex<HashMap<HostId, Arc<tokio::sync::Mutex<Option<HostFence>>>>>,
+    /// New items the store did not take (it is away), oldest first: kept in memory and
+    /// inserted by the `ha_unstored` task as soon as the store is back, in order.
+    unstored: Mutex<std::collections::VecDeque<WorkItem>>,
+    /// Wakes the `ha_unstored` task.
+    unstored_wake: Notify,
 }
 
 /// The last fence of a host.
@@ -244,6 +249,8 @@ impl HaManager {
             missing: Mutex::new(HashMap::new()),
             reporting: Mutex::new(HashSet::new()),
             fences: Mutex::new(HashMap::new()),
+            unstored: Mutex::new(std::collections::VecDeque::new()),
+            unstored_wake: Notify::new(),
         });
         let id = agent.registry().register(
             Arc::new(PowerReports(Arc::downgrade(&inner))),
@@ -264,6 +271,11 @@ impl HaManager {
     /// watcher, the cleanup and the status follower start. The startup grace of the brake runs
     /// from now. Starting a running manager does nothing.
     ///
+    /// A store that is away does not fail the start: the workers wait until the old claims are
+    /// released and pending work is reset (retried with a growing pause, 1 s to 30 s, each
+    /// failure logged); new work the store does not take is kept in memory and stored once it
+    /// is back (an alert per item says so).
+    ///
     /// # Errors
     /// [`ManagerError::Stopped`] after [`Self::stop`].
     pub async fn start(&self) -> Result<(), ManagerError> {
@@ -277,33 +289,15 @@ impl HaManager {
             }
         }
         let _ = inner.started_at.set(Instant::now());
-        let now = inner.now();
-        let work = &inner.ports.work;
-        let resumed = async {
-            let released = work.release_owner(inner.owner).await?;
-            let braked: Vec<VmId> = work
-                .list()
-                .await?
-                .iter()
-                .filter(|i| i.braked)
-                .map(|i| i.vm)
-                .collect();
-            work.unbrake(now, &braked).await?;
-            let pending = work.mark_pending_investigating(now).await?;
-            Ok::<_, StoreError>((released, pending))
-        };
-        match resumed.await {
-            Ok((released, pending)) => tracing::info!(released, pending, "HA manager started"),
-            // The workers still start: they take what the store gives once it is back.
-            Err(e) => {
-                tracing::error!(error = %ErrorChain(&e), "HA manager start: cannot resume pending work")
-            }
+        let resumed = inner.resume().await;
+        if resumed.is_ok() {
+            let me = Arc::clone(inner);
+            inner.tasks.spawn(
+                inner.tasks.token().child_token(),
+                async move { me.dispatch_loop().await }
+                    .instrument(tracing::info_span!("ha_workers")),
+            );
         }
-        let me = Arc::clone(inner);
-        inner.tasks.spawn(
-            inner.tasks.token().child_token(),
-            async move { me.dispatch_loop().await }.instrument(tracing::info_span!("ha_workers")),
-        );
         let me = Arc::clone(inner);
         inner.tasks.spawn(
             inner.tasks.token().child_token(),
@@ -314,9 +308,45 @@ impl HaManager {
             inner.tasks.token().child_token(),
             async move { me.cleanup_loop().await }.instrument(tracing::info_span!("ha_cleanup")),
         );
-        // Hosts Down already (a Down no HA manager followed: it was stopped, or built after):
-        // their VMs that no HA work ever took are scheduled now.
-        inner.reconcile_down_hosts().await;
+        let me = Arc::clone(inner);
+        inner.tasks.spawn(
+            inner.tasks.token().child_token(),
+            async move { me.unstored_loop().await }.instrument(tracing::info_span!("ha_unstored")),
+        );
+        match resumed {
+            Ok(()) => {
+                // Hosts Down already (a Down no HA manager followed: it was stopped, or built
+                // after): their VMs that no HA work ever took are scheduled now.
+                if !inner.reconcile_down_hosts().await {
+                    let me = Arc::clone(inner);
+                    inner.tasks.spawn(
+                        inner.tasks.token().child_token(),
+                        async move { me.reconcile_until_complete().await }
+                            .instrument(tracing::info_span!("ha_reconcile")),
+                    );
+                }
+            }
+            Err(e) => {
+                // No worker may run before this server's old claims are released and pending
+                // work is back to Investigating: both wait for the store.
+                tracing::error!(error = %ErrorChain(&e), "HA manager start: cannot resume pending work; workers wait for the store, retrying in {STORE_RETRY:?}");
+                let me = Arc::clone(inner);
+                inner.tasks.spawn(
+                    inner.tasks.token().child_token(),
+                    async move {
+                        me.resume_until_done().await;
+                        let worker = Arc::clone(&me);
+                        me.tasks.spawn(
+                            me.tasks.token().child_token(),
+                            async move { worker.dispatch_loop().await }
+                                .instrument(tracing::info_span!("ha_workers")),
+                        );
+                        me.reconcile_until_complete().await;
+                    }
+                    .instrument(tracing::info_span!("ha_resume")),
+                );
+            }
+        }
         if let Some(changes) = lock(&inner.changes).take() {
             let me = Arc::clone(inner);
             inner.tasks.spawn(
@@ -341,6 +371,13 @@ impl HaManager {
             inner.agent.registry().unregister(*id);
         }
         inner.tasks.shutdown().await;
+        let unstored = lock(&inner.unstored).len();
+        if unstored > 0 {
+            tracing::error!(
+                unstored,
+                "HA manager stopped with {unstored} new items the store never took: the next start schedules again the VMs of Down hosts; other such work is lost"
+            );
+        }
     }
 
     /// A peer management server left: its claims are released so this server's workers take

@@ -102,13 +102,94 @@ impl HaInner {
         }
     }
 
+    /// What a start does to the queue before any worker runs: this server's old claims
+    /// released, braked items unbraked (the brake is evaluated again), pending items back to
+    /// Investigating.
+    pub(super) async fn resume(&self) -> Result<(), StoreError> {
+        let now = self.now();
+        let work = &self.ports.work;
+        let released = work.release_owner(self.owner).await?;
+        let braked: Vec<VmId> = work
+            .list()
+            .await?
+            .iter()
+            .filter(|i| i.braked)
+            .map(|i| i.vm)
+            .collect();
+        work.unbrake(now, &braked).await?;
+        let pending = work.mark_pending_investigating(now).await?;
+        tracing::info!(released, pending, "HA manager started");
+        Ok(())
+    }
+
+    /// [`Self::resume`] again and again, with a growing pause, until the store takes it.
+    pub(super) async fn resume_until_done(&self) {
+        let mut pause = STORE_RETRY;
+        loop {
+            tokio::time::sleep(pause).await;
+            match self.resume().await {
+                Ok(()) => return,
+                Err(e) => {
+                    pause = (pause * 2).min(STORE_RETRY_MAX);
+                    tracing::error!(error = %ErrorChain(&e), "HA manager start: still cannot resume pending work; workers wait for the store, retrying in {pause:?}");
+                }
+            }
+        }
+    }
+
+    /// [`Self::reconcile_down_hosts`] again and again, with a growing pause, until it has read
+    /// the work of every VM it looks at.
+    pub(super) async fn reconcile_until_complete(self: Arc<Self>) {
+        let mut pause = STORE_RETRY;
+        loop {
+            tokio::time::sleep(pause).await;
+            if self.reconcile_down_hosts().await {
+                return;
+            }
+            pause = (pause * 2).min(STORE_RETRY_MAX);
+        }
+    }
+
+    /// Inserts the items the store did not take, oldest first, as soon as it takes them again
+    /// (a growing pause between tries); says how many wait, and when they are stored.
+    pub(super) async fn unstored_loop(self: Arc<Self>) {
+        loop {
+            self.unstored_wake.notified().await;
+            let mut pause = STORE_RETRY;
+            loop {
+                let Some(item) = lock(&self.unstored).front().cloned() else {
+                    break;
+                };
+                match self.ports.work.insert(item.clone()).await {
+                    Ok(id) => {
+                        lock(&self.unstored).pop_front();
+                        tracing::info!(vm = %item.vm, work = %id, "HA work stored now that the store is back");
+                        self.wake.notify_one();
+                        pause = STORE_RETRY;
+                    }
+                    Err(e) => {
+                        let waiting = lock(&self.unstored).len();
+                        tracing::error!(waiting, error = %ErrorChain(&e), "HA work store away: {waiting} new items wait in memory; retrying in {pause:?}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(STORE_RETRY_MAX);
+                    }
+                }
+            }
+        }
+    }
+
     pub(super) async fn dispatch_loop(self: Arc<Self>) {
+        let mut pause = STORE_RETRY;
         loop {
             let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
                 return;
             };
             let now = self.now();
-            match self.ports.work.take(self.owner, now).await {
+            let taken = self.ports.work.take(self.owner, now).await;
+            if taken.is_ok() {
+                pause = STORE_RETRY;
+            }
+            match taken {
                 Ok(Some(item)) => {
                     let me = Arc::clone(&self);
                     let span = tracing::info_span!("ha_work", work = %item.id, vm = %item.vm);
@@ -140,8 +221,9 @@ impl HaInner {
                 }
                 Err(e) => {
                     drop(permit);
-                    tracing::error!(error = %ErrorChain(&e), "HA work store: cannot take work; retrying");
-                    tokio::time::sleep(STORE_RETRY).await;
+                    tracing::error!(error = %ErrorChain(&e), "HA work store: cannot take work; retrying in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(STORE_RETRY_MAX);
                 }
             }
         }
@@ -300,34 +382,48 @@ impl HaInner {
     }
 
     /// Inserts a new item; a backend failure is retried a few times (bounded: scheduling runs
-    /// in investigation and ping flows), then reported.
+    /// in investigation and ping flows). An item the store still does not take is kept in
+    /// memory and inserted by the `ha_unstored` task once the store is back (an alert says
+    /// so); while items wait there, a new one waits behind them without trying, so order is
+    /// kept and a scheduling flow is not held by a store that is away. `None` unless stored now.
     pub(super) async fn insert(&self, item: WorkItem) -> Option<WorkId> {
+        if !lock(&self.unstored).is_empty() {
+            self.keep_unstored(item, "earlier items wait for the store");
+            return None;
+        }
         let mut pause = STORE_RETRY;
         for attempt in 1..=INSERT_TRIES {
             match self.ports.work.insert(item.clone()).await {
                 Ok(id) => return Some(id),
                 Err(e) if attempt < INSERT_TRIES => {
-                    tracing::warn!(vm = %item.vm, error = %ErrorChain(&e), "cannot store HA work; retrying");
+                    tracing::warn!(vm = %item.vm, error = %ErrorChain(&e), "cannot store HA work; retrying in {pause:?}");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(STORE_RETRY_MAX);
                 }
                 Err(e) => {
-                    tracing::error!(vm = %item.vm, error = %ErrorChain(&e), "cannot store HA work");
-                    self.alert(
-                        AlertKind::HaRestartFailed,
-                        item.host,
-                        Some(item.vm),
-                        None,
-                        format!(
-                            "HA work for VM {} could not be stored: {}",
-                            item.vm,
-                            ErrorChain(&e)
-                        ),
-                    );
+                    let why = ErrorChain(&e).to_string();
+                    self.keep_unstored(item, &why);
+                    return None;
                 }
             }
         }
         None
+    }
+
+    fn keep_unstored(&self, item: WorkItem, why: &str) {
+        tracing::error!(vm = %item.vm, why, "HA work cannot be stored now: kept in memory and stored once the store is back");
+        self.alert(
+            AlertKind::HaRestartFailed,
+            item.host,
+            Some(item.vm),
+            None,
+            format!(
+                "HA work for VM {} cannot be stored yet ({why}): this manager keeps it and stores it once the store is back (if it stops first, a manager start schedules again the VMs of Down hosts)",
+                item.vm
+            ),
+        );
+        lock(&self.unstored).push_back(item);
+        self.unstored_wake.notify_one();
     }
 
     /// The item's VM as it is now, or the outcome when the item is not needed any more: the VM

@@ -238,10 +238,13 @@ impl HaInner {
     /// At start: every VM the records place on a Down host and that no HA work answers for (the
     /// Down reached no HA manager: none was running, or it stopped before scheduling; see
     /// [`Self::covered`]) is scheduled, proven dead first.
-    pub(super) async fn reconcile_down_hosts(self: &Arc<Self>) {
+    ///
+    /// Returns whether it read the work of every VM it looked at (else, it is run again).
+    pub(super) async fn reconcile_down_hosts(self: &Arc<Self>) -> bool {
         if !self.liveness.vm_ha_enabled {
-            return;
+            return true;
         }
+        let mut complete = true;
         let down = self.hosts.list().into_iter().filter(|h| {
             h.status == Some(Status::Down)
                 && h.host_type == HostType::Routing
@@ -253,11 +256,15 @@ impl HaInner {
                 if vm.host != Some(host.id) || vm.local_root_disk {
                     continue;
                 }
+                if lock(&self.unstored).iter().any(|i| i.vm == vm.id) {
+                    continue; // scheduled already; waits for the store
+                }
                 match self.ports.work.for_vm(vm.id).await {
                     Ok(items) if !Self::covered(&items, &vm, host.id) => found.push(vm),
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::error!(vm = %vm.id, error = %ErrorChain(&e), "start: cannot read the VM's work; it is looked at again at the next start");
+                        complete = false;
+                        tracing::error!(vm = %vm.id, error = %ErrorChain(&e), "start: cannot read the VM's work; it is looked at again shortly");
                     }
                 }
             }
@@ -282,6 +289,7 @@ impl HaInner {
                     .await;
             }
         }
+        complete
     }
 
     pub(super) async fn status_loop(self: Arc<Self>, mut changes: StatusChanges) {

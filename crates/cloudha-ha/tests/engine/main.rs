@@ -13,3 +13,4 @@ mod ha;
 mod ha_fencing;
 mod start_proof;
 mod store_faults;
+mod store_outage;
