@@ -169,6 +169,17 @@ impl SqlStore {
             .execute(read)
             .await
             .map_err(db("reading the database"))?;
+        if backend == Backend::Sqlite {
+            // A write lock, taken and given back: a file (or directory) this process may only
+            // read fails here, naming the cause, not as a pool timeout later.
+            let write = "cannot write the database (is the file or its directory read-only?)";
+            probe
+                .execute("PRAGMA journal_mode = WAL")
+                .await
+                .map_err(db(write))?;
+            probe.execute("BEGIN IMMEDIATE").await.map_err(db(write))?;
+            probe.execute("ROLLBACK").await.map_err(db(write))?;
+        }
         sqlx::Connection::close(probe)
             .await
             .map_err(db("connecting"))?;
@@ -275,6 +286,22 @@ impl SqlStore {
                 .await?;
         }
         tx.commit().await
+    }
+
+    /// `result` with this store's name in front of what failed, when it is a backend error.
+    fn named<T>(
+        &self,
+        result: Result<T, cloudha_ports::StoreError>,
+    ) -> Result<T, cloudha_ports::StoreError> {
+        result.map_err(|e| match e {
+            cloudha_ports::StoreError::Backend { what, source } => {
+                cloudha_ports::StoreError::Backend {
+                    what: format!("store `{}`: {what}", self.url),
+                    source,
+                }
+            }
+            other => other,
+        })
     }
 
     /// Which database this is.

@@ -235,208 +235,262 @@ async fn write_row(
 #[async_trait::async_trait]
 impl HaWorkStore for SqlStore {
     async fn insert(&self, item: WorkItem) -> Result<WorkId, StoreError> {
-        let what = "inserting a work item";
-        let mut tx = self.pool.begin().await.map_err(db(what))?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO ha_work (vm_id, work_type, step, is_final, host_id, previous_state, \
-             update_count, tries, time_to_try, reason, owner, taken, version, braked, fence_proof, \
-             start_attempts, start_unknown) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16) \
-             RETURNING id",
-        )
-        .bind(int(item.vm.0, "vm_id")?)
-        .bind(name_of(&item.work_type))
-        .bind(name_of(&item.step))
-        .bind(flag(item.step.is_final()))
-        .bind(item.host.map(|h| int(h.0, "host_id")).transpose()?)
-        .bind(name_of(&item.previous_state))
-        .bind(int(item.update_count, "update_count")?)
-        .bind(i64::from(item.tries))
-        .bind(time(item.time_to_try)?)
-        .bind(name_of(&item.reason))
-        .bind(item.owner.map(|o| int(o.0, "owner")).transpose()?)
-        .bind(opt_time(item.taken)?)
-        .bind(flag(item.braked))
-        .bind(item.fence_proof.as_ref().map(proof_to_json))
-        .bind(i64::from(item.start_attempts))
-        .bind(flag(item.start_unknown))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db(what))?;
-        let id = WorkId(u64::try_from(id).map_err(|_| crate::codec::bad("id", "negative"))?);
-        append_history(&mut tx, id, 0, &item.history).await?;
-        tx.commit().await.map_err(db(what))?;
-        Ok(id)
+        self.named(async {
+            let what = "inserting a work item";
+            let mut tx = self.pool.begin().await.map_err(db(what))?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO ha_work (vm_id, work_type, step, is_final, host_id, previous_state, \
+                 update_count, tries, time_to_try, reason, owner, taken, version, braked, fence_proof, \
+                 start_attempts, start_unknown) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16) \
+                 RETURNING id",
+            )
+            .bind(int(item.vm.0, "vm_id")?)
+            .bind(name_of(&item.work_type))
+            .bind(name_of(&item.step))
+            .bind(flag(item.step.is_final()))
+            .bind(item.host.map(|h| int(h.0, "host_id")).transpose()?)
+            .bind(name_of(&item.previous_state))
+            .bind(int(item.update_count, "update_count")?)
+            .bind(i64::from(item.tries))
+            .bind(time(item.time_to_try)?)
+            .bind(name_of(&item.reason))
+            .bind(item.owner.map(|o| int(o.0, "owner")).transpose()?)
+            .bind(opt_time(item.taken)?)
+            .bind(flag(item.braked))
+            .bind(item.fence_proof.as_ref().map(proof_to_json))
+            .bind(i64::from(item.start_attempts))
+            .bind(flag(item.start_unknown))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db(what))?;
+            let id = WorkId(u64::try_from(id).map_err(|_| crate::codec::bad("id", "negative"))?);
+            append_history(&mut tx, id, 0, &item.history).await?;
+            tx.commit().await.map_err(db(what))?;
+            Ok(id)
+        }
+        .await)
     }
 
     async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
-        // One statement: on SQLite the one connection is the single writer; on PostgreSQL the
-        // first eligible row is locked and rows other claimers hold are skipped.
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE ha_work SET owner = $1, taken = $2, version = version + 1 \
-             WHERE id = (SELECT id FROM ha_work WHERE {ELIGIBLE} AND time_to_try <= $2 \
-             ORDER BY time_to_try, id LIMIT 1{lock}) RETURNING {WORK_COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(int(owner.0, "owner")?)
-            .bind(time(now)?)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("claiming a work item"))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let item = item_from_row(&row)?;
-        Ok(with_history(&self.pool, vec![item], false).await?.pop())
+        self.named(
+            async {
+                // One statement: on SQLite the one connection is the single writer; on PostgreSQL the
+                // first eligible row is locked and rows other claimers hold are skipped.
+                let lock = match self.backend {
+                    Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+                    Backend::Sqlite => "",
+                };
+                let sql = format!(
+                    "UPDATE ha_work SET owner = $1, taken = $2, version = version + 1 \
+                 WHERE id = (SELECT id FROM ha_work WHERE {ELIGIBLE} AND time_to_try <= $2 \
+                 ORDER BY time_to_try, id LIMIT 1{lock}) RETURNING {WORK_COLUMNS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(int(owner.0, "owner")?)
+                    .bind(time(now)?)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("claiming a work item"))?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let item = item_from_row(&row)?;
+                Ok(with_history(&self.pool, vec![item], false).await?.pop())
+            }
+            .await,
+        )
     }
 
     async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
-        let what = "updating a work item";
-        let mut tx = self.pool.begin().await.map_err(db(what))?;
-        if write_row(&mut tx, item, Some(writer)).await? == 0 {
-            let row = sqlx::query("SELECT owner, version FROM ha_work WHERE id = $1")
-                .bind(int(item.id.0, "id")?)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db(what))?;
-            let Some(row) = row else {
-                return Err(StoreError::UnknownWork(item.id));
-            };
-            return Err(StoreError::Stale {
-                work: item.id,
-                writer,
-                version: item.version,
-                holder: get_opt_u64(&row, "owner")?.map(OwnerId),
-                current: get_u64(&row, "version")?,
-            });
-        }
-        // Append-only: events the store has are kept, new ones added.
-        let stored = history_len(&mut tx, item.id).await?;
-        let new = item.history.get(stored..).unwrap_or_default();
-        append_history(&mut tx, item.id, stored, new).await?;
-        tx.commit().await.map_err(db(what))?;
-        Ok(item.version + 1)
+        self.named(
+            async {
+                let what = "updating a work item";
+                let mut tx = self.pool.begin().await.map_err(db(what))?;
+                if write_row(&mut tx, item, Some(writer)).await? == 0 {
+                    let row = sqlx::query("SELECT owner, version FROM ha_work WHERE id = $1")
+                        .bind(int(item.id.0, "id")?)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db(what))?;
+                    let Some(row) = row else {
+                        return Err(StoreError::UnknownWork(item.id));
+                    };
+                    return Err(StoreError::Stale {
+                        work: item.id,
+                        writer,
+                        version: item.version,
+                        holder: get_opt_u64(&row, "owner")?.map(OwnerId),
+                        current: get_u64(&row, "version")?,
+                    });
+                }
+                // Append-only: events the store has are kept, new ones added.
+                let stored = history_len(&mut tx, item.id).await?;
+                let new = item.history.get(stored..).unwrap_or_default();
+                append_history(&mut tx, item.id, stored, new).await?;
+                tx.commit().await.map_err(db(what))?;
+                Ok(item.version + 1)
+            }
+            .await,
+        )
     }
 
     async fn get(&self, id: WorkId) -> Result<Option<WorkItem>, StoreError> {
-        Ok(self
-            .items_where("WHERE id = $1", Some(int(id.0, "id")?))
-            .await?
-            .pop())
+        self.named(
+            async {
+                Ok(self
+                    .items_where("WHERE id = $1", Some(int(id.0, "id")?))
+                    .await?
+                    .pop())
+            }
+            .await,
+        )
     }
 
     async fn for_vm(&self, vm: VmId) -> Result<Vec<WorkItem>, StoreError> {
-        self.items_where("WHERE vm_id = $1", Some(int(vm.0, "vm_id")?))
-            .await
+        self.named(
+            async {
+                self.items_where("WHERE vm_id = $1", Some(int(vm.0, "vm_id")?))
+                    .await
+            }
+            .await,
+        )
     }
 
     async fn list(&self) -> Result<Vec<WorkItem>, StoreError> {
-        self.items_where("", None).await
+        self.named(self.items_where("", None).await)
     }
 
     async fn pending(&self) -> Result<usize, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ha_work WHERE is_final = 0")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("counting pending work"))?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        self.named(
+            async {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ha_work WHERE is_final = 0")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db("counting pending work"))?;
+                Ok(usize::try_from(n).unwrap_or(0))
+            }
+            .await,
+        )
     }
 
     async fn release_owner(&self, owner: OwnerId) -> Result<usize, StoreError> {
-        let done = sqlx::query(
-            "UPDATE ha_work SET owner = NULL, taken = NULL, version = version + 1 \
-             WHERE owner = $1 AND is_final = 0",
+        self.named(
+            async {
+                let done = sqlx::query(
+                    "UPDATE ha_work SET owner = NULL, taken = NULL, version = version + 1 \
+                 WHERE owner = $1 AND is_final = 0",
+                )
+                .bind(int(owner.0, "owner")?)
+                .execute(&self.pool)
+                .await
+                .map_err(db("releasing claims"))?;
+                Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+            }
+            .await,
         )
-        .bind(int(owner.0, "owner")?)
-        .execute(&self.pool)
-        .await
-        .map_err(db("releasing claims"))?;
-        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
 
     async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError> {
-        self.change_all(
-            "moving pending work back to Investigating",
-            vec![("owner IS NULL AND is_final = 0".to_owned(), Vec::new())],
-            |i| {
-                if i.step != WorkStep::Investigating {
-                    i.note(
-                        now,
-                        format!("manager start: step {:?} -> Investigating", i.step),
-                    );
-                    i.step = WorkStep::Investigating;
-                }
-            },
+        self.named(
+            async {
+                self.change_all(
+                    "moving pending work back to Investigating",
+                    vec![("owner IS NULL AND is_final = 0".to_owned(), Vec::new())],
+                    |i| {
+                        if i.step != WorkStep::Investigating {
+                            i.note(
+                                now,
+                                format!("manager start: step {:?} -> Investigating", i.step),
+                            );
+                            i.step = WorkStep::Investigating;
+                        }
+                    },
+                )
+                .await
+            }
+            .await,
         )
-        .await
     }
 
     async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError> {
-        // One statement per chunk of VMs (the databases limit the parameters of a statement),
-        // all in one transaction.
-        let mut binds = vms
-            .iter()
-            .map(|v| int(v.0, "vm_id"))
-            .collect::<Result<Vec<_>, _>>()?;
-        binds.sort_unstable();
-        binds.dedup();
-        if binds.is_empty() {
-            return Ok(0);
-        }
-        let picks = binds
-            .chunks(VMS_PER_STATEMENT)
-            .map(|chunk| {
-                let ids: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-                (
-                    format!("braked = 1 AND vm_id IN ({})", ids.join(", ")),
-                    chunk.to_vec(),
-                )
-            })
-            .collect();
-        self.change_all("lifting the brake", picks, |i| {
-            i.braked = false;
-            i.time_to_try = now;
-            i.note(now, "brake lifted");
-        })
-        .await
+        self.named(
+            async {
+                // One statement per chunk of VMs (the databases limit the parameters of a statement),
+                // all in one transaction.
+                let mut binds = vms
+                    .iter()
+                    .map(|v| int(v.0, "vm_id"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                binds.sort_unstable();
+                binds.dedup();
+                if binds.is_empty() {
+                    return Ok(0);
+                }
+                let picks = binds
+                    .chunks(VMS_PER_STATEMENT)
+                    .map(|chunk| {
+                        let ids: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                        (
+                            format!("braked = 1 AND vm_id IN ({})", ids.join(", ")),
+                            chunk.to_vec(),
+                        )
+                    })
+                    .collect();
+                self.change_all("lifting the brake", picks, |i| {
+                    i.braked = false;
+                    i.time_to_try = now;
+                    i.note(now, "brake lifted");
+                })
+                .await
+            }
+            .await,
+        )
     }
 
     async fn cleanup(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
-        let what = "cleaning up work";
-        let mut tx = self.pool.begin().await.map_err(db(what))?;
-        sqlx::query(
-            "DELETE FROM ha_work_history WHERE work_id IN \
-             (SELECT id FROM ha_work WHERE is_final = 1 AND time_to_try <= $1)",
+        self.named(
+            async {
+                let what = "cleaning up work";
+                let mut tx = self.pool.begin().await.map_err(db(what))?;
+                sqlx::query(
+                    "DELETE FROM ha_work_history WHERE work_id IN \
+                 (SELECT id FROM ha_work WHERE is_final = 1 AND time_to_try <= $1)",
+                )
+                .bind(time(cutoff)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(what))?;
+                let done =
+                    sqlx::query("DELETE FROM ha_work WHERE is_final = 1 AND time_to_try <= $1")
+                        .bind(time(cutoff)?)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(what))?;
+                tx.commit().await.map_err(db(what))?;
+                Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+            }
+            .await,
         )
-        .bind(time(cutoff)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(db(what))?;
-        let done = sqlx::query("DELETE FROM ha_work WHERE is_final = 1 AND time_to_try <= $1")
-            .bind(time(cutoff)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(what))?;
-        tx.commit().await.map_err(db(what))?;
-        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        let at: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(time_to_try) FROM ha_work WHERE {ELIGIBLE}"
-        ))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("reading the next due time"))?;
-        at.map(|t| {
-            u64::try_from(t)
-                .map(Timestamp::from_micros)
-                .map_err(|_| crate::codec::bad("time_to_try", "negative"))
-        })
-        .transpose()
+        self.named(
+            async {
+                let at: Option<i64> = sqlx::query_scalar(&format!(
+                    "SELECT MIN(time_to_try) FROM ha_work WHERE {ELIGIBLE}"
+                ))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("reading the next due time"))?;
+                at.map(|t| {
+                    u64::try_from(t)
+                        .map(Timestamp::from_micros)
+                        .map_err(|_| crate::codec::bad("time_to_try", "negative"))
+                })
+                .transpose()
+            }
+            .await,
+        )
     }
 }

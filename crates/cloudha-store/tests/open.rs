@@ -171,3 +171,132 @@ async fn an_older_schema_is_migrated_keeping_its_rows() {
     assert_eq!(item.version, 4);
     store.close().await;
 }
+
+/// The user id this process runs as (from `/proc/self/status`).
+fn uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The check of `a_read_only_file_is_an_error_naming_the_store`, run as a user who may not
+/// write the file.
+async fn read_only_file_is_refused(path: &std::path::Path) {
+    let url = format!("sqlite:{}", path.display());
+    let err = SqlStore::open(&url).await.unwrap_err();
+    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(matches!(err, OpenError::Database { .. }), "{text}");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(
+        text.contains("cannot write the database") || text.contains("reading the database"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_file_is_an_error_naming_the_store() {
+    // The child run: as a user who may read the file but not write it or its directory.
+    if let Ok(paths) = std::env::var("CLOUDHA_READ_ONLY_DB") {
+        for path in paths.split(',') {
+            read_only_file_is_refused(std::path::Path::new(path)).await;
+        }
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cloudha-open-ro-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
+    // Two files: one as the store leaves it (WAL), one turned back to a rollback journal
+    // (readable without creating `-shm`: only the write check catches it).
+    let paths = [dir.join("wal.db"), dir.join("rollback.db")];
+    for (i, path) in paths.iter().enumerate() {
+        let url = format!("sqlite:{}", path.display());
+        let store = SqlStore::open(&url).await.unwrap();
+        store
+            .upsert(&HostRecord::new(HostId(1), "kvm-1", HypervisorType::Kvm))
+            .await
+            .unwrap();
+        store.close().await;
+        if i == 1 {
+            use sqlx::Executor;
+            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+            pool.execute("PRAGMA journal_mode = DELETE").await.unwrap();
+            pool.close().await;
+        }
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for path in &paths {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    if uid() != Some(0) {
+        for path in &paths {
+            read_only_file_is_refused(path).await;
+        }
+        return;
+    }
+    // Root writes whatever the mode says: the check runs again as `nobody`.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_read_only_file_is_an_error_naming_the_store",
+            "--nocapture",
+        ])
+        .env(
+            "CLOUDHA_READ_ONLY_DB",
+            format!("{},{}", paths[0].display(), paths[1].display()),
+        )
+        .output();
+    match out {
+        Ok(out) => assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "as nobody:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "setpriv (util-linux) is needed to test a read-only file as root: {e}"
+            );
+            eprintln!(
+                "\n!!! SKIPPED the read-only file check: running as root without setpriv ({e})\n"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_call_names_the_store_and_what_it_was_doing() {
+    let path = temp("named");
+    remove(&path);
+    let _cleanup = Cleanup(path.clone());
+    let store = SqlStore::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    // The connections gone (a store that went away): every call fails, naming the store.
+    store.close().await;
+    let e = HostStore::list(&store).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("store `sqlite:{}`", path.display())) && text.contains("hosts"),
+        "{text}"
+    );
+    let e = store.pending().await.unwrap_err();
+    assert!(e.to_string().contains("store `sqlite:"), "{e}");
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "the driver's error is kept"
+    );
+}
