@@ -45,6 +45,7 @@ const HOST_COLUMNS: &str = "id, name, host_type, hypervisor, cluster_id, pod_id,
 #[async_trait::async_trait]
 impl HostStore for SqlStore {
     async fn get(&self, id: HostId) -> Result<Option<HostRecord>, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 let row = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"))
@@ -59,6 +60,7 @@ impl HostStore for SqlStore {
     }
 
     async fn list(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 let rows = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY id"))
@@ -72,6 +74,7 @@ impl HostStore for SqlStore {
     }
 
     async fn upsert(&self, h: &HostRecord) -> Result<(), StoreError> {
+        self.heal().await;
         self.named(async {
             sqlx::query(&format!(
                 "INSERT INTO hosts ({HOST_COLUMNS}) VALUES \
@@ -116,6 +119,7 @@ impl HostStore for SqlStore {
         event: Event,
         now: Timestamp,
     ) -> Result<HostRecord, StoreError> {
+        self.heal().await;
         self.named(async {
             let what = "writing a host status";
             let conflict = StoreError::Conflict {
@@ -129,7 +133,7 @@ impl HostStore for SqlStore {
             let sets_connected = event == Event::AgentConnected;
             let sets_disconnected =
                 to.lost_connection() && !expected.is_some_and(Status::lost_connection);
-            let mut tx = self.pool.begin().await.map_err(db(what))?;
+            let mut tx = self.begin().await.map_err(db(what))?;
             // One guarded write, first in the transaction: the compare-and-set is the `WHERE`, so a
             // second handle on the same SQLite file waits for the write lock instead of failing to
             // upgrade a stale read, and a last ping written meanwhile by another connection is
@@ -188,6 +192,7 @@ impl HostStore for SqlStore {
     }
 
     async fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {
+        self.heal().await;
         self.named(
             async {
                 let done = sqlx::query("UPDATE hosts SET resource_state = $1 WHERE id = $2")
@@ -206,6 +211,7 @@ impl HostStore for SqlStore {
     }
 
     async fn set_last_pings(&self, pings: &[(HostId, Timestamp)]) -> Result<(), StoreError> {
+        self.heal().await;
         self.named(async {
             // One newest time per host (a batch may name a host twice).
             let mut newest: HashMap<HostId, Timestamp> = HashMap::with_capacity(pings.len());
@@ -219,7 +225,7 @@ impl HostStore for SqlStore {
             }
             pairs.sort_unstable();
             let what = "writing last pings";
-            let mut tx = self.pool.begin().await.map_err(db(what))?;
+            let mut tx = self.begin().await.map_err(db(what))?;
             for chunk in pairs.chunks(PINGS_PER_STATEMENT) {
                 let values: Vec<String> = (0..chunk.len())
                     .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))

@@ -27,6 +27,8 @@ mod hosts;
 mod work;
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -114,6 +116,10 @@ pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
     url: String,
+    /// SQLite: a transaction sent whole ([`Self::raw_transaction`]) may have been left open
+    /// (it failed part-way, or its caller went away before the answer): the next call rolls
+    /// it back first ([`Self::heal`]).
+    open_transaction: Arc<AtomicBool>,
 }
 
 /// `url` without the password of its user part.
@@ -210,6 +216,7 @@ impl SqlStore {
             pool,
             backend,
             url: shown,
+            open_transaction: Arc::new(AtomicBool::new(false)),
         };
         store.migrate().await?;
         Ok(store)
@@ -264,6 +271,7 @@ impl SqlStore {
     /// # Errors
     /// The backend's.
     pub async fn is_empty(&self) -> Result<bool, sqlx::Error> {
+        self.heal().await;
         let mut rows = 0i64;
         for table in DATA_TABLES {
             let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
@@ -279,13 +287,46 @@ impl SqlStore {
     /// # Errors
     /// The backend's; then nothing was deleted.
     pub async fn clear(&self) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for table in DATA_TABLES {
             sqlx::query(&format!("DELETE FROM {table}"))
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await
+    }
+
+    /// Runs `query`, a whole SQLite transaction (`BEGIN IMMEDIATE; …; COMMIT`), as one command
+    /// to the connection's worker: one hand-over between threads instead of one per statement.
+    /// Returns the rows its statements return (the rows changed are no count to trust here:
+    /// SQLite reports the last change of the connection for `BEGIN` and `COMMIT` too, so a
+    /// statement that must say what it changed selects `changes()`). sqlx does not see this
+    /// transaction: if it fails part-way, or
+    /// this future is dropped before the answer, it may be left open, and the next call rolls
+    /// it back before anything else ([`Self::heal`]), so no later statement runs inside it.
+    async fn raw_transaction<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+        self.heal().await;
+        self.open_transaction.store(true, Ordering::SeqCst);
+        let rows = query.fetch_all(&self.pool).await?;
+        self.open_transaction.store(false, Ordering::SeqCst);
+        Ok(rows)
+    }
+
+    /// Rolls back a transaction [`Self::raw_transaction`] may have left open (an error that
+    /// there is none is the normal case, and ignored). Every call of the store starts here.
+    async fn heal(&self) {
+        if self.open_transaction.swap(false, Ordering::SeqCst) {
+            let _ = self.pool.execute("ROLLBACK").await;
+        }
+    }
+
+    /// A transaction sqlx manages, after [`Self::heal`].
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.heal().await;
+        self.pool.begin().await
     }
 
     /// `result` with this store's name in front of what failed, when it is a backend error.

@@ -122,6 +122,96 @@ async fn history_len(tx: &mut Transaction<'_, Any>, id: WorkId) -> Result<usize,
 }
 
 impl SqlStore {
+    /// Writes `item` if `writer` holds it at its version, with the events of its history the
+    /// store lacks (by position: the history is append-only), as one command to the database:
+    /// one statement on PostgreSQL; on SQLite one transaction sent whole (see
+    /// [`SqlStore::raw_transaction`]). Whether it was written.
+    async fn write_whole(&self, writer: OwnerId, item: &WorkItem) -> Result<bool, StoreError> {
+        let what = "updating a work item";
+        let events: Vec<String> = (0..item.history.len())
+            .map(|i| {
+                let p = 20 + 3 * i;
+                match self.backend {
+                    Backend::Sqlite => format!("(${p}, ${}, ${})", p + 1, p + 2),
+                    Backend::Postgres => {
+                        format!("(${p}::BIGINT, ${}::BIGINT, ${}::TEXT)", p + 1, p + 2)
+                    }
+                }
+            })
+            .collect();
+        let guard = "WHERE id = $17 AND owner = $18 AND version = $19";
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                let mut sql = format!(
+                    "BEGIN IMMEDIATE; UPDATE ha_work SET {SET_COLUMNS} {guard}; \
+                     SELECT changes() AS written; "
+                );
+                if !events.is_empty() {
+                    // Only after the guarded write (`changes()` is its row count).
+                    sql.push_str(&format!(
+                        "INSERT INTO ha_work_history (work_id, seq, at, what) \
+                         SELECT $17, column1, column2, column3 FROM (VALUES {}) \
+                         WHERE changes() = 1 ON CONFLICT (work_id, seq) DO NOTHING; ",
+                        events.join(", ")
+                    ));
+                }
+                sql.push_str("COMMIT");
+                sql
+            }
+            Backend::Postgres => {
+                let mut sql =
+                    format!("WITH w AS (UPDATE ha_work SET {SET_COLUMNS} {guard} RETURNING id)");
+                if !events.is_empty() {
+                    sql.push_str(&format!(
+                        ", h AS (INSERT INTO ha_work_history (work_id, seq, at, what) \
+                         SELECT w.id, v.seq, v.at, v.what FROM w CROSS JOIN (VALUES {}) \
+                         AS v(seq, at, what) ON CONFLICT (work_id, seq) DO NOTHING)",
+                        events.join(", ")
+                    ));
+                }
+                sql.push_str(" SELECT COUNT(*) AS written FROM w");
+                sql
+            }
+        };
+        let mut q = bind_row(sqlx::query(&sql), item)?
+            .bind(int(writer.0, "owner")?)
+            .bind(int(item.version, "version")?);
+        for (seq, e) in item.history.iter().enumerate() {
+            q = q
+                .bind(int(seq as u64, "seq")?)
+                .bind(time(e.at)?)
+                .bind(e.what.clone());
+        }
+        match self.backend {
+            Backend::Sqlite => {
+                let rows = self.raw_transaction(q).await.map_err(db(what))?;
+                let row = rows
+                    .first()
+                    .ok_or_else(|| crate::codec::bad("written", "no row"))?;
+                Ok(get::<i64>(row, "written")? > 0)
+            }
+            Backend::Postgres => {
+                let row = q.fetch_one(&self.pool).await.map_err(db(what))?;
+                Ok(get::<i64>(&row, "written")? > 0)
+            }
+        }
+    }
+
+    /// [`Self::write_whole`] for a history too long for one statement: a transaction of
+    /// several.
+    async fn write_in_steps(&self, writer: OwnerId, item: &WorkItem) -> Result<bool, StoreError> {
+        let what = "updating a work item";
+        let mut tx = self.begin().await.map_err(db(what))?;
+        if write_row(&mut tx, item, Some(writer)).await? == 0 {
+            return Ok(false);
+        }
+        let stored = history_len(&mut tx, item.id).await?;
+        let new = item.history.get(stored..).unwrap_or_default();
+        append_history(&mut tx, item.id, stored, new).await?;
+        tx.commit().await.map_err(db(what))?;
+        Ok(true)
+    }
+
     async fn items_where(
         &self,
         condition: &str,
@@ -159,7 +249,7 @@ impl SqlStore {
             Backend::Postgres => " FOR UPDATE",
             Backend::Sqlite => "",
         };
-        let mut tx = self.pool.begin().await.map_err(db(what))?;
+        let mut tx = self.begin().await.map_err(db(what))?;
         let mut changed = 0;
         for (pick, binds) in picks {
             let sql = format!("SELECT {WORK_COLUMNS} FROM ha_work WHERE {pick} ORDER BY id{lock}");
@@ -186,24 +276,18 @@ impl SqlStore {
     }
 }
 
-/// Writes every column of `item` with `version + 1`; with `check`, only if the row is held by
-/// that owner at the item's version. Returns the rows written (0 or 1).
-async fn write_row(
-    tx: &mut Transaction<'_, Any>,
-    item: &WorkItem,
-    check: Option<OwnerId>,
-) -> Result<u64, StoreError> {
-    let mut sql = String::from(
-        "UPDATE ha_work SET step = $1, is_final = $2, host_id = $3, previous_state = $4, \
-         update_count = $5, tries = $6, time_to_try = $7, reason = $8, owner = $9, taken = $10, \
-         version = version + 1, braked = $11, fence_proof = $12, work_type = $13, vm_id = $14, \
-         start_attempts = $15, start_unknown = $16 WHERE id = $17",
-    );
-    if check.is_some() {
-        sql.push_str(" AND owner = $18 AND version = $19");
-    }
-    let mut q = sqlx::query(&sql)
-        .bind(name_of(&item.step))
+/// The columns of `ha_work` a write sets, from `$1` to `$16` (`bind_row` binds them, and the
+/// item's id as `$17`).
+const SET_COLUMNS: &str = "step = $1, is_final = $2, host_id = $3, previous_state = $4, \
+     update_count = $5, tries = $6, time_to_try = $7, reason = $8, owner = $9, taken = $10, \
+     version = version + 1, braked = $11, fence_proof = $12, work_type = $13, vm_id = $14, \
+     start_attempts = $15, start_unknown = $16";
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds `$1` to `$17` of a write of `item` (see [`SET_COLUMNS`]).
+fn bind_row<'q>(q: AnyQuery<'q>, item: &WorkItem) -> Result<AnyQuery<'q>, StoreError> {
+    Ok(q.bind(name_of(&item.step))
         .bind(flag(item.step.is_final()))
         .bind(item.host.map(|h| int(h.0, "host_id")).transpose()?)
         .bind(name_of(&item.previous_state))
@@ -219,7 +303,54 @@ async fn write_row(
         .bind(int(item.vm.0, "vm_id")?)
         .bind(i64::from(item.start_attempts))
         .bind(flag(item.start_unknown))
-        .bind(int(item.id.0, "id")?);
+        .bind(int(item.id.0, "id")?))
+}
+
+/// Events per write of a whole history in one statement (3 parameters each).
+const EVENTS_PER_STATEMENT: usize = 1000;
+
+/// The history of the item of each row of a statement over `ha_work`, as one JSON text column
+/// `history_json` (`[[at, what], …]`, in order).
+fn history_column(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "(SELECT json_group_array(json_array(at, what)) FROM \
+             (SELECT at, what FROM ha_work_history WHERE work_id = ha_work.id ORDER BY seq)) \
+             AS history_json"
+        }
+        Backend::Postgres => {
+            "(SELECT COALESCE(json_agg(json_build_array(at, what) ORDER BY seq), '[]'::json)::text \
+             FROM ha_work_history WHERE work_id = ha_work.id) AS history_json"
+        }
+    }
+}
+
+/// The history of [`history_column`].
+fn history_from_json(row: &AnyRow) -> Result<Vec<WorkEvent>, StoreError> {
+    let text: String = get(row, "history_json")?;
+    let events: Vec<(i64, String)> = serde_json::from_str(&text)
+        .map_err(|e| crate::codec::bad("history_json", e.to_string()))?;
+    events
+        .into_iter()
+        .map(|(at, what)| {
+            let at = u64::try_from(at).map_err(|_| crate::codec::bad("at", "negative"))?;
+            Ok(WorkEvent::new(Timestamp::from_micros(at), what))
+        })
+        .collect()
+}
+
+/// Writes every column of `item` with `version + 1`; with `check`, only if the row is held by
+/// that owner at the item's version. Returns the rows written (0 or 1).
+async fn write_row(
+    tx: &mut Transaction<'_, Any>,
+    item: &WorkItem,
+    check: Option<OwnerId>,
+) -> Result<u64, StoreError> {
+    let mut sql = format!("UPDATE ha_work SET {SET_COLUMNS} WHERE id = $17");
+    if check.is_some() {
+        sql.push_str(" AND owner = $18 AND version = $19");
+    }
+    let mut q = bind_row(sqlx::query(&sql), item)?;
     if let Some(owner) = check {
         q = q
             .bind(int(owner.0, "owner")?)
@@ -235,9 +366,10 @@ async fn write_row(
 #[async_trait::async_trait]
 impl HaWorkStore for SqlStore {
     async fn insert(&self, item: WorkItem) -> Result<WorkId, StoreError> {
+        self.heal().await;
         self.named(async {
             let what = "inserting a work item";
-            let mut tx = self.pool.begin().await.map_err(db(what))?;
+            let mut tx = self.begin().await.map_err(db(what))?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO ha_work (vm_id, work_type, step, is_final, host_id, previous_state, \
                  update_count, tries, time_to_try, reason, owner, taken, version, braked, fence_proof, \
@@ -273,69 +405,74 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
-        self.named(
+        self.heal().await;
+        // One statement, the item's history with it: on SQLite the one connection is the
+        // single writer; on PostgreSQL the first eligible row is locked and rows other
+        // claimers hold are skipped.
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let history = history_column(self.backend);
+        let sql = format!(
+            "UPDATE ha_work SET owner = $1, taken = $2, version = version + 1 \
+             WHERE id = (SELECT id FROM ha_work WHERE {ELIGIBLE} AND time_to_try <= $2 \
+             ORDER BY time_to_try, id LIMIT 1{lock}) RETURNING {WORK_COLUMNS}, {history}"
+        );
+        let row = self.named(
             async {
-                // One statement: on SQLite the one connection is the single writer; on PostgreSQL the
-                // first eligible row is locked and rows other claimers hold are skipped.
-                let lock = match self.backend {
-                    Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-                    Backend::Sqlite => "",
-                };
-                let sql = format!(
-                    "UPDATE ha_work SET owner = $1, taken = $2, version = version + 1 \
-                 WHERE id = (SELECT id FROM ha_work WHERE {ELIGIBLE} AND time_to_try <= $2 \
-                 ORDER BY time_to_try, id LIMIT 1{lock}) RETURNING {WORK_COLUMNS}"
-                );
-                let row = sqlx::query(&sql)
+                sqlx::query(&sql)
                     .bind(int(owner.0, "owner")?)
                     .bind(time(now)?)
                     .fetch_optional(&self.pool)
                     .await
-                    .map_err(db("claiming a work item"))?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let item = item_from_row(&row)?;
-                Ok(with_history(&self.pool, vec![item], false).await?.pop())
+                    .map_err(db("claiming a work item"))
             }
             .await,
-        )
+        )?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut item = self.named(item_from_row(&row))?;
+        item.history = self.named(history_from_json(&row))?;
+        Ok(Some(item))
     }
 
     async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 let what = "updating a work item";
-                let mut tx = self.pool.begin().await.map_err(db(what))?;
-                if write_row(&mut tx, item, Some(writer)).await? == 0 {
-                    let row = sqlx::query("SELECT owner, version FROM ha_work WHERE id = $1")
-                        .bind(int(item.id.0, "id")?)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db(what))?;
-                    let Some(row) = row else {
-                        return Err(StoreError::UnknownWork(item.id));
-                    };
-                    return Err(StoreError::Stale {
-                        work: item.id,
-                        writer,
-                        version: item.version,
-                        holder: get_opt_u64(&row, "owner")?.map(OwnerId),
-                        current: get_u64(&row, "version")?,
-                    });
+                let written = if item.history.len() <= EVENTS_PER_STATEMENT {
+                    self.write_whole(writer, item).await?
+                } else {
+                    self.write_in_steps(writer, item).await?
+                };
+                if written {
+                    return Ok(item.version + 1);
                 }
-                // Append-only: events the store has are kept, new ones added.
-                let stored = history_len(&mut tx, item.id).await?;
-                let new = item.history.get(stored..).unwrap_or_default();
-                append_history(&mut tx, item.id, stored, new).await?;
-                tx.commit().await.map_err(db(what))?;
-                Ok(item.version + 1)
+                let row = sqlx::query("SELECT owner, version FROM ha_work WHERE id = $1")
+                    .bind(int(item.id.0, "id")?)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db(what))?;
+                let Some(row) = row else {
+                    return Err(StoreError::UnknownWork(item.id));
+                };
+                Err(StoreError::Stale {
+                    work: item.id,
+                    writer,
+                    version: item.version,
+                    holder: get_opt_u64(&row, "owner")?.map(OwnerId),
+                    current: get_u64(&row, "version")?,
+                })
             }
             .await,
         )
     }
 
     async fn get(&self, id: WorkId) -> Result<Option<WorkItem>, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 Ok(self
@@ -348,6 +485,7 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn for_vm(&self, vm: VmId) -> Result<Vec<WorkItem>, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 self.items_where("WHERE vm_id = $1", Some(int(vm.0, "vm_id")?))
@@ -358,10 +496,12 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn list(&self) -> Result<Vec<WorkItem>, StoreError> {
+        self.heal().await;
         self.named(self.items_where("", None).await)
     }
 
     async fn pending(&self) -> Result<usize, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ha_work WHERE is_final = 0")
@@ -375,6 +515,7 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn release_owner(&self, owner: OwnerId) -> Result<usize, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 let done = sqlx::query(
@@ -392,6 +533,7 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 self.change_all(
@@ -414,6 +556,7 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 // One statement per chunk of VMs (the databases limit the parameters of a statement),
@@ -449,10 +592,11 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn cleanup(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 let what = "cleaning up work";
-                let mut tx = self.pool.begin().await.map_err(db(what))?;
+                let mut tx = self.begin().await.map_err(db(what))?;
                 sqlx::query(
                     "DELETE FROM ha_work_history WHERE work_id IN \
                  (SELECT id FROM ha_work WHERE is_final = 1 AND time_to_try <= $1)",
@@ -475,6 +619,7 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.heal().await;
         self.named(
             async {
                 let at: Option<i64> = sqlx::query_scalar(&format!(
