@@ -1,6 +1,10 @@
 //! The host store: `hosts`, and `host_status_history` appended with every status change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use tokio::sync::Notify;
 
 use cloudha_ports::{HostRecord, HostStore, StoreError, Timestamp};
 use cloudha_protocol::{ClusterId, Event, HostId, PodId, ResourceState, Status};
@@ -41,6 +45,240 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
 const HOST_COLUMNS: &str = "id, name, host_type, hypervisor, cluster_id, pod_id, zone_id, status, \
      resource_state, last_ping, disconnected_on, connected_at, update_count, tags, \
      self_fence_independent";
+
+/// Host statuses written per batch (one statement each way; nine parameters per status).
+const STATUSES_PER_BATCH: usize = 500;
+
+/// One status write waiting in [`StatusQueue`].
+pub(crate) struct StatusWrite {
+    id: HostId,
+    expected: Option<Status>,
+    update_count: u64,
+    to: Status,
+    event: Event,
+    now: Timestamp,
+    reply: tokio::sync::oneshot::Sender<Result<HostRecord, StoreError>>,
+}
+
+/// Status writes waiting to be written together (group commit): when many hosts change at
+/// once (a rack loses power, the management network flaps), one transaction writes up to
+/// [`STATUSES_PER_BATCH`] of them, each still its own compare-and-set with its own answer.
+/// No task of its own: the call that finds no writer at work becomes the writer.
+#[derive(Default)]
+pub(crate) struct StatusQueue {
+    pending: Mutex<VecDeque<StatusWrite>>,
+    /// A call is writing batches.
+    writing: AtomicBool,
+    /// The writer stopped (done, or its call was dropped).
+    idle: Notify,
+}
+
+impl std::fmt::Debug for StatusQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusQueue")
+            .field("pending", &lock(&self.pending).len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The writer's flag, cleared (and waiters woken) however its call ends.
+struct Writer<'a>(&'a StatusQueue);
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        self.0.writing.store(false, Ordering::SeqCst);
+        self.0.idle.notify_waiters();
+    }
+}
+
+/// The next batch: the oldest writes, one per host (a later write of the same host waits for
+/// the next batch, so it compares against the first one's result).
+fn next_batch(queue: &StatusQueue) -> Vec<StatusWrite> {
+    let mut pending = lock(&queue.pending);
+    let mut batch = Vec::new();
+    let mut hosts = std::collections::HashSet::new();
+    let mut later = VecDeque::new();
+    while let Some(w) = pending.pop_front() {
+        if batch.len() < STATUSES_PER_BATCH && hosts.insert(w.id) {
+            batch.push(w);
+        } else {
+            later.push_back(w);
+        }
+    }
+    *pending = later;
+    batch
+}
+
+/// A batch that failed, said to each of its writes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Batch(String);
+
+impl SqlStore {
+    /// Writes `batch` in one transaction: one guarded `UPDATE … FROM` for all, the history rows
+    /// of those written, and a look-up telling a conflict from an unknown host for the others.
+    /// Each write gets its own answer; a failure is every write's.
+    async fn write_statuses(&self, batch: Vec<StatusWrite>) {
+        match self.try_write_statuses(&batch).await {
+            Ok(mut answers) => {
+                for w in batch {
+                    let answer = answers
+                        .remove(&w.id)
+                        .unwrap_or(Err(StoreError::UnknownHost(w.id)));
+                    let _ = w.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                let text = crate::error_text(&e);
+                for w in batch {
+                    let _ = w.reply.send(self.named(Err(StoreError::backend(
+                        "writing a host status",
+                        Batch(text.clone()),
+                    ))));
+                }
+            }
+        }
+    }
+
+    async fn try_write_statuses(
+        &self,
+        batch: &[StatusWrite],
+    ) -> Result<HashMap<HostId, Result<HostRecord, StoreError>>, StoreError> {
+        let what = "writing host statuses";
+        let mut rows = Vec::new();
+        for (i, _) in batch.iter().enumerate() {
+            let p = 9 * i;
+            rows.push(format!(
+                "(CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
+                 CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS TEXT), \
+                 CAST(${} AS BIGINT))",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7,
+                p + 8,
+                p + 9
+            ));
+        }
+        let returning: Vec<String> = HOST_COLUMNS
+            .split(',')
+            .map(|c| format!("hosts.{}", c.trim()))
+            .collect();
+        // What `HostRecord::apply_status` changes, decided from the event and the expected
+        // status alone (the write only happens when the stored status is the expected one); a
+        // last ping only moves forward, as in `set_last_pings`.
+        let sql = format!(
+            "WITH v (id, to_status, sets_ping, now, sets_connected, sets_disconnected, \
+             update_count, expected, expected_none) AS (VALUES {}) \
+             UPDATE hosts SET status = v.to_status, update_count = hosts.update_count + 1, \
+             last_ping = CASE WHEN v.sets_ping = 1 AND (hosts.last_ping IS NULL OR \
+             hosts.last_ping < v.now) THEN v.now ELSE hosts.last_ping END, \
+             connected_at = CASE WHEN v.sets_connected = 1 THEN v.now ELSE hosts.connected_at END, \
+             disconnected_on = CASE WHEN v.sets_disconnected = 1 THEN v.now \
+             ELSE hosts.disconnected_on END \
+             FROM v WHERE hosts.id = v.id AND hosts.update_count = v.update_count \
+             AND (hosts.status = v.expected OR (hosts.status IS NULL AND v.expected_none = 1)) \
+             RETURNING {}",
+            rows.join(", "),
+            returning.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for w in batch {
+            let sets_ping = matches!(w.event, Event::Ping | Event::AgentConnected);
+            let sets_connected = w.event == Event::AgentConnected;
+            let sets_disconnected =
+                w.to.lost_connection() && !w.expected.is_some_and(Status::lost_connection);
+            q = q
+                .bind(int(w.id.0, "id")?)
+                .bind(name_of(&w.to))
+                .bind(flag(sets_ping))
+                .bind(time(w.now)?)
+                .bind(flag(sets_connected))
+                .bind(flag(sets_disconnected))
+                .bind(int(w.update_count, "update_count")?)
+                .bind(w.expected.as_ref().map(name_of).unwrap_or_default())
+                .bind(flag(w.expected.is_none()));
+        }
+        let mut tx = self.begin().await.map_err(db(what))?;
+        let written = q.fetch_all(&mut *tx).await.map_err(db(what))?;
+        let mut answers = HashMap::new();
+        for row in &written {
+            let h = host_from_row(row)?;
+            answers.insert(h.id, Ok(h));
+        }
+        let done: Vec<&StatusWrite> = batch
+            .iter()
+            .filter(|w| answers.contains_key(&w.id))
+            .collect();
+        if !done.is_empty() {
+            let values: Vec<String> = (0..done.len())
+                .map(|i| {
+                    let p = 6 * i;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO host_status_history (host_id, at, from_status, to_status, event, \
+                 update_count) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for w in &done {
+                q = q
+                    .bind(int(w.id.0, "id")?)
+                    .bind(time(w.now)?)
+                    .bind(w.expected.as_ref().map(name_of))
+                    .bind(name_of(&w.to))
+                    .bind(name_of(&w.event))
+                    .bind(int(w.update_count + 1, "update_count")?);
+            }
+            q.execute(&mut *tx).await.map_err(db(what))?;
+        }
+        let missed: Vec<&StatusWrite> = batch
+            .iter()
+            .filter(|w| !answers.contains_key(&w.id))
+            .collect();
+        if !missed.is_empty() {
+            let ids: Vec<String> = (1..=missed.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("SELECT id FROM hosts WHERE id IN ({})", ids.join(", "));
+            let mut q = sqlx::query(&sql);
+            for w in &missed {
+                q = q.bind(int(w.id.0, "id")?);
+            }
+            let known = q.fetch_all(&mut *tx).await.map_err(db(what))?;
+            for row in &known {
+                let id = HostId(get_u64(row, "id")?);
+                if let Some(w) = missed.iter().find(|w| w.id == id) {
+                    answers.insert(
+                        id,
+                        Err(StoreError::Conflict {
+                            host: id,
+                            expected: w.expected,
+                            update_count: w.update_count,
+                        }),
+                    );
+                }
+            }
+        }
+        tx.commit().await.map_err(db(what))?;
+        Ok(answers)
+    }
+}
 
 #[async_trait::async_trait]
 impl HostStore for SqlStore {
@@ -119,76 +357,46 @@ impl HostStore for SqlStore {
         event: Event,
         now: Timestamp,
     ) -> Result<HostRecord, StoreError> {
-        self.heal().await;
-        self.named(async {
-            let what = "writing a host status";
-            let conflict = StoreError::Conflict {
-                host: id,
-                expected,
-                update_count,
-            };
-            // What `HostRecord::apply_status` changes, decided from the event and the expected
-            // status alone (the write only happens when the stored status is the expected one).
-            let sets_ping = matches!(event, Event::Ping | Event::AgentConnected);
-            let sets_connected = event == Event::AgentConnected;
-            let sets_disconnected =
-                to.lost_connection() && !expected.is_some_and(Status::lost_connection);
-            let mut tx = self.begin().await.map_err(db(what))?;
-            // One guarded write, first in the transaction: the compare-and-set is the `WHERE`, so a
-            // second handle on the same SQLite file waits for the write lock instead of failing to
-            // upgrade a stale read, and a last ping written meanwhile by another connection is
-            // never put back (the last ping only moves forward, as in `set_last_pings`).
-            let row = sqlx::query(&format!(
-                "UPDATE hosts SET status = $1, update_count = update_count + 1, \
-                 last_ping = CASE WHEN $2 = 1 AND (last_ping IS NULL OR last_ping < $3) THEN $3 \
-                 ELSE last_ping END, \
-                 connected_at = CASE WHEN $4 = 1 THEN $3 ELSE connected_at END, \
-                 disconnected_on = CASE WHEN $5 = 1 THEN $3 ELSE disconnected_on END \
-                 WHERE id = $6 AND update_count = $7 AND (status = $8 OR (status IS NULL AND $9 = 1)) \
-                 RETURNING {HOST_COLUMNS}"
-            ))
-            .bind(name_of(&to))
-            .bind(flag(sets_ping))
-            .bind(time(now)?)
-            .bind(flag(sets_connected))
-            .bind(flag(sets_disconnected))
-            .bind(int(id.0, "id")?)
-            .bind(int(update_count, "update_count")?)
-            .bind(expected.as_ref().map(name_of).unwrap_or_default())
-            .bind(flag(expected.is_none()))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(what))?;
-            let Some(row) = row else {
-                let known: Option<i64> = sqlx::query_scalar("SELECT id FROM hosts WHERE id = $1")
-                    .bind(int(id.0, "id")?)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db(what))?;
-                return Err(if known.is_some() {
-                    conflict
-                } else {
-                    StoreError::UnknownHost(id)
-                });
-            };
-            let h = host_from_row(&row)?;
-            sqlx::query(
-                "INSERT INTO host_status_history (host_id, at, from_status, to_status, event, update_count) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(int(id.0, "id")?)
-            .bind(time(now)?)
-            .bind(expected.as_ref().map(name_of))
-            .bind(name_of(&to))
-            .bind(name_of(&event))
-            .bind(int(h.update_count, "update_count")?)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(what))?;
-            tx.commit().await.map_err(db(what))?;
-            Ok(h)
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        lock(&self.statuses.pending).push_back(StatusWrite {
+            id,
+            expected,
+            update_count,
+            to,
+            event,
+            now,
+            reply,
+        });
+        loop {
+            // Registered before the writer's flag is read: its end cannot be missed.
+            let idle = self.statuses.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if !self.statuses.writing.swap(true, Ordering::SeqCst) {
+                // This call writes every status waiting (its own among them), a batch at a
+                // time; the others wait for their answers.
+                let _writer = Writer(&self.statuses);
+                loop {
+                    let batch = next_batch(&self.statuses);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    self.write_statuses(batch).await;
+                }
+            }
+            tokio::select! {
+                biased;
+                answer = &mut answer => {
+                    return answer.unwrap_or_else(|_| {
+                        self.named(Err(StoreError::backend(
+                            "writing a host status",
+                            Batch("the writer went away before the answer: the write may or may not have landed".into()),
+                        )))
+                    });
+                }
+                () = &mut idle => {}
+            }
         }
-        .await)
     }
 
     async fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {

@@ -63,6 +63,20 @@ fn dialect(text: &str, backend: Backend) -> String {
     text.replace("{{ID}}", id)
 }
 
+/// An error with its sources, `: `-separated (a source whose text is already said is left out).
+pub(crate) fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !text.contains(&said) {
+            text.push_str(&format!(": {said}"));
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -120,6 +134,8 @@ pub struct SqlStore {
     /// (it failed part-way, or its caller went away before the answer): the next call rolls
     /// it back first ([`Self::heal`]).
     open_transaction: Arc<AtomicBool>,
+    /// Host status writes waiting to be written together.
+    statuses: Arc<hosts::StatusQueue>,
 }
 
 /// `url` without the password of its user part.
@@ -217,6 +233,7 @@ impl SqlStore {
             backend,
             url: shown,
             open_transaction: Arc::new(AtomicBool::new(false)),
+            statuses: Arc::default(),
         };
         store.migrate().await?;
         Ok(store)

@@ -125,6 +125,7 @@ conformance!(
     times_and_fields_round_trip,
     due_order_brake_and_cleanup,
     host_status_is_a_compare_and_set,
+    status_writes_at_once_each_get_their_own_answer,
     last_pings_never_move_back,
 );
 
@@ -544,5 +545,137 @@ async fn last_pings_never_move_back(b: &Backend) {
         pings,
         vec![Some(at(1_200)), Some(at(1_198)), Some(at(1_199))]
     );
+    b.close(s).await;
+}
+
+/// Many status writes at once (a rack flapping): each is its own compare-and-set with its own
+/// answer however the store groups them; writes of one host from the same record: one wins;
+/// a caller that goes away mid-write leaves no other caller waiting for ever.
+async fn status_writes_at_once_each_get_their_own_answer(b: &Backend) {
+    let s = b.open().await;
+    const HOSTS: u64 = 1200;
+    for n in 1..=HOSTS {
+        let mut h = HostRecord::new(HostId(n), format!("kvm-{n}"), HypervisorType::Kvm);
+        h.status = Some(Status::Up);
+        s.hosts.upsert(&h).await.unwrap();
+    }
+    let write = |hosts: Arc<dyn HostStore>, n: u64, to: Status, event: Event| async move {
+        hosts
+            .update_status(HostId(n), Some(Status::Up), 0, to, event, at(n))
+            .await
+    };
+    // Every host once, and host 1 thirty times more from the same record, all at once.
+    let mut tasks = Vec::new();
+    for n in 1..=HOSTS {
+        tasks.push(tokio::spawn(write(
+            s.hosts.clone(),
+            n,
+            Status::Disconnected,
+            Event::AgentDisconnected,
+        )));
+    }
+    for _ in 0..30 {
+        tasks.push(tokio::spawn(write(
+            s.hosts.clone(),
+            1,
+            Status::Alert,
+            Event::PingTimeout,
+        )));
+    }
+    let unknown = tokio::spawn(write(
+        s.hosts.clone(),
+        HOSTS + 7,
+        Status::Down,
+        Event::HostDown,
+    ));
+    let mut won_host_1 = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(60), t).await {
+            Ok(Ok(Ok(h))) => {
+                assert_eq!(h.update_count, 1, "{h:?}");
+                assert!(
+                    h.status == Some(Status::Disconnected) && h.disconnected_on == Some(at(h.id.0))
+                        || h.status == Some(Status::Alert) && h.id == HostId(1),
+                    "{h:?}"
+                );
+                if h.id == HostId(1) {
+                    won_host_1 += 1;
+                }
+            }
+            Ok(Ok(Err(StoreError::Conflict { host, .. }))) => assert_eq!(host, HostId(1)),
+            other => panic!("write {i}: {other:?}"),
+        }
+    }
+    assert_eq!(won_host_1, 1, "one of host 1's 31 writes won");
+    assert!(matches!(
+        unknown.await.unwrap(),
+        Err(StoreError::UnknownHost(h)) if h == HostId(HOSTS + 7)
+    ));
+    for n in [2, HOSTS / 2, HOSTS] {
+        let h = s.hosts.get(HostId(n)).await.unwrap().unwrap();
+        assert_eq!((h.status, h.update_count), (Some(Status::Disconnected), 1));
+        if let Some(sql) = &s.sql {
+            let history = sql.status_history(HostId(n)).await.unwrap();
+            assert_eq!(
+                history,
+                vec![(
+                    at(n),
+                    Some(Status::Up),
+                    Status::Disconnected,
+                    Event::AgentDisconnected
+                )]
+            );
+        }
+    }
+    if let Some(sql) = &s.sql {
+        assert_eq!(sql.status_history(HostId(1)).await.unwrap().len(), 1);
+    }
+
+    // Callers that go away at once (one of them may be writing for the others): every other
+    // caller still gets an answer, and each host moves at most once.
+    let mut tasks = Vec::new();
+    for n in 1..=HOSTS {
+        let hosts = s.hosts.clone();
+        let call = async move {
+            hosts
+                .update_status(
+                    HostId(n),
+                    Some(Status::Disconnected),
+                    1,
+                    Status::Up,
+                    Event::Ready,
+                    at(HOSTS + n),
+                )
+                .await
+        };
+        if n % 3 == 0 {
+            tasks.push(tokio::spawn(async move {
+                tokio::time::timeout(Duration::ZERO, call)
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::UnknownHost(HostId(0))))
+            }));
+        } else {
+            tasks.push(tokio::spawn(call));
+        }
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let answered = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .unwrap_or_else(|_| panic!("write {i} got no answer"))
+            .unwrap();
+        if let Err(e) = answered {
+            // Gone (ours), or its writer went away with it: said, never a wrong answer.
+            assert!(
+                matches!(e, StoreError::UnknownHost(HostId(0)))
+                    || e.to_string().contains("went away")
+                    || format!("{:?}", std::error::Error::source(&e)).contains("went away"),
+                "write {i}: {e}"
+            );
+        }
+    }
+    for n in 1..=HOSTS {
+        let h = s.hosts.get(HostId(n)).await.unwrap().unwrap();
+        assert!(h.update_count <= 2, "{h:?}");
+    }
     b.close(s).await;
 }
