@@ -35,6 +35,11 @@ impl Target {
                     "--store `{url}`: expected `sqlite:PATH` (a file path, no options)"
                 ));
             }
+            if path.starts_with(":memory:") {
+                return Err(format!(
+                    "--store `{url}`: an in-memory SQLite database does not outlive a manager restart; leave --store out for an in-memory run, or name a file"
+                ));
+            }
             let path = PathBuf::from(path);
             return Ok(Self::Sqlite(match seed {
                 None => path,

@@ -113,6 +113,42 @@ fn next_batch(queue: &StatusQueue) -> Vec<StatusWrite> {
     batch
 }
 
+/// Each write of `batch` gets its answer (a write the batch neither wrote nor found is of an
+/// unknown host).
+fn answer_all(
+    batch: Vec<StatusWrite>,
+    mut answers: HashMap<HostId, Result<HostRecord, StoreError>>,
+) {
+    for w in batch {
+        let answer = answers
+            .remove(&w.id)
+            .unwrap_or(Err(StoreError::UnknownHost(w.id)));
+        let _ = w.reply.send(answer);
+    }
+}
+
+/// Each write of `batch` gets `e`.
+fn fail_all(store: &SqlStore, batch: Vec<StatusWrite>, e: &StoreError) {
+    let text = crate::error_text(e);
+    for w in batch {
+        let _ = w.reply.send(store.named(Err(StoreError::backend(
+            "writing a host status",
+            Batch(text.clone()),
+        ))));
+    }
+}
+
+/// Whether the database answered `e` about the statement itself (as opposed to a connection
+/// or pool failure).
+fn refused_statement(e: &StoreError) -> bool {
+    match e {
+        StoreError::Backend { source, .. } => source
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(|e| matches!(e, sqlx::Error::Database(_))),
+        _ => false,
+    }
+}
+
 /// A batch that failed, said to each of its writes.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -123,24 +159,37 @@ impl SqlStore {
     /// of those written, and a look-up telling a conflict from an unknown host for the others.
     /// Each write gets its own answer; a failure is every write's.
     async fn write_statuses(&self, batch: Vec<StatusWrite>) {
+        // A write whose values the database cannot hold fails alone, before the batch.
+        let (batch, bad): (Vec<_>, Vec<_>) = batch.into_iter().partition(|w| {
+            int(w.id.0, "id").is_ok()
+                && time(w.now).is_ok()
+                && int(w.update_count.saturating_add(1), "update_count").is_ok()
+        });
+        for w in bad {
+            let e = int(w.id.0, "id")
+                .and(time(w.now))
+                .and(int(w.update_count.saturating_add(1), "update_count"))
+                .err()
+                .unwrap_or(StoreError::UnknownHost(w.id));
+            let _ = w.reply.send(self.named(Err(e)));
+        }
+        if batch.is_empty() {
+            return;
+        }
         match self.try_write_statuses(&batch).await {
-            Ok(mut answers) => {
+            Ok(answers) => answer_all(batch, answers),
+            // The database refused the statement (a value out of range, a lock waited on too
+            // long, ...): it may be one write's doing, so each is written alone and gets its
+            // own answer. A store that is away fails them all at once.
+            Err(e) if batch.len() > 1 && refused_statement(&e) => {
                 for w in batch {
-                    let answer = answers
-                        .remove(&w.id)
-                        .unwrap_or(Err(StoreError::UnknownHost(w.id)));
-                    let _ = w.reply.send(answer);
+                    match self.try_write_statuses(std::slice::from_ref(&w)).await {
+                        Ok(answers) => answer_all(vec![w], answers),
+                        Err(e) => fail_all(self, vec![w], &e),
+                    }
                 }
             }
-            Err(e) => {
-                let text = crate::error_text(&e);
-                for w in batch {
-                    let _ = w.reply.send(self.named(Err(StoreError::backend(
-                        "writing a host status",
-                        Batch(text.clone()),
-                    ))));
-                }
-            }
+            Err(e) => fail_all(self, batch, &e),
         }
     }
 
@@ -207,6 +256,13 @@ impl SqlStore {
                 .bind(flag(w.expected.is_none()));
         }
         let mut tx = self.begin().await.map_err(db(what))?;
+        if self.backend == crate::Backend::Postgres {
+            // A host row another session holds locked does not hold up the batch for long.
+            sqlx::query("SET LOCAL lock_timeout = '2s'")
+                .execute(&mut *tx)
+                .await
+                .map_err(db(what))?;
+        }
         let written = q.fetch_all(&mut *tx).await.map_err(db(what))?;
         let mut answers = HashMap::new();
         for row in &written {
@@ -283,7 +339,6 @@ impl SqlStore {
 #[async_trait::async_trait]
 impl HostStore for SqlStore {
     async fn get(&self, id: HostId) -> Result<Option<HostRecord>, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 let row = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"))
@@ -298,7 +353,6 @@ impl HostStore for SqlStore {
     }
 
     async fn list(&self) -> Result<Vec<HostRecord>, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 let rows = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY id"))
@@ -312,7 +366,6 @@ impl HostStore for SqlStore {
     }
 
     async fn upsert(&self, h: &HostRecord) -> Result<(), StoreError> {
-        self.heal().await;
         self.named(async {
             sqlx::query(&format!(
                 "INSERT INTO hosts ({HOST_COLUMNS}) VALUES \
@@ -400,7 +453,6 @@ impl HostStore for SqlStore {
     }
 
     async fn set_resource_state(&self, id: HostId, state: ResourceState) -> Result<(), StoreError> {
-        self.heal().await;
         self.named(
             async {
                 let done = sqlx::query("UPDATE hosts SET resource_state = $1 WHERE id = $2")
@@ -419,7 +471,6 @@ impl HostStore for SqlStore {
     }
 
     async fn set_last_pings(&self, pings: &[(HostId, Timestamp)]) -> Result<(), StoreError> {
-        self.heal().await;
         self.named(async {
             // One newest time per host (a batch may name a host twice).
             let mut newest: HashMap<HostId, Timestamp> = HashMap::with_capacity(pings.len());

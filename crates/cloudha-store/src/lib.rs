@@ -28,7 +28,6 @@ mod work;
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -130,12 +129,26 @@ pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
     url: String,
-    /// SQLite: a transaction sent whole ([`Self::raw_transaction`]) may have been left open
-    /// (it failed part-way, or its caller went away before the answer): the next call rolls
-    /// it back first ([`Self::heal`]).
-    open_transaction: Arc<AtomicBool>,
     /// Host status writes waiting to be written together.
     statuses: Arc<hosts::StatusQueue>,
+}
+
+/// A pooled connection that is closed, not given back, unless [`Self::done`] is called.
+struct CloseUnlessDone(Option<sqlx::pool::PoolConnection<sqlx::Any>>);
+
+impl CloseUnlessDone {
+    /// Back to the pool.
+    fn done(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for CloseUnlessDone {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take() {
+            conn.close_on_drop();
+        }
+    }
 }
 
 /// `url` without the password of its user part.
@@ -166,7 +179,19 @@ impl SqlStore {
                 return Err(OpenError::BadUrl { url: shown });
             }
             let sep = if path.contains('?') { '&' } else { '?' };
-            (Backend::Sqlite, format!("sqlite:{path}{sep}mode=rwc"))
+            // sqlx reads the path percent-decoded: a `%` of the file's name is written `%25`,
+            // so the file opened is the one named.
+            let (file, options) = path.split_once('?').unwrap_or((path, ""));
+            let file = file.replace('%', "%25");
+            let options = if options.is_empty() {
+                String::new()
+            } else {
+                format!("?{options}")
+            };
+            (
+                Backend::Sqlite,
+                format!("sqlite:{file}{options}{sep}mode=rwc"),
+            )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
         } else {
@@ -232,7 +257,6 @@ impl SqlStore {
             pool,
             backend,
             url: shown,
-            open_transaction: Arc::new(AtomicBool::new(false)),
             statuses: Arc::default(),
         };
         store.migrate().await?;
@@ -288,7 +312,6 @@ impl SqlStore {
     /// # Errors
     /// The backend's.
     pub async fn is_empty(&self) -> Result<bool, sqlx::Error> {
-        self.heal().await;
         let mut rows = 0i64;
         for table in DATA_TABLES {
             let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
@@ -317,32 +340,27 @@ impl SqlStore {
     /// to the connection's worker: one hand-over between threads instead of one per statement.
     /// Returns the rows its statements return (the rows changed are no count to trust here:
     /// SQLite reports the last change of the connection for `BEGIN` and `COMMIT` too, so a
-    /// statement that must say what it changed selects `changes()`). sqlx does not see this
-    /// transaction: if it fails part-way, or
-    /// this future is dropped before the answer, it may be left open, and the next call rolls
-    /// it back before anything else ([`Self::heal`]), so no later statement runs inside it.
+    /// statement that must say what it changed selects `changes()`).
+    ///
+    /// sqlx does not see this transaction, so a connection that may hold it open (the command
+    /// failed part-way, or this future was dropped before the answer) never goes back to the
+    /// pool: it is closed, which rolls the transaction back, and no later statement can run
+    /// inside it.
     async fn raw_transaction<'q>(
         &self,
         query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
-        self.heal().await;
-        self.open_transaction.store(true, Ordering::SeqCst);
-        let rows = query.fetch_all(&self.pool).await?;
-        self.open_transaction.store(false, Ordering::SeqCst);
+        let mut conn = CloseUnlessDone(Some(self.pool.acquire().await?));
+        let rows = match conn.0.as_mut() {
+            Some(c) => query.fetch_all(&mut **c).await?,
+            None => unreachable!("set above"),
+        };
+        conn.done();
         Ok(rows)
     }
 
-    /// Rolls back a transaction [`Self::raw_transaction`] may have left open (an error that
-    /// there is none is the normal case, and ignored). Every call of the store starts here.
-    async fn heal(&self) {
-        if self.open_transaction.swap(false, Ordering::SeqCst) {
-            let _ = self.pool.execute("ROLLBACK").await;
-        }
-    }
-
-    /// A transaction sqlx manages, after [`Self::heal`].
+    /// A transaction sqlx manages.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        self.heal().await;
         self.pool.begin().await
     }
 

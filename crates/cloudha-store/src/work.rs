@@ -366,7 +366,6 @@ async fn write_row(
 #[async_trait::async_trait]
 impl HaWorkStore for SqlStore {
     async fn insert(&self, item: WorkItem) -> Result<WorkId, StoreError> {
-        self.heal().await;
         self.named(async {
             let what = "inserting a work item";
             let mut tx = self.begin().await.map_err(db(what))?;
@@ -405,7 +404,6 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
-        self.heal().await;
         // One statement, the item's history with it: on SQLite the one connection is the
         // single writer; on PostgreSQL the first eligible row is locked and rows other
         // claimers hold are skipped.
@@ -439,7 +437,6 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 let what = "updating a work item";
@@ -472,7 +469,6 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn get(&self, id: WorkId) -> Result<Option<WorkItem>, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 Ok(self
@@ -485,7 +481,6 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn for_vm(&self, vm: VmId) -> Result<Vec<WorkItem>, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 self.items_where("WHERE vm_id = $1", Some(int(vm.0, "vm_id")?))
@@ -496,12 +491,10 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn list(&self) -> Result<Vec<WorkItem>, StoreError> {
-        self.heal().await;
         self.named(self.items_where("", None).await)
     }
 
     async fn pending(&self) -> Result<usize, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ha_work WHERE is_final = 0")
@@ -515,7 +508,6 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn release_owner(&self, owner: OwnerId) -> Result<usize, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 let done = sqlx::query(
@@ -533,7 +525,6 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn mark_pending_investigating(&self, now: Timestamp) -> Result<usize, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 self.change_all(
@@ -556,7 +547,6 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn unbrake(&self, now: Timestamp, vms: &[VmId]) -> Result<usize, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 // One statement per chunk of VMs (the databases limit the parameters of a statement),
@@ -592,7 +582,6 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn cleanup(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 let what = "cleaning up work";
@@ -619,7 +608,6 @@ impl HaWorkStore for SqlStore {
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        self.heal().await;
         self.named(
             async {
                 let at: Option<i64> = sqlx::query_scalar(&format!(

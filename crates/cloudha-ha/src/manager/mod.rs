@@ -148,9 +148,16 @@ struct HaInner {
     fences: Mutex<HashMap<HostId, Arc<tokio::sync::Mutex<Option<HostFence>>>>>,
     /// New items the store did not take (it is away), oldest first: kept in memory and
     /// inserted by the `ha_unstored` task as soon as the store is back, in order.
-    unstored: Mutex<std::collections::VecDeque<WorkItem>>,
+    unstored: Mutex<std::collections::VecDeque<(u64, WorkItem)>>,
+    /// Numbers the items of `unstored`.
+    unstored_seq: std::sync::atomic::AtomicU64,
     /// Wakes the `ha_unstored` task.
     unstored_wake: Notify,
+    /// The items this server's workers are processing.
+    working: Mutex<HashSet<WorkId>>,
+    /// A claim failed without an answer: the store may hold an item claimed by this server
+    /// that no worker of it processes; released at the next contact with the store.
+    claims_unsure: std::sync::atomic::AtomicBool,
 }
 
 /// The last fence of a host.
@@ -250,7 +257,10 @@ impl HaManager {
             reporting: Mutex::new(HashSet::new()),
             fences: Mutex::new(HashMap::new()),
             unstored: Mutex::new(std::collections::VecDeque::new()),
+            unstored_seq: std::sync::atomic::AtomicU64::new(0),
             unstored_wake: Notify::new(),
+            working: Mutex::new(HashSet::new()),
+            claims_unsure: std::sync::atomic::AtomicBool::new(false),
         });
         let id = agent.registry().register(
             Arc::new(PowerReports(Arc::downgrade(&inner))),

@@ -2,6 +2,7 @@
 //! processing and its saves (a claim check before every action), and placement candidates.
 
 use super::*;
+use std::sync::atomic::Ordering;
 
 impl HaInner {
     /// Why the brake holds for `cluster` at `now`, if it does.
@@ -151,28 +152,82 @@ impl HaInner {
     }
 
     /// Inserts the items the store did not take, oldest first, as soon as it takes them again
-    /// (a growing pause between tries); says how many wait, and when they are stored.
+    /// (a growing pause between rounds); says how many wait, and when they are stored. Each
+    /// round tries every item: one the store keeps refusing holds up no other.
     pub(super) async fn unstored_loop(self: Arc<Self>) {
         loop {
             self.unstored_wake.notified().await;
             let mut pause = STORE_RETRY;
             loop {
-                let Some(item) = lock(&self.unstored).front().cloned() else {
+                let waiting: Vec<(u64, WorkItem)> = lock(&self.unstored).iter().cloned().collect();
+                if waiting.is_empty() {
                     break;
-                };
-                match self.ports.work.insert(item.clone()).await {
-                    Ok(id) => {
-                        lock(&self.unstored).pop_front();
-                        tracing::info!(vm = %item.vm, work = %id, "HA work stored now that the store is back");
-                        self.wake.notify_one();
-                        pause = STORE_RETRY;
+                }
+                let mut stored = HashSet::new();
+                let mut failed = None;
+                for (seq, item) in waiting {
+                    match self.ports.work.insert(item.clone()).await {
+                        Ok(id) => {
+                            stored.insert(seq);
+                            tracing::info!(vm = %item.vm, work = %id, "HA work stored now that the store is back");
+                            self.wake.notify_one();
+                        }
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
                     }
-                    Err(e) => {
+                }
+                lock(&self.unstored).retain(|(seq, _)| !stored.contains(seq));
+                match failed {
+                    None => pause = STORE_RETRY,
+                    Some(e) => {
                         let waiting = lock(&self.unstored).len();
-                        tracing::error!(waiting, error = %ErrorChain(&e), "HA work store away: {waiting} new items wait in memory; retrying in {pause:?}");
+                        tracing::error!(waiting, error = %ErrorChain(&e), "HA work store: {waiting} new items wait in memory; retrying in {pause:?}");
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(STORE_RETRY_MAX);
                     }
+                }
+            }
+        }
+    }
+
+    /// After a claim that got no answer: the items the store says this server holds and no
+    /// worker of it processes are handed back (each write checks the version, so an item a
+    /// worker just let go is left alone). Done once the store has answered.
+    async fn release_orphans(&self) {
+        if !self.claims_unsure.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let items = match self.ports.work.list().await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot look for claims without an answer; trying again");
+                self.claims_unsure.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        for mut item in items {
+            if item.owner != Some(self.owner)
+                || item.step.is_final()
+                || lock(&self.working).contains(&item.id)
+            {
+                continue;
+            }
+            item.owner = None;
+            item.taken = None;
+            item.note(
+                self.now(),
+                "released: claimed by a take whose answer was lost",
+            );
+            match self.ports.work.update(self.owner, &item).await {
+                Ok(_) => {
+                    tracing::warn!(work = %item.id, "a claim whose answer was lost: released");
+                    self.wake.notify_one();
+                }
+                Err(StoreError::Stale { .. } | StoreError::UnknownWork(_)) => {}
+                Err(e) => {
+                    tracing::warn!(work = %item.id, error = %ErrorChain(&e), "cannot release a claim without an answer; trying again");
+                    self.claims_unsure.store(true, Ordering::SeqCst);
                 }
             }
         }
@@ -186,8 +241,12 @@ impl HaInner {
             };
             let now = self.now();
             let taken = self.ports.work.take(self.owner, now).await;
-            if taken.is_ok() {
+            if let Ok(item) = &taken {
                 pause = STORE_RETRY;
+                if let Some(item) = item {
+                    lock(&self.working).insert(item.id);
+                }
+                self.release_orphans().await;
             }
             match taken {
                 Ok(Some(item)) => {
@@ -196,7 +255,9 @@ impl HaInner {
                     self.tasks.spawn(
                         self.tasks.token().child_token(),
                         async move {
+                            let id = item.id;
                             me.process(item).await;
+                            lock(&me.working).remove(&id);
                             drop(permit);
                         }
                         .instrument(span),
@@ -221,6 +282,8 @@ impl HaInner {
                 }
                 Err(e) => {
                     drop(permit);
+                    // The claim may have landed without its answer.
+                    self.claims_unsure.store(true, Ordering::SeqCst);
                     tracing::error!(error = %ErrorChain(&e), "HA work store: cannot take work; retrying in {pause:?}");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(STORE_RETRY_MAX);
@@ -422,7 +485,8 @@ impl HaInner {
                 item.vm
             ),
         );
-        lock(&self.unstored).push_back(item);
+        let seq = self.unstored_seq.fetch_add(1, Ordering::SeqCst);
+        lock(&self.unstored).push_back((seq, item));
         self.unstored_wake.notify_one();
     }
 

@@ -256,7 +256,7 @@ impl HaInner {
                 if vm.host != Some(host.id) || vm.local_root_disk {
                     continue;
                 }
-                if lock(&self.unstored).iter().any(|i| i.vm == vm.id) {
+                if lock(&self.unstored).iter().any(|(_, i)| i.vm == vm.id) {
                     continue; // scheduled already; waits for the store
                 }
                 match self.ports.work.for_vm(vm.id).await {

@@ -12,5 +12,6 @@ mod fencing;
 mod ha;
 mod ha_fencing;
 mod start_proof;
+mod store_attack;
 mod store_faults;
 mod store_outage;
