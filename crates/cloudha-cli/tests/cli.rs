@@ -1,27 +1,11 @@
 //! The real `cloudha` binary: every scenario under `scenarios/` passes, broken scenario files
 //! exit 2 naming the problem, equal runs give equal reports, and the other subcommands work.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
-fn cloudha(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cloudha"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{cloudha, root, text};
 
 #[test]
 fn every_scenario_passes() {

@@ -2,53 +2,15 @@
 //! (but the wall time), over SQLite and over PostgreSQL; a store that holds records is refused
 //! unless `--fresh`; one database per seed; bad URLs and unusable stores exit 2 naming the store.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
+
+mod common;
+
+use common::{TempDir, cloudha, root, text};
 
 #[path = "../../cloudha-store/tests/support/mod.rs"]
 mod support;
-
-fn cloudha(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cloudha"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A directory of its own, removed with everything in it when dropped, pass or fail.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("cloudha-cli-store-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Every scenario file of `scenarios/` and `scenarios/must-fail/`.
 fn scenarios() -> Vec<PathBuf> {
