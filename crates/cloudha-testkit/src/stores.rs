@@ -170,8 +170,9 @@ impl HostStore for FaultyHosts {
 
 /// An [`HaWorkStore`]: the in-memory one failing the next `fail_takes` takes and `fail_updates`
 /// updates with a backend error whose source is an I/O error, never answering the next
-/// `hang_takes` takes, and failing every call while `away` is set (a database gone); it counts
-/// its calls and keeps every error it returned. Fresh, it fails nothing.
+/// `hang_takes` takes, failing every call while `away` is set (a database gone), losing the
+/// replies of writes that landed, and refusing one VM's inserts for ever; it counts its calls
+/// and keeps every error it returned. Fresh, it fails nothing.
 #[derive(Debug, Default)]
 pub struct FlakyWork {
     /// The store underneath, to seed and read.
@@ -184,6 +185,13 @@ pub struct FlakyWork {
     pub hang_takes: AtomicUsize,
     /// The store is away: every call fails while this is set (nothing written).
     pub away: AtomicBool,
+    /// The next takes that claim an item answer an error after the claim landed (a lost
+    /// reply).
+    pub lose_take_reply: AtomicUsize,
+    /// The next inserts answer an error after the item was stored (a lost reply).
+    pub lose_insert_reply: AtomicUsize,
+    /// Inserts of this VM's items fail, for ever (a value the database refuses).
+    pub refuse_vm: Mutex<Option<VmId>>,
     /// The calls made so far (answered or failed), every kind.
     pub calls: AtomicUsize,
     /// The takes made so far (answered or failed).
@@ -223,7 +231,22 @@ impl FlakyWork {
 impl HaWorkStore for FlakyWork {
     async fn insert(&self, item: WorkItem) -> Result<WorkId, StoreError> {
         self.call("insert")?;
-        self.inner.insert(item).await
+        if *self.refuse_vm.lock().unwrap() == Some(item.vm) {
+            return Err(backend_error(
+                &self.errors,
+                "insert",
+                "a value the database refuses",
+            ));
+        }
+        let id = self.inner.insert(item).await?;
+        if take(&self.lose_insert_reply) {
+            return Err(backend_error(
+                &self.errors,
+                "insert",
+                "reply lost after the commit",
+            ));
+        }
+        Ok(id)
     }
     async fn take(&self, owner: OwnerId, now: Timestamp) -> Result<Option<WorkItem>, StoreError> {
         self.takes.fetch_add(1, Ordering::SeqCst);
@@ -232,7 +255,15 @@ impl HaWorkStore for FlakyWork {
         if take(&self.hang_takes) {
             std::future::pending::<()>().await;
         }
-        self.inner.take(owner, now).await
+        let taken = self.inner.take(owner, now).await?;
+        if taken.is_some() && take(&self.lose_take_reply) {
+            return Err(backend_error(
+                &self.errors,
+                "take",
+                "reply lost after the commit",
+            ));
+        }
+        Ok(taken)
     }
     async fn update(&self, writer: OwnerId, item: &WorkItem) -> Result<u64, StoreError> {
         self.call("update")?;

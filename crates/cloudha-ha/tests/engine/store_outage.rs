@@ -13,17 +13,22 @@ use cloudha_protocol::*;
 use cloudha_testkit::{FlakyWork, RecordingAlerts, ScriptedFencer, agent_over};
 use tokio::time::sleep;
 
-struct Rig {
-    agent: cloudha_liveness::AgentManager,
-    ha: HaManager,
-    vms: Arc<InMemoryVms>,
-    work: Arc<FlakyWork>,
-    fences: Arc<ScriptedFencer>,
-    alerts: Arc<RecordingAlerts>,
+pub(super) struct Rig {
+    pub(super) agent: cloudha_liveness::AgentManager,
+    pub(super) ha: HaManager,
+    pub(super) vms: Arc<InMemoryVms>,
+    pub(super) work: Arc<FlakyWork>,
+    pub(super) fences: Arc<ScriptedFencer>,
+    pub(super) alerts: Arc<RecordingAlerts>,
 }
 
 /// Host 1 and host 2 Up in cluster 1 (host 1 `down` when asked); HA VMs 100 and 101 on host 1.
 async fn rig(down: bool) -> Rig {
+    rig_with(down, &[100, 101]).await
+}
+
+/// [`rig`] with the HA VMs `vm_ids` on host 1.
+pub(super) async fn rig_with(down: bool, vm_ids: &[u64]) -> Rig {
     let hosts = Arc::new(InMemoryHostStore::new());
     for (id, status) in [
         (1, if down { Status::Down } else { Status::Up }),
@@ -35,8 +40,8 @@ async fn rig(down: bool) -> Rig {
         hosts.insert(r);
     }
     let vms = Arc::new(InMemoryVms::new());
-    vms.set_capacity(HostId(2), 10);
-    for id in [100, 101] {
+    vms.set_capacity(HostId(2), 100);
+    for &id in vm_ids {
         vms.upsert({
             let mut r = VmRecord::new(VmId(id), format!("vm{id}"), HypervisorType::Kvm);
             r.host = Some(HostId(1));
@@ -77,7 +82,7 @@ async fn rig(down: bool) -> Rig {
     }
 }
 
-fn on_host_2(vms: &InMemoryVms, id: u64) -> bool {
+pub(super) fn on_host_2(vms: &InMemoryVms, id: u64) -> bool {
     let vm = vms.get(VmId(id)).unwrap();
     (vm.state, vm.host) == (VmState::Running, Some(HostId(2)))
 }
